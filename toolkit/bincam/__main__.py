@@ -1,0 +1,5 @@
+"""``python -m bincam`` runs the command-line interface."""
+
+from bincam.cli import main
+
+main()

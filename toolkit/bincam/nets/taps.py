@@ -1,0 +1,55 @@
+"""Named taps: identity modules that expose intermediate tensors (e.g. a pre-ReLU residual sum).
+
+A tap has no parameters, so it never changes a state dict; a forward hook on it sees the tensor.
+Every bincam net lists its CAM target layers as ``cam_layers`` (name → module path) and names a
+``default_cam_layer`` (its final tap, before the last ReLU).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+
+class Tap(nn.Identity):
+    """Marks a tensor as a CAM target; behaves as identity."""
+
+
+class TappedBasicBlock(BasicBlock):
+    """torchvision's BasicBlock with a ``pre_relu`` tap on the residual sum."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pre_relu = Tap()
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(self.pre_relu(out + identity))  # not in place: keep the tapped tensor
+
+
+class TappedBottleneck(Bottleneck):
+    """torchvision's Bottleneck with a ``pre_relu`` tap on the residual sum."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pre_relu = Tap()
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return torch.relu(self.pre_relu(out + identity))  # not in place: keep the tapped tensor
+
+
+def stage_layers(model: nn.Module, stages=("layer1", "layer2", "layer3", "layer4")) -> dict[str, str]:
+    """CAM layers of a ResNet-like net: each stage's output and its last block's pre-ReLU sum."""
+    layers = {}
+    for stage in stages:
+        last = len(getattr(model, stage)) - 1
+        layers[stage] = stage
+        layers[f"{stage}.pre_relu"] = f"{stage}.{last}.pre_relu"
+    return layers
