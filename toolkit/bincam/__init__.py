@@ -12,6 +12,8 @@ _LAZY = {
     "load_checkpoint": "bincam.checkpoint",
     "save_checkpoint": "bincam.checkpoint",
     "build_net": "bincam.nets",
+    "explain": "bincam.explanation",
+    "Explanation": "bincam.explanation",
 }
 
 

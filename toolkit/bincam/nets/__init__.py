@@ -1,7 +1,8 @@
 """Network registry: build any bincam net by architecture name and keyword arguments.
 
 Every net exposes ``arch_config`` (what a checkpoint card stores to rebuild it), ``cam_layers``
-(CAM target layer name → module path) and ``default_cam_layer`` (its final pre-ReLU tap).
+(CAM target layer name → module path), ``default_cam_layer`` (its final pre-ReLU tap) and
+``affine_heads`` (CAM layers after which the head is affine, so gradients have a closed form).
 """
 
 from __future__ import annotations

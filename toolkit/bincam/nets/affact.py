@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bincam.nets.taps import Tap
+from bincam.nets.taps import AffineHead, Tap
 
 STAGES = ((2, "abc", 64), (3, "abcd", 128), (4, "abcdef", 256), (5, "abc", 512))
 BN_EPS = 1e-5
@@ -55,6 +55,8 @@ class AFFACT(nn.Module):
             self.cam_layers[last] = last
             self.cam_layers[f"{last}_relu"] = f"{last}_relu"
         self.default_cam_layer = "res5c"
+        head = ("fc1000_1", "attributes_1")
+        self.affine_heads = {"res5c": AffineHead(True, head), "res5c_relu": AffineHead(False, head)}
 
     def _conv_bn(self, tag: str, cin: int, cout: int, k: int, stride: int) -> None:
         self.add_module(f"res{tag}", nn.Conv2d(cin, cout, k, stride=stride, bias=False))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import ResNet
 
-from bincam.nets.taps import TappedBasicBlock, TappedBottleneck, stage_layers
+from bincam.nets.taps import AffineHead, TappedBasicBlock, TappedBottleneck, stage_layers
 
 _DEPTHS = {18: (TappedBasicBlock, [2, 2, 2, 2]), 34: (TappedBasicBlock, [3, 4, 6, 3]),
            50: (TappedBottleneck, [3, 4, 6, 3])}
@@ -28,6 +28,8 @@ class TorchvisionResNet(ResNet):
         self.arch_config = {"arch": f"resnet{depth}", "num_outputs": num_outputs}
         self.cam_layers = stage_layers(self)
         self.default_cam_layer = "layer4.pre_relu"
+        self.affine_heads = {"layer4.pre_relu": AffineHead(True, ("fc",)),
+                             "layer4": AffineHead(False, ("fc",))}
 
 
 class SmallResNet(nn.Module):
@@ -61,6 +63,8 @@ class SmallResNet(nn.Module):
         self.fc = nn.Linear(channels, num_outputs)
         self.cam_layers = stage_layers(self, tuple(f"layer{i + 1}" for i in range(len(blocks))))
         self.default_cam_layer = f"layer{len(blocks)}.pre_relu"
+        self.affine_heads = {f"layer{len(blocks)}.pre_relu": AffineHead(True, ("fc",)),
+                             f"layer{len(blocks)}": AffineHead(False, ("fc",))}
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

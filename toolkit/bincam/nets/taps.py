@@ -7,6 +7,8 @@ Every bincam net lists its CAM target layers as ``cam_layers`` (name → module 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -43,6 +45,18 @@ class TappedBottleneck(Bottleneck):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return torch.relu(self.pre_relu(out + identity))  # not in place: keep the tapped tensor
+
+
+@dataclass(frozen=True)
+class AffineHead:
+    """What follows a CAM layer when it is ``[ReLU →] global average pool → Linear → … → Linear``.
+
+    ``linears`` are module paths, applied in order with nothing between them, so the logits are
+    ``z = W_eff · mean_hw(ReLU?(A)) + b_eff`` with ``W_eff = W_L ⋯ W_1``.
+    """
+
+    relu: bool
+    linears: tuple[str, ...]
 
 
 def stage_layers(model: nn.Module, stages=("layer1", "layer2", "layer3", "layer4")) -> dict[str, str]:

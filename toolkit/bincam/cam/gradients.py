@@ -1,0 +1,106 @@
+"""Logits, target-layer activations and the gradients of every selected logit, from one forward.
+
+Two ways, same result:
+
+- **closed form** for an affine head (``[ReLU →] average pool → Linear → … → Linear``): with
+  ``W_eff = W_L ⋯ W_1``, ``∂z_k/∂A[c,i,j] = W_eff[k,c]/(h·w) · 1[A[c,i,j] > 0]`` (the indicator only
+  when the head starts with ReLU). No backward at all; returned factored (``FactoredGrad``).
+- **autograd** for anything else: the forward runs with frozen parameters and the target layer's
+  output replaced by a leaf, so the graph spans only the target layer → logits slice; all K
+  cotangents go through one batched backward (``is_grads_batched``). Returned dense.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bincam.cam.methods import FactoredGrad
+from bincam.errors import BincamError
+from bincam.nets import cam_module
+
+
+@dataclass
+class LayerGradients:
+    logits: torch.Tensor           # [B, K_all] all logits of the net
+    activations: torch.Tensor      # [B, C, h, w]
+    grads: torch.Tensor | FactoredGrad  # ∂z_k/∂A for the selected k, sign NOT yet applied
+
+
+def effective_head(model: nn.Module, layer: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(W_eff [K, C], b_eff [K], relu_first)`` of the affine head after ``layer``."""
+    head = getattr(model, "affine_heads", {}).get(layer)
+    if head is None:
+        raise BincamError(f"layer {layer!r} has no affine head after it; no closed form "
+                          "(use closed_form=False)")
+    weight, bias = None, None
+    for path in head.linears:
+        lin = model.get_submodule(path)
+        w = lin.weight.detach().double()
+        b = lin.bias.detach().double() if lin.bias is not None else torch.zeros(
+            w.shape[0], dtype=torch.float64, device=w.device)
+        weight, bias = (w, b) if weight is None else (w @ weight, w @ bias + b)
+    return weight, bias, head.relu
+
+
+@contextmanager
+def _frozen(model: nn.Module):
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def layer_gradients(model: nn.Module, x: torch.Tensor, layer: str, indices: list[int],
+                    closed_form: bool | None = None) -> LayerGradients:
+    """Logits, activations at ``layer`` and ``∂z_k/∂A`` for ``k in indices`` from one forward."""
+    module = cam_module(model, layer)
+    has_closed = layer in getattr(model, "affine_heads", {})
+    if closed_form and not has_closed:
+        raise BincamError(f"layer {layer!r} has no affine head after it, so no closed form; "
+                          f"closed-form layers: {', '.join(getattr(model, 'affine_heads', {}))}")
+    use_closed = has_closed if closed_form is None else closed_form
+    captured: dict[str, torch.Tensor] = {}
+
+    if use_closed:
+        def keep(_m, _i, out):
+            captured["a"] = out
+
+        handle = module.register_forward_hook(keep)
+        try:
+            with torch.no_grad():
+                logits = model(x)
+        finally:
+            handle.remove()
+        a = captured["a"].detach()
+        w_eff, _, relu = effective_head(model, layer)
+        h, w = a.shape[-2:]
+        weight = w_eff[indices] / (h * w)  # float64, like the CAM arithmetic downstream
+        mask = (a > 0).to(a.dtype) if relu else None
+        sign = torch.ones(a.shape[0], len(indices), dtype=a.dtype, device=a.device)
+        return LayerGradients(logits.detach(), a, FactoredGrad(sign, weight, mask))
+
+    def leaf(_m, _i, out):
+        captured["a"] = out.detach().requires_grad_(True)
+        return captured["a"]
+
+    handle = module.register_forward_hook(leaf)
+    try:
+        with _frozen(model), torch.enable_grad():
+            logits = model(x)
+            a = captured["a"]
+            sel = logits[:, indices]
+            k = len(indices)
+            cotangents = torch.zeros(k, *sel.shape, dtype=sel.dtype, device=sel.device)
+            cotangents[torch.arange(k), :, torch.arange(k)] = 1.0
+            (grad,) = torch.autograd.grad(sel, a, cotangents, is_grads_batched=True)
+    finally:
+        handle.remove()
+    return LayerGradients(logits.detach(), a.detach(), grad.transpose(0, 1).contiguous())

@@ -1,0 +1,103 @@
+"""The CAM epilogue and proportional energy in NumPy (no torch: the serving runtime uses this).
+
+Epilogue, per map, exactly as pytorch-grad-cam does it for one target layer:
+
+1. ``x = ReLU(raw)`` at feature resolution ``h×w``;
+2. min-max: ``x = (x − min x) / (max(x − min x) + 1e-7)``;
+3. bilinear resize to ``H×W`` with half-pixel centres and edge clamping (OpenCV ``INTER_LINEAR``),
+   written as ``U = R_y · x · R_xᵀ`` with interpolation matrices ``R``;
+4. ``ReLU`` and min-max again on the ``H×W`` map.
+
+Proportional energy of the final map ``F`` for a mask ``M``: ``PE = Σ_M F / Σ F`` (0 for an empty map).
+Because steps 3–4 are linear up to the shift by ``m = min U`` and a scale that cancels,
+``PE = (⟨x, R_yᵀ M R_x⟩ − m·|M|) / (⟨x, R_yᵀ 1 R_x⟩ − m·H·W)``, and ``m`` is attained on a few rows and
+columns (the ends of each run of samples between the same two feature cells). ``MaskEnergy`` holds
+those weights, so PE never needs the full-resolution map.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-7
+
+
+def resize_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """``R [out, in]``: bilinear weights with half-pixel centres and clamped edges (float64)."""
+    src = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+    src = np.clip(src, 0, in_size - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    frac = src - i0
+    r = np.zeros((out_size, in_size))
+    np.add.at(r, (np.arange(out_size), i0), 1 - frac)
+    np.add.at(r, (np.arange(out_size), i1), frac)
+    return r
+
+
+def min_max(x: np.ndarray) -> np.ndarray:
+    """``(x − min) / (max(x − min) + 1e-7)`` over the last two axes."""
+    x = x - x.min(axis=(-2, -1), keepdims=True)
+    return x / (x.max(axis=(-2, -1), keepdims=True) + EPS)
+
+
+def upsample(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``[..., h, w]`` maps to ``[..., H, W]`` (``size = (H, W)``)."""
+    ry = resize_matrix(size[0], x.shape[-2])
+    rx = resize_matrix(size[1], x.shape[-1])
+    return np.einsum("yi,...ij,xj->...yx", ry, x, rx, optimize=True)
+
+
+def epilogue(raw: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Final heatmaps ``[..., H, W]`` in [0, 1] from weighted sums ``[..., h, w]`` (steps 1–4)."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    x = min_max(np.maximum(raw, 0))
+    return min_max(np.maximum(upsample(x, size), 0))
+
+
+def proportional_energy_full(heatmaps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Reference PE from final maps ``[..., K, H, W]`` and masks ``[K, H, W]`` (0 for empty maps)."""
+    total = heatmaps.sum(axis=(-2, -1))
+    inside = (heatmaps * masks).sum(axis=(-2, -1))
+    return np.where(total > 0, inside / np.where(total > 0, total, 1), 0.0)
+
+
+def _run_ends(r: np.ndarray) -> np.ndarray:
+    """Output rows where the pair of source cells changes: a linear map's extremes lie there."""
+    pair = np.argmax(r > 0, axis=1) * r.shape[1] + (r.shape[1] - 1 - np.argmax(r[:, ::-1] > 0,
+                                                                               axis=1))
+    change = np.flatnonzero(np.diff(pair) != 0)
+    return np.unique(np.concatenate([[0, len(r) - 1], change, change + 1]))
+
+
+class MaskEnergy:
+    """Fast exact PE of the final ``H×W`` maps, computed from ``h×w`` normalised maps.
+
+    ``masks`` is ``bool [K, H, W]`` (one mask per map of the K axis); feature size ``(h, w)``.
+    """
+
+    def __init__(self, masks: np.ndarray, feature_size: tuple[int, int]):
+        masks = np.asarray(masks, dtype=np.float64)
+        k, big_h, big_w = masks.shape
+        h, w = feature_size
+        self.ry, self.rx = resize_matrix(big_h, h), resize_matrix(big_w, w)
+        self.inside = np.einsum("yi,kyx,xj->kij", self.ry, masks, self.rx, optimize=True)  # [K,h,w]
+        self.total = np.outer(self.ry.sum(0), self.rx.sum(0))                            # [h, w]
+        self.mask_area = masks.sum(axis=(1, 2))                                          # [K]
+        self.area = big_h * big_w
+        self.rows, self.cols = _run_ends(self.ry), _run_ends(self.rx)
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        """PE ``[..., K]`` from weighted sums ``[..., K, h, w]`` (before any ReLU/normalisation)."""
+        x = min_max(np.maximum(np.asarray(raw, dtype=np.float64), 0))
+        corners = np.einsum("yi,...ij,xj->...yx", self.ry[self.rows], x, self.rx[self.cols],
+                            optimize=True)
+        m = np.maximum(corners.min(axis=(-2, -1)), 0)  # min of the upsampled map (≥ 0)
+        inside = np.einsum("...kij,kij->...k", x, self.inside) - m * self.mask_area
+        total = np.einsum("...kij,ij->...k", x, self.total) - m * self.area
+        ok = total > 1e-12 * self.area
+        return np.where(ok, inside / np.where(ok, total, 1), 0.0)
+
+    def corrected(self, raw: np.ndarray) -> np.ndarray:
+        """PE scaled by ``1 − |M|/(H·W)``, the share of the frame outside the mask."""
+        return self(raw) * (1 - self.mask_area / self.area)
