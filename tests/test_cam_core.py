@@ -87,8 +87,9 @@ def test_epilogue_matches_opencv_and_numpy():
     y = rng.random((5, 9)).astype(np.float32)
     assert np.abs(cv2.resize(y, (90, 50)) - upsample(y.astype(np.float64), (50, 90))).max() < 1e-6
     raw = rng.normal(size=(2, 3, 7, 7))
-    assert np.abs(torch_epilogue(torch.from_numpy(raw), 224).numpy() - epilogue(raw, 224)).max() \
-        < 1e-12
+    exact = torch_epilogue(torch.from_numpy(raw), 224, dtype=torch.float64).numpy()
+    assert np.abs(exact - epilogue(raw, 224)).max() < 1e-12
+    assert np.abs(torch_epilogue(torch.from_numpy(raw), 224).numpy() - exact).max() < 1e-6
     raw[0, 0] = -1.0  # all negative: an all-zero map
     assert np.all(epilogue(raw, 224)[0, 0] == 0)
 

@@ -89,7 +89,7 @@ class Explanation:
 
     def heatmaps(self, size: int | None = None) -> torch.Tensor:
         """Final maps ``[B, K, S, S]`` (float32, in [0, 1]; default size: the input size)."""
-        return torch_epilogue.epilogue(self.raw, size or self.input_size).float()
+        return torch_epilogue.epilogue(self.raw, size or self.input_size)
 
     def proportional_energy(self, size: int | None = None, corrected: bool = False) -> np.ndarray:
         """PE ``[B, K]`` of each final map inside its attribute's mask (fast exact form)."""

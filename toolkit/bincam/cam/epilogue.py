@@ -24,7 +24,13 @@ def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.matmul(torch.matmul(ry, x), rx.T)
 
 
-def epilogue(raw: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Final heatmaps ``[..., H, W]`` in [0, 1] from weighted sums ``[..., h, w]``."""
+def epilogue(raw: torch.Tensor, size: int | tuple[int, int],
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Final heatmaps ``[..., H, W]`` in [0, 1] from weighted sums ``[..., h, w]``.
+
+    The first min-max runs in ``raw``'s precision (it is where rounding would be magnified); the
+    maps, then in [0, 1], are upsampled and normalised again in ``dtype``.
+    """
     size = (size, size) if isinstance(size, int) else tuple(size)
-    return min_max(upsample(min_max(raw.clamp(min=0)), size).clamp(min=0))
+    x = min_max(raw.clamp(min=0)).to(dtype)
+    return min_max(upsample(x, size).clamp(min=0))

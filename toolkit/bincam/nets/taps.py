@@ -18,33 +18,33 @@ class Tap(nn.Identity):
     """Marks a tensor as a CAM target; behaves as identity."""
 
 
-class TappedBasicBlock(BasicBlock):
+class _PreReluTap:
+    """Adds a ``pre_relu`` tap to a torchvision residual block (forward defined by the subclass)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pre_relu = Tap()
+
+    def _finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return torch.relu(self.pre_relu(out + identity))  # not in place: keep the tapped tensor
+
+
+class TappedBasicBlock(_PreReluTap, BasicBlock):
     """torchvision's BasicBlock with a ``pre_relu`` tap on the residual sum."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pre_relu = Tap()
-
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(self.pre_relu(out + identity))  # not in place: keep the tapped tensor
+        return self._finish(self.bn2(self.conv2(out)), x)
 
 
-class TappedBottleneck(Bottleneck):
+class TappedBottleneck(_PreReluTap, Bottleneck):
     """torchvision's Bottleneck with a ``pre_relu`` tap on the residual sum."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pre_relu = Tap()
-
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return torch.relu(self.pre_relu(out + identity))  # not in place: keep the tapped tensor
+        return self._finish(self.bn3(self.conv3(out)), x)
 
 
 @dataclass(frozen=True)
