@@ -96,3 +96,17 @@ def test_undecodable_and_missing_image(tmp_path, synth_root):
     (folder / "img_align_celeba" / ds.files[1]).unlink()
     with pytest.raises(BincamError, match=f"{ds.files[1]} is listed but missing"):
         ds.load_image(1)
+
+
+def test_pre_aligned_folder_with_images_beside_the_lists(tmp_path, synth_root):
+    folder = copy_dataset(synth_root, tmp_path)
+    flat = tmp_path / "aligned"
+    flat.mkdir()
+    for item in folder.iterdir():
+        if item.is_file():
+            shutil.copy(item, flat / item.name)
+    for img in (folder / "img_align_celeba").iterdir():
+        shutil.copy(img, flat / img.name)
+    ds = CelebA(flat, split="valid", image_size=224)
+    assert len(ds) == 6 and ds.image_dir == flat
+    assert np.array_equal(ds.load_image(0), CelebA(synth_root, split="valid").load_image(0))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import List
 
+import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -28,6 +29,38 @@ def _expand(inputs: list[Path]) -> list[Path]:
     return files
 
 
+def _read_all(files: list[Path], model_size: int, size: int, on_error: str):
+    """Decode every input first (model input and display copy), so a failure stops before output."""
+    from bincam.data.celeba import load_aligned
+
+    readable, pixels = [], []
+    for path in files:
+        try:
+            pixels.append((load_aligned(path, model_size), load_aligned(path, size)))
+            readable.append(path)
+        except BincamError as exc:
+            if on_error == "fail":
+                raise BincamError(f"{exc} (--on-error fail: nothing written)") from None
+            console.print(f"[yellow]skipped[/] {exc}", highlight=False)
+    if not readable:
+        raise BincamError("no input could be read; nothing written")
+    return readable, pixels
+
+
+def _write_pictures(out: Path, stem: str, shown: np.ndarray, maps: np.ndarray, names: list[str],
+                    probs: np.ndarray) -> None:
+    """One overlay per attribute and the image's grid figure."""
+    from bincam.overlay import grid_figure, overlay, png_bytes, write_atomic
+
+    pictures, titles = [], []
+    for k, attr in enumerate(names):
+        picture = overlay(shown, maps[k])
+        write_atomic(out / "overlays" / stem / f"{attr}.png", png_bytes(picture))
+        pictures.append(picture)
+        titles.append(f"{attr}\n{'pos' if probs[k] >= 0.5 else 'neg'} p={probs[k]:.2f}")
+    write_atomic(out / "grids" / f"{stem}.png", grid_figure(shown, pictures, titles))
+
+
 @app.command("cam")
 def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder."),
         inputs: List[Path] = typer.Argument(..., help="Images and/or folders of images."),
@@ -41,67 +74,47 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder."),
         batch_size: int = typer.Option(16),
         on_error: str = typer.Option("skip", help="skip or fail on unreadable inputs.")) -> None:
     """Explain every selected attribute of each image for its predicted class."""
-    import numpy as np
-
     from bincam.attributes import resolve_attributes
+    from bincam.cam.methods import method as check_method
+    from bincam.cam.modes import MODES
     from bincam.checkpoint import load_checkpoint
-    from bincam.data.celeba import load_aligned
     from bincam.explanation import explain, model_attributes
-    from bincam.overlay import grid_figure, overlay, png_bytes, write_atomic
+    from bincam.overlay import write_atomic
 
     if on_error not in ("skip", "fail"):
         raise BincamError(f"--on-error must be skip or fail, got {on_error!r}")
+    check_method(method)
+    if mode not in MODES:
+        raise BincamError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     model = load_checkpoint(checkpoint)
     names = resolve_attributes(attributes, model_attributes(model))
-    files = _expand(inputs)
-    readable, batches = [], []
-    for path in files:  # decode everything first: a failing input must stop before any output
-        try:
-            batches.append((load_aligned(path, model.card.image_size), load_aligned(path, size)))
-            readable.append(path)
-        except BincamError as exc:
-            if on_error == "fail":
-                raise BincamError(f"{exc} (--on-error fail: nothing written)") from None
-            console.print(f"[yellow]skipped[/] {exc}", highlight=False)
-    if not readable:
-        raise BincamError("no input could be read; nothing written")
-    records, raws, logits_all, pes = [], [], [], []
+    readable, pixels = _read_all(_expand(inputs), model.card.image_size, size, on_error)
+    records, raws, logits, energies = [], [], [], []
     with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task("cam", total=len(readable))
         for start in range(0, len(readable), batch_size):
-            kept = readable[start:start + batch_size]
-            batch = [b[0] for b in batches[start:start + batch_size]]
-            shown = [b[1] for b in batches[start:start + batch_size]]
-            x = np.stack(batch).transpose(0, 3, 1, 2)
+            chunk = pixels[start:start + batch_size]
+            x = np.stack([p[0] for p in chunk]).transpose(0, 3, 1, 2)
             result = explain(model, x, method=method, mode=mode, attributes=names, layer=layer)
-            maps = result.heatmaps(size).numpy()
-            pe = result.proportional_energy()
+            maps, pe = result.heatmaps(size).numpy(), result.proportional_energy()
             probs = result.probabilities.numpy()
-            for i, path in enumerate(kept):
-                stem = path.stem
-                pictures, titles = [], []
-                for k, attr in enumerate(names):
-                    picture = overlay(shown[i], maps[i, k])
-                    write_atomic(out / "overlays" / stem / f"{attr}.png", png_bytes(picture))
-                    pictures.append(picture)
-                    cls = "pos" if probs[i, k] >= 0.5 else "neg"
-                    titles.append(f"{attr}\n{cls} p={probs[i, k]:.2f}")
-                write_atomic(out / "grids" / f"{stem}.png", grid_figure(shown[i], pictures, titles))
+            for i, path in enumerate(readable[start:start + batch_size]):
+                _write_pictures(out, path.stem, chunk[i][1], maps[i], names, probs[i])
                 records.append({"file": str(path), "logits": result.logits[i].tolist(),
                                 "probabilities": probs[i].tolist(),
                                 "predicted": [int(v) for v in (probs[i] >= 0.5)],
                                 "proportional_energy": pe[i].tolist()})
                 bar.advance(task)
             raws.append(result.raw.float().numpy())
-            logits_all.append(result.logits.numpy())
-            pes.append(pe)
+            logits.append(result.logits.numpy())
+            energies.append(pe)
     summary = {"checkpoint": str(checkpoint), "method": method, "mode": mode,
                "layer": layer or model.default_cam_layer, "attributes": names, "images": records}
     write_atomic(out / "predictions.json", json.dumps(summary, indent=2).encode())
     buf = io.BytesIO()
     np.savez_compressed(buf, files=np.array([str(p) for p in readable]), attributes=np.array(names),
-                        logits=np.concatenate(logits_all), raw=np.concatenate(raws),
-                        proportional_energy=np.concatenate(pes), method=method, mode=mode)
+                        logits=np.concatenate(logits), raw=np.concatenate(raws),
+                        proportional_energy=np.concatenate(energies), method=method, mode=mode)
     write_atomic(out / "cams.npz", buf.getvalue())
     console.print(f"explained {len(records)} image(s) × {len(names)} attribute(s) → {out}")

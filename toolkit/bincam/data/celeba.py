@@ -5,7 +5,8 @@ Accepts two layouts:
     list_landmarks_align_celeba.txt}`` (``ROOT/celeba`` itself may be given), with CelebA's
     178×218 aligned images;
 (b) a pre-aligned folder: the same list files beside a folder of square aligned images
-    (``img_align_celeba/``, ``aligned_224x224/`` or ``images/``), as ``bincam data synth`` writes.
+    (``img_align_celeba/``, ``aligned_224x224/`` or ``images/``, as ``bincam data synth`` writes)
+    or beside the images themselves.
 
 Images are decoded with Pillow as RGB and brought into the square AFFACT frame: a 178×218 CelebA
 image is cropped so that the 224 frame equals CelebA's coordinates shifted by x+24, y−10 (zero
@@ -30,6 +31,7 @@ ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
 LANDMARK_FILE = "list_landmarks_align_celeba.txt"
 IMAGE_DIRS = ("img_align_celeba", "aligned_224x224", "images")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CELEBA_ALIGNED_SIZE = (178, 218)
 CELEBA_TO_FRAME_SHIFT = (24, -10)  # x, y: a CelebA-aligned point p lies at p + shift in the 224 frame
 LAYOUT_HELP = ("expected ROOT/celeba/ (or ROOT itself) holding list_attr_celeba.txt, "
@@ -46,7 +48,10 @@ def locate(root: Path | str) -> tuple[Path, Path]:
             for name in IMAGE_DIRS:
                 if (base / name).is_dir():
                     return base, base / name
-            raise BincamError(f"no image folder in {base}: expected one of {', '.join(IMAGE_DIRS)}")
+            if any(p.suffix.lower() in IMAGE_SUFFIXES for p in base.iterdir()):
+                return base, base  # pre-aligned images beside the list files
+            raise BincamError(f"no images in {base}: expected a folder {', '.join(IMAGE_DIRS)} "
+                              "or the images beside the list files")
     raise BincamError(f"no {ATTR_FILE} in {root} or {root / 'celeba'}; {LAYOUT_HELP}")
 
 
