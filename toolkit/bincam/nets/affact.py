@@ -2,9 +2,11 @@
 
 Layer names follow the Caffe model converted by MMdnn (``conv1``, ``bn_conv1``,
 ``res2a_branch2a`` … ``res5c_branch2c``, ``fc1000_1``, ``attributes_1``), so converted weights load
-by name. Caffe details kept: explicit zero padding before the 7×7 and 3×3 convolutions, the stem
-max-pool padded right/bottom by one with −inf (Caffe's ceil mode), stride 2 on the 1×1 ``branch2a``
-of the first block of stages 3–5, BatchNorm eps 1e-5. Input: RGB in [0, 1], no normalisation.
+by name. Caffe details kept: symmetric zero padding of the 7×7 and 3×3 convolutions (as the
+convolutions' own padding, which equals MMdnn's explicit ``F.pad``), the stem max-pool in ceil mode
+(equal to padding right/bottom by one with −inf: 112 → 56), stride 2 on the 1×1 ``branch2a`` of the
+first block of stages 3–5, BatchNorm eps 1e-5. Input: RGB in [0, 1], no normalisation. Both forms
+give static shapes in ONNX and only ops that TensorRT supports.
 Head: ``res5c`` (residual sum, pre-ReLU) → ReLU → average pool → Linear 2048→1000 → Linear 1000→K.
 """
 
@@ -31,7 +33,7 @@ class AFFACT(nn.Module):
     def __init__(self, num_outputs: int = 40):
         super().__init__()
         self.arch_config = {"arch": "affact", "num_outputs": num_outputs}
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, bias=True)
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=True)
         self.bn_conv1 = nn.BatchNorm2d(64, eps=BN_EPS)
         in_ch = 64
         for stage, name, width in block_names():
@@ -59,19 +61,17 @@ class AFFACT(nn.Module):
         self.affine_heads = {"res5c": AffineHead(True, head), "res5c_relu": AffineHead(False, head)}
 
     def _conv_bn(self, tag: str, cin: int, cout: int, k: int, stride: int) -> None:
-        self.add_module(f"res{tag}", nn.Conv2d(cin, cout, k, stride=stride, bias=False))
+        self.add_module(f"res{tag}", nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2,
+                                               bias=False))
         self.add_module(f"bn{tag}", nn.BatchNorm2d(cout, eps=BN_EPS))
 
     def _branch(self, tag: str, x: torch.Tensor, relu: bool) -> torch.Tensor:
-        conv = getattr(self, f"res{tag}")
-        if conv.kernel_size[0] == 3:
-            x = F.pad(x, (1, 1, 1, 1))
-        x = getattr(self, f"bn{tag}")(conv(x))
+        x = getattr(self, f"bn{tag}")(getattr(self, f"res{tag}")(x))
         return F.relu(x) if relu else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn_conv1(self.conv1(F.pad(x, (3, 3, 3, 3)))))
-        x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), value=float("-inf")), 3, stride=2)
+        x = F.relu(self.bn_conv1(self.conv1(x)))
+        x = F.max_pool2d(x, 3, stride=2, ceil_mode=True)
         for stage, name, _ in block_names():
             tag = name[3:]
             shortcut = self._branch(f"{tag}_branch1", x, False) if name.endswith("a") else x

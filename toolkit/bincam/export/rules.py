@@ -1,0 +1,289 @@
+"""VJP rules, one per ONNX op type: ``rule(builder, node, {output: dY}, wanted) → {input: dX}``.
+
+Cotangents are ``[K, *forward shape]``; forward tensors ``[B, …]`` broadcast against them. Only
+inputs on the activation→logits path (``wanted``) get gradients; weights are constants.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from bincam.errors import BincamError
+
+
+def _attrs(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _const(b, name: str, what: str, node) -> np.ndarray:
+    if name not in b.consts:
+        raise BincamError(f"{node.op_type} node {node.name!r}: its {what} {name!r} must be a "
+                          "constant for the gradient export")
+    return b.consts[name]
+
+
+def _only(node, wanted, index=0):
+    bad = [w for w in wanted if w != node.input[index]]
+    if bad:
+        raise BincamError(f"{node.op_type} node {node.name!r}: gradient with respect to input "
+                          f"{bad[0]!r} is not supported")
+
+
+def identity(b, node, dys, wanted):
+    return {node.input[0]: dys[node.output[0]]}
+
+
+def reshape_back(b, node, dys, wanted):
+    """Flatten, Reshape, Squeeze, Unsqueeze: reshape the cotangent to the input's shape."""
+    _only(node, wanted)
+    x = node.input[0]
+    return {x: b.node("Reshape", [dys[node.output[0]], b.k_shape(x)], "reshape")}
+
+
+def relu(b, node, dys, wanted):
+    """``dX = dY · 1[Y > 0]``."""
+    y = node.output[0]
+    positive = b.node("Greater", [y, b.const(0.0, "zero")], "positive")
+    return {node.input[0]: b.node("Where", [positive, dys[y], b.const(0.0, "zero")], "relu")}
+
+
+def sigmoid(b, node, dys, wanted):
+    """``dX = dY · Y · (1 − Y)``."""
+    y = node.output[0]
+    slope = b.node("Mul", [y, b.node("Sub", [b.const(1.0, "one"), y])], "slope")
+    return {node.input[0]: b.node("Mul", [dys[y], slope], "sigmoid")}
+
+
+def add(b, node, dys, wanted):
+    dy, y = dys[node.output[0]], node.output[0]
+    return {x: b.unbroadcast(dy, x, y) for x in wanted}
+
+
+def sub(b, node, dys, wanted):
+    dy, y = dys[node.output[0]], node.output[0]
+    out = {}
+    for x in wanted:
+        g = dy if x == node.input[0] else b.node("Neg", [dy], "neg")
+        out[x] = b.unbroadcast(g, x, y)
+    return out
+
+
+def mul(b, node, dys, wanted):
+    """``dA = dY · B`` and ``dB = dY · A`` (summed over broadcast axes)."""
+    dy, y = dys[node.output[0]], node.output[0]
+    out = {}
+    for i, x in enumerate(node.input):
+        if x in wanted:
+            other = node.input[1 - i]
+            out[x] = b.unbroadcast(b.node("Mul", [dy, other], "mul"), x, y)
+    return out
+
+
+def batchnorm(b, node, dys, wanted):
+    """Inference BatchNorm is affine per channel: ``dX = dY · γ/√(σ² + ε)``."""
+    _only(node, wanted)
+    eps = _attrs(node).get("epsilon", 1e-5)
+    gamma = _const(b, node.input[1], "scale", node)
+    var = _const(b, node.input[4], "variance", node)
+    rank = len(b.shape(node.input[0]))
+    factor = (gamma / np.sqrt(var + eps)).reshape(-1, *([1] * (rank - 2)))
+    return {node.input[0]: b.node("Mul", [dys[node.output[0]], b.const(factor, "bn_scale")], "bn")}
+
+
+def gemm(b, node, dys, wanted):
+    """``Y = α·A'·B' + βC``: ``dA = α·dY·B'ᵀ`` (B constant, no transA)."""
+    _only(node, wanted)
+    a = _attrs(node)
+    if a.get("transA", 0):
+        raise BincamError(f"Gemm node {node.name!r} with transA=1 is not supported")
+    w = _const(b, node.input[1], "weight", node)
+    w_t = w if a.get("transB", 0) else w.T                      # B'ᵀ as a [N, M] matrix
+    w_t = w_t * a.get("alpha", 1.0)
+    return {node.input[0]: b.node("MatMul", [dys[node.output[0]], b.const(w_t, "gemm_w")],
+                                  "gemm")}
+
+
+def matmul(b, node, dys, wanted):
+    """``Y = A·W`` with constant 2-D ``W``: ``dA = dY·Wᵀ``."""
+    _only(node, wanted)
+    w = _const(b, node.input[1], "weight", node)
+    if w.ndim != 2:
+        raise BincamError(f"MatMul node {node.name!r}: only a constant 2-D right operand is supported")
+    return {node.input[0]: b.node("MatMul", [dys[node.output[0]], b.const(w.T, "matmul_w")],
+                                  "matmul")}
+
+
+def transpose(b, node, dys, wanted):
+    perm = _attrs(node)["perm"]
+    inverse = list(np.argsort(perm))
+    return {node.input[0]: b.node("Transpose", [dys[node.output[0]]], "transpose",
+                                  perm=[0] + [p + 1 for p in inverse])}
+
+
+def _spread_mean(b, node, dy, axes: list[int], keepdims: bool):
+    """Gradient of a mean over ``axes`` of the input: ``dY / n``, broadcast back."""
+    x = node.input[0]
+    dims = b.static(x)
+    count = int(np.prod([dims[a - 1] for a in axes]))
+    if not keepdims:
+        dy = b.node("Unsqueeze", [dy, b.const([a + 1 for a in axes], "axes", np.int64)], "unsq")
+    scaled = b.node("Mul", [dy, b.const(1.0 / count, "inv_count")], "mean")
+    return {x: b.node("Expand", [scaled, b.k_shape(x)], "spread")}
+
+
+def global_average_pool(b, node, dys, wanted):
+    rank = len(b.shape(node.input[0]))
+    return _spread_mean(b, node, dys[node.output[0]], list(range(2, rank)), True)
+
+
+def reduce_mean(b, node, dys, wanted):
+    _only(node, wanted)
+    a = _attrs(node)
+    rank = len(b.shape(node.input[0]))
+    if len(node.input) > 1 and node.input[1]:
+        axes = [int(v) for v in _const(b, node.input[1], "axes", node)]
+    else:
+        axes = a.get("axes", list(range(rank)))
+    axes = sorted(ax % rank for ax in axes)
+    if 0 in axes:
+        raise BincamError(f"ReduceMean node {node.name!r} reduces over the batch axis")
+    return _spread_mean(b, node, dys[node.output[0]], axes, bool(a.get("keepdims", 1)))
+
+
+def _transpose_conv(b, node, dy, x, weight: str, kernel, group: int):
+    """ConvTranspose with the forward's geometry; output padding restores the input's size."""
+    a = _attrs(node)
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise BincamError(f"{node.op_type} node {node.name!r}: auto_pad is not supported")
+    y = node.output[0]
+    n = len(kernel)
+    strides = a.get("strides", [1] * n)
+    dil = a.get("dilations", [1] * n)
+    pads = a.get("pads", [0] * 2 * n)
+    in_dims, out_dims = b.static(x)[1:], b.static(y)[1:]
+    extra = [in_dims[i] - ((out_dims[i] - 1) * strides[i] - pads[i] - pads[i + n]
+                           + dil[i] * (kernel[i] - 1) + 1) for i in range(n)]
+    if any(e < 0 or e >= max(strides[i], dil[i]) for i, e in enumerate(extra)):
+        raise BincamError(f"{node.op_type} node {node.name!r}: cannot invert its geometry")
+    flat = b.as_4d(dy, y)
+    out = b.node("ConvTranspose", [flat, weight], "conv_t", strides=strides, pads=pads,
+                 dilations=dil, group=group, output_padding=extra)
+    return b.back_to(out, x)
+
+
+def conv(b, node, dys, wanted):
+    """``dX = ConvTranspose(dY, W)`` with the same strides, pads, dilations and groups."""
+    _only(node, wanted)
+    w = _const(b, node.input[1], "weight", node)
+    group = _attrs(node).get("group", 1)
+    return {node.input[0]: _transpose_conv(b, node, dys[node.output[0]], node.input[0],
+                                           node.input[1], w.shape[2:], group)}
+
+
+def average_pool(b, node, dys, wanted):
+    """AveragePool is a depth-wise convolution with weights ``1/|kernel|``."""
+    _only(node, wanted)
+    a = _attrs(node)
+    if a.get("ceil_mode", 0) or (any(a.get("pads", [])) and not a.get("count_include_pad", 0)):
+        raise BincamError(f"AveragePool node {node.name!r}: ceil_mode or padding that excludes "
+                          "the pad from the count is not supported")
+    kernel = a["kernel_shape"]
+    channels = b.static(node.input[0])[0]
+    w = np.full((channels, 1, *kernel), 1.0 / np.prod(kernel), dtype=np.float32)
+    return {node.input[0]: _transpose_conv(b, node, dys[node.output[0]], node.input[0],
+                                           b.const(w, "avg_w"), kernel, channels)}
+
+
+def max_pool(b, node, dys, wanted):
+    """Non-overlapping MaxPool (kernel = stride, no padding): route dY to the maxima."""
+    _only(node, wanted)
+    a = _attrs(node)
+    kernel, strides = a["kernel_shape"], a.get("strides", [1] * len(a["kernel_shape"]))
+    if list(kernel) != list(strides) or any(a.get("pads", [])) or len(node.output) > 1:
+        raise BincamError(f"MaxPool node {node.name!r}: only kernel = stride without padding is "
+                          "supported (overlapping windows need the argmax positions)")
+    x, y = node.input[0], node.output[0]
+    if b.static(x)[1:] != [d * k for d, k in zip(b.static(y)[1:], kernel)]:
+        raise BincamError(f"MaxPool node {node.name!r}: input not a multiple of the kernel")
+    ones = [1.0] * 2
+    up_y = b.node("Resize", [y, "", b.const(ones + [float(k) for k in kernel], "scales")],
+                  "up_y", mode="nearest")
+    up_dy = b.node("Resize", [dys[y], "", b.const([1.0] + ones + [float(k) for k in kernel],
+                                                   "scales")], "up_dy", mode="nearest")
+    is_max = b.node("Equal", [x, up_y], "is_max")
+    return {x: b.node("Where", [is_max, up_dy, b.const(0.0, "zero")], "maxpool")}
+
+
+def concat(b, node, dys, wanted):
+    rank = len(b.shape(node.output[0]))
+    axis = _attrs(node)["axis"] % rank
+    if axis == 0:
+        raise BincamError(f"Concat node {node.name!r} along the batch axis is not supported")
+    out, start = {}, 0
+    for x in node.input:
+        size = b.static(x)[axis - 1]
+        if x in wanted:
+            out[x] = b.node("Slice", [dys[node.output[0]], b.const([start], "s", np.int64),
+                                      b.const([start + size], "e", np.int64),
+                                      b.const([axis + 1], "ax", np.int64)], "concat")
+        start += size
+    return out
+
+
+def slice_(b, node, dys, wanted):
+    """``dX`` is ``dY`` zero-padded back to the input's extent (steps of 1)."""
+    _only(node, wanted)
+    x = node.input[0]
+    dims = b.shape(x)
+    starts = _const(b, node.input[1], "starts", node)
+    ends = _const(b, node.input[2], "ends", node)
+    axes = _const(b, node.input[3], "axes", node) if len(node.input) > 3 and node.input[3] \
+        else np.arange(len(starts))
+    if len(node.input) > 4 and node.input[4] and np.any(_const(b, node.input[4], "steps", node) != 1):
+        raise BincamError(f"Slice node {node.name!r}: only steps of 1 are supported")
+    pads = [0] * (2 * (len(dims) + 1))
+    for s, e, ax in zip(starts, ends, axes):
+        ax = int(ax) % len(dims)
+        if ax == 0:
+            raise BincamError(f"Slice node {node.name!r} slices the batch axis")
+        n = dims[ax]
+        s, e = int(np.clip(s if s >= 0 else s + n, 0, n)), int(np.clip(e if e >= 0 else e + n, 0, n))
+        pads[ax + 1], pads[ax + 1 + len(dims) + 1] = s, n - e
+    return {x: b.node("Pad", [dys[node.output[0]], b.const(pads, "pads", np.int64)], "slice",
+                      mode="constant")}
+
+
+def pad(b, node, dys, wanted):
+    """``dX`` is the interior of ``dY`` (constant-mode, non-negative pads)."""
+    _only(node, wanted)
+    a = _attrs(node)
+    if a.get("mode", b"constant") not in (b"constant", "constant"):
+        raise BincamError(f"Pad node {node.name!r}: only constant padding is supported")
+    x = node.input[0]
+    dims = b.static(x)
+    pads = _const(b, node.input[1], "pads", node).astype(np.int64)
+    rank = len(dims) + 1
+    if len(node.input) > 3 and node.input[3]:
+        full = np.zeros(2 * rank, dtype=np.int64)
+        for i, ax in enumerate(_const(b, node.input[3], "axes", node)):
+            full[int(ax) % rank], full[int(ax) % rank + rank] = pads[i], pads[i + len(pads) // 2]
+        pads = full
+    if np.any(pads < 0) or pads[0] or pads[rank]:
+        raise BincamError(f"Pad node {node.name!r}: negative or batch-axis pads are not supported")
+    starts = [int(pads[i]) for i in range(1, rank)]
+    ends = [s + d for s, d in zip(starts, dims)]
+    axes = list(range(2, rank + 1))
+    return {x: b.node("Slice", [dys[node.output[0]], b.const(starts, "s", np.int64),
+                                b.const(ends, "e", np.int64), b.const(axes, "ax", np.int64)],
+                      "pad")}
+
+
+RULES = {
+    "Identity": identity, "Flatten": reshape_back, "Reshape": reshape_back,
+    "Squeeze": reshape_back, "Unsqueeze": reshape_back, "Relu": relu, "Sigmoid": sigmoid,
+    "Add": add, "Sub": sub, "Mul": mul, "BatchNormalization": batchnorm, "Gemm": gemm,
+    "MatMul": matmul, "Transpose": transpose, "GlobalAveragePool": global_average_pool,
+    "ReduceMean": reduce_mean, "Conv": conv, "AveragePool": average_pool, "MaxPool": max_pool,
+    "Concat": concat, "Slice": slice_, "Pad": pad,
+}

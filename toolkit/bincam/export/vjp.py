@@ -1,0 +1,173 @@
+"""The VJP pass: append reverse-mode gradient nodes to an ONNX forward graph.
+
+Given a graph that outputs ``logits [B, K_all]`` and an activation tensor ``A [B, C, h, w]``, the pass
+walks the nodes between ``A`` and ``logits`` backwards and appends, per node, the nodes of its
+vector–Jacobian product (one registered rule per op type, ``rules.py``). All K selected logits are
+differentiated in one run: every cotangent carries a leading axis of K (``[K, *forward shape]``),
+seeded with an identity matrix; saved forward tensors broadcast against it, and nothing of the
+forward is recomputed. The new output ``gradients`` is ``[B, K, C, h, w]``.
+
+An op on the path without a rule stops the pass with a message naming the op and the node.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+from bincam.errors import BincamError
+
+GRADIENTS = "gradients"
+
+
+class VjpBuilder:
+    """Collects gradient nodes and constants; knows static shapes of the forward tensors."""
+
+    def __init__(self, model: onnx.ModelProto, k: int):
+        self.model = model
+        self.graph = model.graph
+        self.k = k
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.consts = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
+        for node in self.graph.node:
+            if node.op_type == "Constant":
+                self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
+        self.shapes: dict[str, list[int | None]] = {}
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + \
+                list(inferred.graph.output):
+            dims = vi.type.tensor_type.shape.dim
+            self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        self._count = 0
+        self._kshape: dict[str, str] = {}
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"vjp/{hint}/{self._count}"
+
+    def node(self, op: str, inputs: list[str], hint: str | None = None, **attrs) -> str:
+        out = self.name(hint or op)
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def const(self, value, hint: str = "c", dtype=np.float32) -> str:
+        name = self.name(hint)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def shape(self, tensor: str) -> list[int | None]:
+        if tensor not in self.shapes:
+            raise BincamError(f"no static shape for tensor {tensor!r}; run shape inference first")
+        return self.shapes[tensor]
+
+    def static(self, tensor: str) -> list[int]:
+        """Shape without the batch axis, all static."""
+        dims = self.shape(tensor)[1:]
+        if any(d is None for d in dims):
+            raise BincamError(f"tensor {tensor!r} has a dynamic non-batch dimension {dims}")
+        return dims
+
+    def k_shape(self, tensor: str) -> str:
+        """A shape tensor ``[K, *shape(tensor)]`` (dynamic batch from the forward tensor)."""
+        if tensor not in self._kshape:
+            shp = self.node("Shape", [tensor], "shape")
+            self._kshape[tensor] = self.node("Concat", [self.const([self.k], "K", np.int64), shp],
+                                             "kshape", axis=0)
+        return self._kshape[tensor]
+
+    def as_4d(self, cot: str, like: str) -> str:
+        """``[K, B, C, h, w]`` → ``[K·B, C, h, w]``."""
+        return self.node("Reshape", [cot, self.const([-1, *self.static(like)], "shape4", np.int64)])
+
+    def back_to(self, flat: str, like: str) -> str:
+        """``[K·B, …]`` or any reshaped cotangent → ``[K, *shape(like)]``."""
+        return self.node("Reshape", [flat, self.k_shape(like)])
+
+    def unbroadcast(self, cot: str, target: str, result: str) -> str:
+        """Sum a cotangent over the axes that broadcasting added to ``target`` (as ``result``)."""
+        t, r = self.shape(target), self.shape(result)
+        if t == r:
+            return cot
+        t_full = [1] * (len(r) - len(t)) + list(t)
+        axes = [i + 1 for i, (a, b) in enumerate(zip(t_full, r)) if a == 1 and b != 1]
+        summed = self.node("ReduceSum", [cot, self.const(axes, "axes", np.int64)], keepdims=1) \
+            if axes else cot
+        return self.node("Reshape", [summed, self.k_shape(target)]) if target not in self.consts \
+            else summed
+
+
+def path_nodes(graph: onnx.GraphProto, source: str, sink: str) -> list[onnx.NodeProto]:
+    """Nodes on some path from tensor ``source`` to tensor ``sink``, in graph (topological) order."""
+    consumers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    downstream, stack = {source}, [source]
+    while stack:
+        for node in consumers[stack.pop()]:
+            for out in node.output:
+                if out not in downstream:
+                    downstream.add(out)
+                    stack.append(out)
+    if sink not in downstream:
+        raise BincamError(f"the logits tensor {sink!r} does not depend on {source!r}")
+    producer = {out: node for node in graph.node for out in node.output}
+    upstream, stack = {sink}, [sink]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None:
+            continue
+        for name in node.input:
+            if name in downstream and name not in upstream:
+                upstream.add(name)
+                stack.append(name)
+    return [n for n in graph.node if any(o in upstream for o in n.output)
+            and any(i in downstream for i in n.input)]
+
+
+def append_gradients(model: onnx.ModelProto, activations: str, logits: str,
+                     indices: list[int] | None = None) -> onnx.ModelProto:
+    """A copy of ``model`` with an extra output ``gradients [B, K, C, h, w]`` = ∂logits[:, k]/∂A."""
+    from bincam.export.rules import RULES
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    b = VjpBuilder(model, k=0)
+    k_all = b.shape(logits)[1]
+    indices = list(range(k_all)) if indices is None else list(indices)
+    b.k = len(indices)
+    nodes = path_nodes(model.graph, activations, logits)
+    on_path = {activations} | {o for n in nodes for o in n.output}
+    eye = np.eye(k_all, dtype=np.float32)[indices][:, None, :]                      # [K, 1, K_all]
+    cot: dict[str, list[str]] = defaultdict(list)
+    cot[logits].append(b.node("Expand", [b.const(eye, "seed"), b.k_shape(logits)], "seed"))
+    for node in reversed(nodes):
+        rule = RULES.get(node.op_type)
+        if rule is None:
+            raise BincamError(f"no gradient rule for op {node.op_type} (node {node.name!r}) on the "
+                              f"path from {activations!r} to {logits!r}")
+        dys = {}
+        for out in node.output:
+            if cot.get(out):
+                parts = cot[out]
+                dys[out] = parts[0] if len(parts) == 1 else b.node("Sum", parts, "accumulate")
+        if not dys:
+            continue
+        wanted = [i for i in node.input if i in on_path]
+        for name, grad in rule(b, node, dys, wanted).items():
+            cot[name].append(grad)
+    parts = cot[activations]
+    grad = parts[0] if len(parts) == 1 else b.node("Sum", parts, "accumulate")
+    rank = len(b.shape(activations))
+    perm = [1, 0] + list(range(2, rank + 1))
+    out = b.node("Transpose", [grad], "gradients", perm=perm)
+    b.nodes.append(helper.make_node("Identity", [out], [GRADIENTS], name="vjp/output"))
+    model.graph.node.extend(b.nodes)
+    model.graph.initializer.extend(b.initializers)
+    dims = b.shape(activations)
+    shape = [dims[0] or "batch", b.k, *dims[1:]]
+    model.graph.output.append(helper.make_tensor_value_info(GRADIENTS, TensorProto.FLOAT, shape))
+    return model
