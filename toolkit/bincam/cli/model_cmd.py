@@ -37,6 +37,6 @@ def info(checkpoint: Path = typer.Argument(..., help="A checkpoint folder.")) ->
     table.add_row("CAM layers", f"{', '.join(card.cam_layers)} (default {card.default_cam_layer})")
     if card.validation:
         means = card.validation.get("means", {})
-        table.add_row("validation", f"epoch {card.validation.get('epoch')}: " + ", ".join(
+        table.add_row("validation", f"epoch {card.validation.get('epoch', -1) + 1}: " + ", ".join(
             f"{k} {v:.3f}" for k, v in means.items()))
     console.print(table)

@@ -55,29 +55,37 @@ def sigmoid(b, node, dys, wanted):
     return {node.input[0]: b.node("Mul", [dys[y], slope], "sigmoid")}
 
 
+def _collect(b, pairs) -> dict:
+    """Input → gradient, summing when one tensor feeds several inputs of the node (``x·x``)."""
+    out: dict[str, str] = {}
+    for name, grad in pairs:
+        out[name] = b.node("Add", [out[name], grad], "accumulate") if name in out else grad
+    return out
+
+
 def add(b, node, dys, wanted):
     dy, y = dys[node.output[0]], node.output[0]
-    return {x: b.unbroadcast(dy, x, y) for x in wanted}
+    return _collect(b, [(x, b.unbroadcast(dy, x, y)) for x in node.input if x in wanted])
 
 
 def sub(b, node, dys, wanted):
     dy, y = dys[node.output[0]], node.output[0]
-    out = {}
-    for x in wanted:
-        g = dy if x == node.input[0] else b.node("Neg", [dy], "neg")
-        out[x] = b.unbroadcast(g, x, y)
-    return out
+    pairs = []
+    for i, x in enumerate(node.input):
+        if x in wanted:
+            pairs.append((x, b.unbroadcast(dy if i == 0 else b.node("Neg", [dy], "neg"), x, y)))
+    return _collect(b, pairs)
 
 
 def mul(b, node, dys, wanted):
     """``dA = dY · B`` and ``dB = dY · A`` (summed over broadcast axes)."""
     dy, y = dys[node.output[0]], node.output[0]
-    out = {}
+    pairs = []
     for i, x in enumerate(node.input):
         if x in wanted:
             other = node.input[1 - i]
-            out[x] = b.unbroadcast(b.node("Mul", [dy, other], "mul"), x, y)
-    return out
+            pairs.append((x, b.unbroadcast(b.node("Mul", [dy, other], "mul"), x, y)))
+    return _collect(b, pairs)
 
 
 def batchnorm(b, node, dys, wanted):

@@ -1,0 +1,173 @@
+"""The VJP pass, rule by rule: each op's exported gradient equals autograd on random inputs."""
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bincam.errors import BincamError
+from bincam.export.forward import fold_constants
+from bincam.export.vjp import GRADIENTS, append_gradients
+
+K = 3
+
+
+class Probe(nn.Module):
+    """``x → op(x) → flatten → Linear(K)``: the op under test between activations and logits."""
+
+    def __init__(self, op, features):
+        super().__init__()
+        self.op = op
+        self.head = nn.Linear(features, K)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.op(x), 1))
+
+
+def export(module, x):
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=18,
+                          input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    return fold_constants(onnx.load_from_string(buf.getvalue()))
+
+
+def autograd_jacobian(module, x):
+    x = x.clone().requires_grad_(True)
+    z = module(x)
+    rows = [torch.autograd.grad(z[:, k].sum(), x, retain_graph=True)[0] for k in range(K)]
+    return torch.stack(rows, 1).detach().numpy()                      # [B, K, *x.shape[1:]]
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn, *params):
+        super().__init__()
+        self.fn = fn
+        self.params = nn.ParameterList(params)
+
+    def forward(self, x):
+        return self.fn(x, *self.params)
+
+
+def bn():
+    m = nn.BatchNorm2d(4).eval()
+    m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+    return m
+
+
+CASES = {  # name: (op module, ONNX op that must appear, input shape)
+    "Conv": (nn.Conv2d(4, 6, 3, stride=2, padding=1), "Conv", (4, 9, 9)),
+    "Conv-groups-dilation": (nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2), "Conv", (4, 8, 8)),
+    "Relu": (nn.ReLU(), "Relu", (4, 5, 5)),
+    "Sigmoid": (nn.Sigmoid(), "Sigmoid", (4, 5, 5)),
+    "Add": (Lambda(lambda x, p: x + p, nn.Parameter(torch.randn(4, 1, 1))), "Add", (4, 5, 5)),
+    "Sub": (Lambda(lambda x, p: p - x, nn.Parameter(torch.randn(4, 5, 5))), "Sub", (4, 5, 5)),
+    "Sub-both": (Lambda(lambda x: x - torch.sigmoid(x)), "Sub", (4, 5, 5)),
+    "Mul": (Lambda(lambda x, p: x * p, nn.Parameter(torch.randn(4, 1, 5))), "Mul", (4, 5, 5)),
+    "Mul-square": (Lambda(lambda x: x * x), "Mul", (4, 5, 5)),
+    "BatchNormalization": (bn(), "BatchNormalization", (4, 5, 5)),
+    "Gemm": (Lambda(lambda x, w: F.linear(torch.flatten(x, 1), w), nn.Parameter(torch.randn(7, 100))),
+             "Gemm", (4, 5, 5)),
+    "MatMul": (Lambda(lambda x, w: x @ w, nn.Parameter(torch.randn(5, 6))), "MatMul", (4, 5, 5)),
+    "Reshape": (Lambda(lambda x: x.reshape(-1, 20, 5)), "Reshape", (4, 5, 5)),
+    "Transpose": (Lambda(lambda x: x.permute(0, 2, 3, 1)), "Transpose", (4, 5, 6)),
+    "ReduceMean": (Lambda(lambda x: x.mean(dim=(2, 3))), "ReduceMean", (4, 5, 5)),
+    "GlobalAveragePool": (nn.AdaptiveAvgPool2d(1), "GlobalAveragePool", (4, 5, 5)),
+    "AveragePool": (nn.AvgPool2d(2), "AveragePool", (4, 6, 6)),
+    "AveragePool-stride": (nn.AvgPool2d(3, stride=2), "AveragePool", (4, 9, 9)),
+    "MaxPool": (nn.MaxPool2d(2), "MaxPool", (4, 6, 6)),
+    "Identity": (Lambda(lambda x: x), None, (4, 5, 5)),
+    "Concat": (Lambda(lambda x: torch.cat([x, 2 * x[:, :2]], 1)), "Concat", (4, 5, 5)),
+    "Slice": (Lambda(lambda x: x[:, 1:3, 1:4, 2:]), "Slice", (4, 5, 5)),
+    "Unsqueeze": (Lambda(lambda x: x.unsqueeze(2)), "Unsqueeze", (4, 5, 5)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_rule_matches_autograd(name):
+    torch.manual_seed(hash(name) % 1000)
+    op, op_type, shape = CASES[name]
+    x = torch.randn(3, *shape)
+    features = torch.flatten(op(x), 1).shape[1]
+    module = Probe(op, features).eval()
+    graph = export(module, x)
+    if op_type:
+        assert op_type in {n.op_type for n in graph.graph.node}, name
+    extended = append_gradients(graph, "x", "logits")
+    onnx.checker.check_model(extended, full_check=True)
+    sess = ort.InferenceSession(extended.SerializeToString(), providers=["CPUExecutionProvider"])
+    x2 = torch.randn(5, *shape)  # a fresh input and another batch size
+    got = sess.run([GRADIENTS], {"x": x2.numpy()})[0]
+    expected = autograd_jacobian(module, x2)
+    assert got.shape == expected.shape
+    rel = np.linalg.norm(got - expected) / max(np.linalg.norm(expected), 1e-12)
+    assert rel <= 1e-5, f"{name}: relative L2 {rel:.2e}"
+
+
+def hand_built(op_node, extra_inits, x_shape, out_features, seed=0):
+    """``x → op_node → 'y' → Flatten → Gemm(K) → logits`` written with onnx.helper."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(K, out_features)).astype(np.float32)
+    nodes = [op_node, helper.make_node("Flatten", ["y"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "w"], ["logits"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *x_shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", K])],
+        [numpy_helper.from_array(w, "w"), *extra_inits])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return model, w
+
+
+def test_pad_and_flatten_rules_on_hand_built_graphs():
+    from onnx import helper, numpy_helper
+
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 1, 0], dtype=np.int64), "pads")
+    pad = helper.make_node("Pad", ["x", "pads"], ["y"], mode="constant")
+    model, w = hand_built(pad, [pads], (4, 5, 5), 4 * 7 * 7)
+    sess = ort.InferenceSession(append_gradients(model, "x", "logits").SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).normal(size=(3, 4, 5, 5)).astype(np.float32)
+    got = sess.run([GRADIENTS], {"x": x})[0]
+    expected = w.reshape(K, 4, 7, 7)[:, :, 1:6, 2:7]          # the interior of the padded map
+    assert np.allclose(got, np.broadcast_to(expected, got.shape), atol=1e-6)
+
+    flatten = helper.make_node("Flatten", ["x"], ["y"], axis=1)
+    model, w = hand_built(flatten, [], (4, 5, 5), 100)
+    sess = ort.InferenceSession(append_gradients(model, "x", "logits").SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    got = sess.run([GRADIENTS], {"x": x})[0]
+    assert np.allclose(got, np.broadcast_to(w.reshape(K, 4, 5, 5), got.shape), atol=1e-6)
+
+
+def test_selected_logits_only():
+    torch.manual_seed(0)
+    module = Probe(nn.ReLU(), 100).eval()
+    x = torch.randn(2, 4, 5, 5)
+    extended = append_gradients(export(module, x), "x", "logits", indices=[2, 0])
+    sess = ort.InferenceSession(extended.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run([GRADIENTS], {"x": x.numpy()})[0]
+    assert np.allclose(got, autograd_jacobian(module, x)[:, [2, 0]], atol=1e-6)
+
+
+def test_op_without_rule_names_op_and_node():
+    module = Probe(Lambda(lambda x: torch.exp(x)), 100).eval()
+    graph = export(module, torch.randn(2, 4, 5, 5))
+    with pytest.raises(BincamError, match=r"no gradient rule for op Exp \(node '.*'\)"):
+        append_gradients(graph, "x", "logits")
+
+
+def test_overlapping_maxpool_is_refused():
+    module = Probe(nn.MaxPool2d(3, stride=2), 64).eval()
+    graph = export(module, torch.randn(2, 4, 9, 9))
+    with pytest.raises(BincamError, match="MaxPool .* kernel = stride"):
+        append_gradients(graph, "x", "logits")
