@@ -28,7 +28,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from bincam.cli import cam_cmd, data_cmd, model_cmd, train_cmd  # noqa: F401  (they register)
+    from bincam.cli import cam_cmd, data_cmd, export_cmd, model_cmd, train_cmd  # noqa: F401
 
 
 def main() -> None:

@@ -1,0 +1,108 @@
+"""Checks at export: ONNX checker, strict shape inference, TensorRT lint, parity with the torch
+engine on fresh random inputs, and input dependence (two inputs ⇒ two different gradients — what
+a naive export that bakes gradients in as constants fails)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from bincam.export.lint import lint_tensorrt
+
+TOLERANCES = {"logits max abs": 1e-4, "gradients rel L2": 1e-5, "final maps max abs": 1e-4,
+              "PE max abs": 1e-4, "prediction flips": 0}
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def structural_checks(model: onnx.ModelProto) -> list[Check]:
+    out = []
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        out.append(Check("onnx.checker (full)", True, "passed"))
+    except onnx.checker.ValidationError as exc:
+        out.append(Check("onnx.checker (full)", False, str(exc).splitlines()[0]))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
+                                                     data_prop=True)
+        batch = [o.type.tensor_type.shape.dim[0].dim_param for o in inferred.graph.output
+                 if o.name != "channel_weights"]
+        ok = all(batch)
+        out.append(Check("strict shape inference", ok,
+                         f"symbolic batch axis: {', '.join(batch)}" if ok else
+                         "an output lost its symbolic batch axis"))
+    except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError subclasses
+        out.append(Check("strict shape inference", False, str(exc).splitlines()[0][:160]))
+    problems = lint_tensorrt(model)
+    out.append(Check("TensorRT operator lint", not problems,
+                     f"{len({n.op_type for n in model.graph.node})} op types, all supported"
+                     if not problems else "; ".join(problems[:3])))
+    return out
+
+
+def _engine_gradients(engine, out) -> np.ndarray:
+    from bincam.runtime.cam_np import dense_from_factored
+
+    if "gradients" in out:
+        return out["gradients"]
+    return dense_from_factored(out["activations"], out["channel_weights"], engine.info.mask_positive)
+
+
+def parity(engine, torch_model, batch: int = 3, seed: int | None = None,
+           method: str = "gradcam") -> dict[str, float]:
+    """Differences between the ONNX engine and the torch engine on fresh random images."""
+    import torch
+
+    from bincam import explain
+    from bincam.cam.gradients import layer_gradients
+
+    size = engine.info.image_size
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch, 3, size, size), dtype=np.float32)
+    out = engine.run(x)
+    idx = list(range(len(engine.attributes)))
+    ref = layer_gradients(torch_model, torch.from_numpy(x), engine.info.target_layer, idx,
+                          closed_form=False)
+    g_ort, g_ref = _engine_gradients(engine, out), ref.grads.numpy()
+    ours = engine.explain(x, method=method)
+    theirs = explain(torch_model, torch.from_numpy(x), method=method, layer=engine.info.target_layer)
+    return {
+        "logits max abs": float(np.abs(out["logits"] - ref.logits.numpy()).max()),
+        "gradients rel L2": float(np.linalg.norm(g_ort - g_ref) / max(np.linalg.norm(g_ref), 1e-30)),
+        "final maps max abs": float(np.abs(ours.heatmaps() - theirs.heatmaps().numpy()).max()),
+        "PE max abs": float(np.abs(ours.proportional_energy() - theirs.proportional_energy()).max()),
+        "prediction flips": int((ours.predictions != theirs.predictions.numpy()).sum()),
+    }
+
+
+def input_dependence(engine, seed: int | None = None) -> float:
+    """Relative L2 difference of the gradients of two different random inputs (must be > 0)."""
+    size = engine.info.image_size or 224
+    rng = np.random.default_rng(seed)
+    a, b = (rng.random((1, 3, size, size), dtype=np.float32) for _ in range(2))
+    ga, gb = (_engine_gradients(engine, engine.run(x)) for x in (a, b))
+    return float(np.linalg.norm(ga - gb) / max(np.linalg.norm(ga), 1e-30))
+
+
+def run_checks(model: onnx.ModelProto, torch_model=None) -> list[Check]:
+    """All checks; parity only when the torch net is at hand."""
+    from bincam.runtime.ort_engine import OrtEngine
+
+    checks = structural_checks(model)
+    engine = OrtEngine(model.SerializeToString())
+    if torch_model is not None:
+        diffs = parity(engine, torch_model)
+        for name, value in diffs.items():
+            checks.append(Check(f"parity: {name}", value <= TOLERANCES[name],
+                                f"{value:.2e} (limit {TOLERANCES[name]:g})"))
+    dep = input_dependence(engine)
+    checks.append(Check("input dependence", dep > 1e-6, f"gradients of two inputs differ by "
+                                                        f"{dep:.2e} (relative L2)"))
+    return checks

@@ -1,0 +1,116 @@
+"""``bincam export``: a checkpoint (or any ONNX classifier) → one ONNX file with gradients.
+
+Outputs: ``logits [B,K]``, ``activations [B,C,h,w]`` and either ``gradients [B,K,C,h,w]`` (dense,
+from the VJP pass) or, for an affine head, ``channel_weights [K,C]`` (factored: ``W_eff/(h·w)``;
+consumers re-apply ``1[A > 0]``), so the K-fold tensor is not materialised.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from bincam.errors import BincamError
+from bincam.export.metadata import ModelInfo, write_metadata
+from bincam.export.vjp import append_gradients
+
+LAYOUTS = ("auto", "dense", "factored")
+
+
+def _add_factored(model: onnx.ModelProto, weights: np.ndarray) -> None:
+    model.graph.initializer.append(numpy_helper.from_array(weights.astype(np.float32),
+                                                           "bincam/channel_weights"))
+    model.graph.node.append(helper.make_node("Identity", ["bincam/channel_weights"],
+                                             ["channel_weights"], name="bincam/factored"))
+    model.graph.output.append(helper.make_tensor_value_info("channel_weights", TensorProto.FLOAT,
+                                                            list(weights.shape)))
+
+
+def export_checkpoint(model, layer: str | None = None, gradients: str = "auto") -> onnx.ModelProto:
+    """The ONNX model (forward + gradients + metadata) of a bincam net (``model.card`` used)."""
+    from bincam.cam.gradients import effective_head
+    from bincam.explanation import model_attributes
+    from bincam.export.forward import ACTIVATIONS, LOGITS, export_forward
+    from bincam.nets import cam_module
+
+    if gradients not in LAYOUTS:
+        raise BincamError(f"--gradients must be one of {', '.join(LAYOUTS)}")
+    layer = layer or model.default_cam_layer
+    cam_module(model, layer)  # validates the name, listing the valid ones
+    card = getattr(model, "card", None)
+    size = card.image_size if card else 224
+    affine = layer in getattr(model, "affine_heads", {})
+    if gradients == "factored" and not affine:
+        raise BincamError(f"layer {layer!r} has no affine head after it; use --gradients dense")
+    layout = "factored" if (gradients == "factored" or (gradients == "auto" and affine)) else "dense"
+    graph = export_forward(model, layer, size)
+    mask_positive = True
+    if layout == "dense":
+        graph = append_gradients(graph, ACTIVATIONS, LOGITS)
+    else:
+        w_eff, _, mask_positive = effective_head(model, layer)
+        shape = [d.dim_value for d in graph.graph.output[1].type.tensor_type.shape.dim[2:]]
+        _add_factored(graph, w_eff.cpu().numpy() / float(np.prod(shape)))
+    write_metadata(graph, ModelInfo(
+        attributes=model_attributes(model), target_layer=layer, gradient_layout=layout,
+        image_size=size, mask_positive=bool(mask_positive),
+        mean=tuple(card.mean) if card else (0.0, 0.0, 0.0),
+        std=tuple(card.std) if card else (1.0, 1.0, 1.0),
+        positive_counts=card.positive_counts if card else None,
+        negative_counts=card.negative_counts if card else None))
+    return graph
+
+
+def export_onnx_classifier(source: Path | str, activation: str, logits: str,
+                           attributes: list[str] | None = None) -> onnx.ModelProto:
+    """Append the gradient subgraph to an ONNX classifier made by any framework."""
+    from bincam.export.forward import fold_constants
+
+    try:
+        model = onnx.load(str(source))
+    except Exception as exc:  # noqa: BLE001 - protobuf errors vary
+        raise BincamError(f"{source} is not a readable ONNX file ({exc.__class__.__name__})") \
+            from None
+    model = fold_constants(model)
+    names = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    for what, name in (("activation", activation), ("logits", logits)):
+        if name not in names:
+            candidates = [n.output[0] for n in model.graph.node][-12:]
+            raise BincamError(f"no tensor {name!r} ({what}) in {source}; tensors near the end: "
+                              f"{', '.join(candidates)}")
+    graph = helper.make_graph(list(model.graph.node), model.graph.name, list(model.graph.input),
+                              [], list(model.graph.initializer), value_info=list(
+                                  model.graph.value_info))
+    for new, old in (("logits", logits), ("activations", activation)):
+        graph.node.append(helper.make_node("Identity", [old], [new], name=f"bincam/{new}"))
+    rebuilt = helper.make_model(graph, opset_imports=list(model.opset_import),
+                                ir_version=model.ir_version)
+    inferred = onnx.shape_inference.infer_shapes(rebuilt, data_prop=True)
+    for name in ("logits", "activations"):
+        vi = next(v for v in inferred.graph.value_info if v.name == name)
+        rebuilt.graph.output.append(vi)
+    k = rebuilt.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    names = attributes or [f"logit{i}" for i in range(k)]
+    if len(names) != k:
+        raise BincamError(f"the model has {k} logits but {len(names)} attribute names were given")
+    out = append_gradients(rebuilt, "activations", "logits")
+    dims = out.graph.input[0].type.tensor_type.shape.dim
+    size = dims[-1].dim_value or None
+    write_metadata(out, ModelInfo(attributes=names, target_layer=activation,
+                                  gradient_layout="dense", image_size=size,
+                                  input_name=out.graph.input[0].name))
+    return out
+
+
+def save_onnx(model: onnx.ModelProto, path: Path | str) -> Path:
+    """Write atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return path

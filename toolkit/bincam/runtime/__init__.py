@@ -1,0 +1,1 @@
+"""The serving runtime: ONNX Runtime sessions and NumPy CAMs. Never imports torch."""

@@ -1,0 +1,113 @@
+"""The ONNX Runtime engine: logits, activations and gradients from an exported bincam model.
+
+CPU provider by default; the CUDA provider when asked for and installed (the ``gpu`` extra ships
+``onnxruntime-gpu``, which replaces the CPU wheel's ``onnxruntime`` module), with I/O binding.
+The model must carry bincam metadata (``bincam export`` writes it). No torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bincam.attributes import resolve_attributes
+from bincam.errors import BincamError
+from bincam.export.metadata import read_metadata
+from bincam.runtime.cam_np import raw_maps, signs
+from bincam.runtime.explanation_np import NumpyExplanation
+
+
+def check_batch(images, size: int | None) -> np.ndarray:
+    """Validate ``[B, 3, S, S]`` uint8 or float in [0, 1]; return float32 (NaN/Inf: which images)."""
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
+        raise BincamError(f"images must have shape [B, 3, S, S]; got {list(x.shape)}")
+    if size is not None and x.shape[2] != size:
+        raise BincamError(f"this model takes {size}×{size} images; got {x.shape[2]}×{x.shape[3]}")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    if x.dtype.kind != "f":
+        raise BincamError(f"images must be uint8 or float; got {x.dtype}")
+    bad = ~np.isfinite(x).reshape(len(x), -1).all(1)
+    if bad.any():
+        raise BincamError(f"images {np.flatnonzero(bad).tolist()} contain NaN or Inf")
+    if x.min() < -1e-6 or x.max() > 1 + 1e-6:
+        raise BincamError(f"float images must lie in [0, 1]; got [{x.min():.3g}, {x.max():.3g}] "
+                          "(divide 0–255 images by 255)")
+    return x.astype(np.float32)
+
+
+class OrtEngine:
+    def __init__(self, model: str | Path | bytes, device: str = "cpu", threads: int | None = None,
+                 optimize: bool = True):
+        import onnxruntime as ort
+
+        source = "the model" if isinstance(model, bytes) else str(model)
+        if not isinstance(model, bytes):
+            if not Path(model).is_file():
+                raise BincamError(f"ONNX model {model} does not exist")
+            model = Path(model).read_bytes()
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BincamError("the CUDA provider is not installed: pip install "
+                                  "'bincam[gpu]' (it replaces the onnxruntime CPU wheel)")
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(model, options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises several types for a bad file
+            raise BincamError(f"{source} is not a loadable ONNX model "
+                              f"({str(exc).splitlines()[0][:160]})") from None
+        self.info = read_metadata(self.session.get_modelmeta().custom_metadata_map, source)
+        self.device = device
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.grad_output = "gradients" if self.info.gradient_layout == "dense" else "channel_weights"
+        missing = {"logits", "activations", self.grad_output} - outputs
+        if missing:
+            raise BincamError(f"{source} lacks output(s) {', '.join(sorted(missing))}")
+        self._weights = None
+
+    @property
+    def attributes(self) -> list[str]:
+        return self.info.attributes
+
+    def run(self, images) -> dict[str, np.ndarray]:
+        """``logits [B,K]``, ``activations [B,C,h,w]`` and ``gradients [B,K,C,h,w]`` or
+        ``channel_weights [K,C]``."""
+        x = check_batch(images, self.info.image_size)
+        names = ["logits", "activations", self.grad_output]
+        if self.device == "cuda":
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.info.input_name, x)
+            for name in names:
+                binding.bind_output(name, "cuda")
+            self.session.run_with_iobinding(binding)
+            values = binding.copy_outputs_to_cpu()
+        else:
+            values = self.session.run(names, {self.info.input_name: x})
+        return dict(zip(names, values))
+
+    def run_forward(self, images) -> np.ndarray:
+        """Logits only (ORT still computes what the graph needs for them)."""
+        x = check_batch(images, self.info.image_size)
+        return self.session.run(["logits"], {self.info.input_name: x})[0]
+
+    def explain(self, images, method: str = "gradcam", mode: str = "predicted",
+                attributes=None) -> NumpyExplanation:
+        names = resolve_attributes(attributes, self.attributes)
+        idx = [self.attributes.index(n) for n in names]
+        out = self.run(images)
+        logits = out["logits"][:, idx]
+        s = signs(logits, mode)
+        if self.grad_output == "gradients":
+            raw = raw_maps(method, out["activations"], s, grads=out["gradients"][:, idx])
+        else:
+            raw = raw_maps(method, out["activations"], s, weight=out["channel_weights"][idx],
+                           mask_positive=self.info.mask_positive)
+        return NumpyExplanation(names, logits, s, raw, method, mode, np.shape(images)[-1])
