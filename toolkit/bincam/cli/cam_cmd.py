@@ -62,7 +62,8 @@ def _write_pictures(out: Path, stem: str, shown: np.ndarray, maps: np.ndarray, n
 
 
 @app.command("cam")
-def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder."),
+def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an exported ONNX "
+                                         "file with --engine ort."),
         inputs: List[Path] = typer.Argument(..., help="Images and/or folders of images."),
         out: Path = typer.Option(..., help="Output folder."),
         method: str = typer.Option("gradcam", help="gradcam, hirescam, gradcam-elementwise, "
@@ -72,13 +73,12 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder."),
         layer: str = typer.Option(None, help="CAM layer (default: the net's final tap)."),
         size: int = typer.Option(224, help="Side of overlays and grids in pixels."),
         batch_size: int = typer.Option(16),
+        engine: str = typer.Option("torch", help="torch (checkpoint) or ort (exported ONNX)."),
         on_error: str = typer.Option("skip", help="skip or fail on unreadable inputs.")) -> None:
     """Explain every selected attribute of each image for its predicted class."""
     from bincam.attributes import resolve_attributes
     from bincam.cam.methods import method as check_method
     from bincam.cam.modes import MODES
-    from bincam.checkpoint import load_checkpoint
-    from bincam.explanation import explain, model_attributes
     from bincam.overlay import write_atomic
 
     if on_error not in ("skip", "fail"):
@@ -86,9 +86,31 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder."),
     check_method(method)
     if mode not in MODES:
         raise BincamError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    model = load_checkpoint(checkpoint)
-    names = resolve_attributes(attributes, model_attributes(model))
-    readable, pixels = _read_all(_expand(inputs), model.card.image_size, size, on_error)
+    if engine == "torch":
+        from bincam.checkpoint import load_checkpoint
+        from bincam.explanation import explain, model_attributes
+
+        model = load_checkpoint(checkpoint)
+        names = resolve_attributes(attributes, model_attributes(model))
+        image_size, layer = model.card.image_size, layer or model.default_cam_layer
+
+        def run(x):
+            return explain(model, x, method=method, mode=mode, attributes=names, layer=layer)
+    elif engine == "ort":
+        from bincam.runtime.ort_engine import OrtEngine
+
+        session = OrtEngine(checkpoint)
+        if layer and layer != session.info.target_layer:
+            raise BincamError(f"{checkpoint} was exported for layer {session.info.target_layer!r}; "
+                              "export again for another layer")
+        names = resolve_attributes(attributes, session.attributes)
+        image_size, layer = session.info.image_size, session.info.target_layer
+
+        def run(x):
+            return session.explain(x, method=method, mode=mode, attributes=names)
+    else:
+        raise BincamError(f"--engine must be torch or ort, got {engine!r}")
+    readable, pixels = _read_all(_expand(inputs), image_size, size, on_error)
     records, raws, logits, energies = [], [], [], []
     with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
@@ -96,21 +118,21 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder."),
         for start in range(0, len(readable), batch_size):
             chunk = pixels[start:start + batch_size]
             x = np.stack([p[0] for p in chunk]).transpose(0, 3, 1, 2)
-            result = explain(model, x, method=method, mode=mode, attributes=names, layer=layer)
-            maps, pe = result.heatmaps(size).numpy(), result.proportional_energy()
-            probs = result.probabilities.numpy()
+            result = run(x)
+            maps, pe = np.asarray(result.heatmaps(size)), result.proportional_energy()
+            probs = np.asarray(result.probabilities)
             for i, path in enumerate(readable[start:start + batch_size]):
                 _write_pictures(out, path.stem, chunk[i][1], maps[i], names, probs[i])
-                records.append({"file": str(path), "logits": result.logits[i].tolist(),
+                records.append({"file": str(path), "logits": np.asarray(result.logits[i]).tolist(),
                                 "probabilities": probs[i].tolist(),
                                 "predicted": [int(v) for v in (probs[i] >= 0.5)],
                                 "proportional_energy": pe[i].tolist()})
                 bar.advance(task)
-            raws.append(result.raw.float().numpy())
-            logits.append(result.logits.numpy())
+            raws.append(np.asarray(result.raw, dtype=np.float32))
+            logits.append(np.asarray(result.logits))
             energies.append(pe)
-    summary = {"checkpoint": str(checkpoint), "method": method, "mode": mode,
-               "layer": layer or model.default_cam_layer, "attributes": names, "images": records}
+    summary = {"model": str(checkpoint), "engine": engine, "method": method, "mode": mode,
+               "layer": layer, "attributes": names, "images": records}
     write_atomic(out / "predictions.json", json.dumps(summary, indent=2).encode())
     buf = io.BytesIO()
     np.savez_compressed(buf, files=np.array([str(p) for p in readable]), attributes=np.array(names),

@@ -11,6 +11,7 @@ import onnx
 
 from bincam.export.lint import lint_tensorrt
 
+MASK_FLIP_LIMIT = 5e-2  # worst image: one ReLU unit within float32 rounding of 0 may flip
 TOLERANCES = {"logits max abs": 1e-4, "gradients rel L2": 1e-5, "final maps max abs": 1e-4,
               "PE max abs": 1e-4, "prediction flips": 0}
 
@@ -57,7 +58,12 @@ def _engine_gradients(engine, out) -> np.ndarray:
 
 def parity(engine, torch_model, batch: int = 3, seed: int | None = None,
            method: str = "gradcam") -> dict[str, float]:
-    """Differences between the ONNX engine and the torch engine on fresh random images."""
+    """Worst-image differences between the ONNX engine and the torch engine on fresh random images.
+
+    Also ``… (median image)`` figures: for a CAM layer with ReLUs between it and the head (e.g.
+    ResNet ``layer3``), a pre-activation within float32 rounding of 0 can take opposite signs in
+    the two engines; that flips one unit of the ReLU mask and moves that image's gradient by ~1e-3.
+    """
     import torch
 
     from bincam import explain
@@ -73,22 +79,43 @@ def parity(engine, torch_model, batch: int = 3, seed: int | None = None,
     g_ort, g_ref = _engine_gradients(engine, out), ref.grads.numpy()
     ours = engine.explain(x, method=method)
     theirs = explain(torch_model, torch.from_numpy(x), method=method, layer=engine.info.target_layer)
-    return {
-        "logits max abs": float(np.abs(out["logits"] - ref.logits.numpy()).max()),
-        "gradients rel L2": float(np.linalg.norm(g_ort - g_ref) / max(np.linalg.norm(g_ref), 1e-30)),
-        "final maps max abs": float(np.abs(ours.heatmaps() - theirs.heatmaps().numpy()).max()),
-        "PE max abs": float(np.abs(ours.proportional_energy() - theirs.proportional_energy()).max()),
-        "prediction flips": int((ours.predictions != theirs.predictions.numpy()).sum()),
+    per_image = {
+        "logits max abs": np.abs(out["logits"] - ref.logits.numpy()).max(axis=1),
+        "gradients rel L2": np.linalg.norm((g_ort - g_ref).reshape(batch, -1), axis=1)
+        / np.maximum(np.linalg.norm(g_ref.reshape(batch, -1), axis=1), 1e-30),
+        "final maps max abs": np.abs(ours.heatmaps() - theirs.heatmaps().numpy()).reshape(
+            batch, -1).max(axis=1),
+        "PE max abs": np.abs(ours.proportional_energy() - theirs.proportional_energy()).max(axis=1),
+        "prediction flips": (ours.predictions != theirs.predictions.numpy()).sum(axis=1),
     }
+    result = {name: float(values.max()) for name, values in per_image.items()}
+    result.update({f"{name} (median image)": float(np.median(values))
+                   for name, values in per_image.items()})
+    return result
 
 
-def input_dependence(engine, seed: int | None = None) -> float:
-    """Relative L2 difference of the gradients of two different random inputs (must be > 0)."""
+def input_dependence(engine, torch_model=None, seed: int | None = None) -> tuple[float, float | None]:
+    """Relative L2 difference of the gradients of two different random inputs, from the ONNX
+    engine and (if given) from torch. A gradient that truly does not depend on the input (a
+    post-ReLU tap before an affine head) is constant in both."""
     size = engine.info.image_size or 224
     rng = np.random.default_rng(seed)
     a, b = (rng.random((1, 3, size, size), dtype=np.float32) for _ in range(2))
-    ga, gb = (_engine_gradients(engine, engine.run(x)) for x in (a, b))
-    return float(np.linalg.norm(ga - gb) / max(np.linalg.norm(ga), 1e-30))
+
+    def rel(ga, gb):
+        return float(np.linalg.norm(ga - gb) / max(np.linalg.norm(ga), 1e-30))
+
+    onnx_diff = rel(*(_engine_gradients(engine, engine.run(x)) for x in (a, b)))
+    if torch_model is None:
+        return onnx_diff, None
+    import torch
+
+    from bincam.cam.gradients import layer_gradients
+
+    idx = list(range(len(engine.attributes)))
+    ref = [layer_gradients(torch_model, torch.from_numpy(x), engine.info.target_layer, idx,
+                           closed_form=False).grads.numpy() for x in (a, b)]
+    return onnx_diff, rel(*ref)
 
 
 def run_checks(model: onnx.ModelProto, torch_model=None) -> list[Check]:
@@ -100,9 +127,16 @@ def run_checks(model: onnx.ModelProto, torch_model=None) -> list[Check]:
     if torch_model is not None:
         diffs = parity(engine, torch_model)
         for name, value in diffs.items():
-            checks.append(Check(f"parity: {name}", value <= TOLERANCES[name],
-                                f"{value:.2e} (limit {TOLERANCES[name]:g})"))
-    dep = input_dependence(engine)
-    checks.append(Check("input dependence", dep > 1e-6, f"gradients of two inputs differ by "
-                                                        f"{dep:.2e} (relative L2)"))
+            base = name.replace(" (median image)", "")
+            strict = name != base or base in ("logits max abs", "prediction flips")
+            limit = TOLERANCES[base] if strict else MASK_FLIP_LIMIT
+            checks.append(Check(f"parity: {name}", value <= limit, f"{value:.2e} (limit {limit:g})"))
+    dep, truth = input_dependence(engine, torch_model)
+    ok = dep > 1e-6 if truth is None else (dep > 1e-6) == (truth > 1e-6)
+    detail = f"gradients of two inputs differ by {dep:.2e} (relative L2)"
+    if not ok and truth is None:
+        detail += ("; if the true gradient is constant (a post-ReLU tap before an affine head), "
+                   "export the pre-ReLU tensor or pass --no-checks")
+    checks.append(Check("input dependence", ok, detail if truth is None else
+                        f"{detail}; torch: {truth:.2e}"))
     return checks

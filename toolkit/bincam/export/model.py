@@ -97,7 +97,7 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
     names = attributes or [f"logit{i}" for i in range(k)]
     if len(names) != k:
         raise BincamError(f"the model has {k} logits but {len(names)} attribute names were given")
-    out = append_gradients(rebuilt, "activations", "logits")
+    out = append_gradients(rebuilt, activation, logits)
     dims = out.graph.input[0].type.tensor_type.shape.dim
     size = dims[-1].dim_value or None
     write_metadata(out, ModelInfo(attributes=names, target_layer=activation,

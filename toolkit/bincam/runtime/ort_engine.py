@@ -18,6 +18,17 @@ from bincam.runtime.cam_np import raw_maps, signs
 from bincam.runtime.explanation_np import NumpyExplanation
 
 
+def _metadata(model_bytes: bytes) -> dict[str, str]:
+    """metadata_props of a serialized model, or {} if it does not parse (ORT will then say why)."""
+    import onnx
+
+    try:
+        proto = onnx.load_model_from_string(model_bytes)
+    except Exception:  # noqa: BLE001 - the session creation below reports the real problem
+        return {}
+    return {p.key: p.value for p in proto.metadata_props}
+
+
 def check_batch(images, size: int | None) -> np.ndarray:
     """Validate ``[B, 3, S, S]`` uint8 or float in [0, 1]; return float32 (NaN/Inf: which images)."""
     x = np.asarray(images)
@@ -48,11 +59,16 @@ class OrtEngine:
             if not Path(model).is_file():
                 raise BincamError(f"ONNX model {model} does not exist")
             model = Path(model).read_bytes()
+        layout = _metadata(model).get("bincam.gradient_layout")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        # ORT_ENABLE_ALL adds CPU layout transforms (NCHWc) that corrupt the dense gradient of the
+        # first image in a batch (seen with onnxruntime 1.32); EXTENDED keeps every fusion but those.
+        level = ("ORT_ENABLE_EXTENDED" if layout == "dense" else "ORT_ENABLE_ALL") if optimize \
+            else "ORT_DISABLE_ALL"
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        self.optimization_level = level
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
