@@ -10,7 +10,7 @@ The signed gradient is ``G = s·∂z/∂A`` with ``s`` from the mode (``predicte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bincam.attributes import ATTRIBUTES, attribute_masks, resolve_attributes
+from bincam.attributes import ATTRIBUTES, resolve_attributes
 from bincam.cam import epilogue as torch_epilogue
 from bincam.cam.gradients import layer_gradients
 from bincam.cam.methods import FactoredGrad, method as get_method
 from bincam.cam.modes import signs
 from bincam.errors import BincamError
-from bincam.heatmap import MaskEnergy
+from bincam.heatmap import attribute_energy
 
 
 def model_attributes(model: nn.Module) -> list[str]:
@@ -76,7 +76,6 @@ class Explanation:
     layer: str
     input_size: int
     closed_form: bool
-    _energy: dict = field(default_factory=dict, repr=False)
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -93,12 +92,8 @@ class Explanation:
 
     def proportional_energy(self, size: int | None = None, corrected: bool = False) -> np.ndarray:
         """PE ``[B, K]`` of each final map inside its attribute's mask (fast exact form)."""
-        size = size or self.input_size
-        key = (size, tuple(self.raw.shape[-2:]))
-        if key not in self._energy:
-            self._energy[key] = MaskEnergy(attribute_masks(self.attributes, size),
-                                           tuple(self.raw.shape[-2:]))
-        energy = self._energy[key]
+        energy = attribute_energy(tuple(self.attributes), size or self.input_size,
+                                  tuple(self.raw.shape[-2:]))
         raw = self.raw.detach().cpu().double().numpy()
         return energy.corrected(raw) if corrected else energy(raw)
 

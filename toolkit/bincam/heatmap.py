@@ -17,6 +17,8 @@ those weights, so PE never needs the full-resolution map.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 EPS = 1e-7
@@ -101,3 +103,12 @@ class MaskEnergy:
     def corrected(self, raw: np.ndarray) -> np.ndarray:
         """PE scaled by ``1 − |M|/(H·W)``, the share of the frame outside the mask."""
         return self(raw) * (1 - self.mask_area / self.area)
+
+
+@lru_cache(maxsize=32)
+def attribute_energy(attributes: tuple[str, ...], size: int, feature_size: tuple[int, int]
+                     ) -> MaskEnergy:
+    """``MaskEnergy`` for the attributes' own masks at ``size``, built once per combination."""
+    from bincam.attributes import attribute_masks
+
+    return MaskEnergy(attribute_masks(list(attributes), size), feature_size)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from bincam.attributes import attribute_masks
-from bincam.heatmap import MaskEnergy, epilogue
+from bincam.heatmap import attribute_energy, epilogue
 
 
 @dataclass
@@ -19,7 +18,6 @@ class NumpyExplanation:
     method: str
     mode: str
     input_size: int
-    _energy: dict = field(default_factory=dict, repr=False)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -33,10 +31,6 @@ class NumpyExplanation:
         return epilogue(self.raw, size or self.input_size).astype(np.float32)
 
     def proportional_energy(self, size: int | None = None, corrected: bool = False) -> np.ndarray:
-        size = size or self.input_size
-        key = (size, self.raw.shape[-2:])
-        if key not in self._energy:
-            self._energy[key] = MaskEnergy(attribute_masks(self.attributes, size),
-                                           self.raw.shape[-2:])
-        energy = self._energy[key]
+        energy = attribute_energy(tuple(self.attributes), size or self.input_size,
+                                  tuple(self.raw.shape[-2:]))
         return energy.corrected(self.raw) if corrected else energy(self.raw)
