@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +23,8 @@ import torch
 from bincam import explain
 from bincam.cam.targets import BinaryLogitTarget
 from bincam.machine import machine_info, machine_line
+from bincam.timing import timed
 from bincam.nets import build_net, cam_module
-
-
-def timed(fn, iters, warmup):
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples),
-            "samples_s": samples}
 
 
 def reference_per_image(model, x, k, images):

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +25,9 @@ from bincam.cam.targets import BinaryLogitTarget
 from bincam.export.forward import export_forward
 from bincam.export.model import export_checkpoint
 from bincam.machine import machine_info, machine_line
+from bincam.timing import timed
 from bincam.nets import build_net, cam_module
 from bincam.runtime.ort_engine import OrtEngine
-
-
-def timed(fn, iters, warmup=2):
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples),
-            "samples_s": samples}
 
 
 def main():

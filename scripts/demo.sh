@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up, then the main job on the embedded default: synthesize 3,000 faces and train the small
-# attribute classifier (unbalanced, 3 epochs at 112 px), then show its model card.
+# Set up, then the main job on the embedded default: synthesize 3,000 faces, train the small
+# attribute classifier (unbalanced, 3 epochs at 112 px), show its model card, and explain four test
+# faces with binary CAMs of all 40 attributes (overlays and grids in $OUT/cams).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,3 +11,5 @@ rm -rf "$OUT"
 .venv/bin/bincam train --data "synth:$OUT/data" --out "$OUT/small-unbalanced" --arch small \
   --weighting none --epochs 3 --image-size 112
 .venv/bin/bincam info "$OUT/small-unbalanced"
+.venv/bin/bincam cam "$OUT/small-unbalanced" "$OUT"/data/celeba/img_align_celeba/00299{7,8,9}.jpg \
+  "$OUT"/data/celeba/img_align_celeba/003000.jpg --out "$OUT/cams"

@@ -24,7 +24,7 @@ class FactoredGrad:
     mask: torch.Tensor | None     # [B, C, h, w] in {0, 1}
 
     def dense(self, shape_hw: tuple[int, int]) -> torch.Tensor:
-        b, k, c = self.sign.shape[0], *self.weight.shape
+        b, c = self.sign.shape[0], self.weight.shape[1]
         m = self.mask if self.mask is not None else self.weight.new_ones(b, c, *shape_hw)
         return self.sign[:, :, None, None, None] * self.weight[None, :, :, None, None] * m[:, None]
 

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bincam.attributes import ATTRIBUTES, FRAME, check_attributes
+from bincam.attributes import FRAME, check_attributes
 from bincam.data.frontal import frontal_mask
 from bincam.data.listfiles import read_table
 from bincam.errors import BincamError
