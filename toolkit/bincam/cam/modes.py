@@ -11,7 +11,7 @@ import torch
 
 from bincam.errors import BincamError
 
-MODES = ("predicted", "positive", "negative")
+from bincam.runtime.cam_np import MODES  # noqa: E402  (one definition, torch-free)
 
 
 def signs(logits: torch.Tensor, mode: str) -> torch.Tensor:
