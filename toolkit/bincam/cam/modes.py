@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 
 from bincam.errors import BincamError
-
-from bincam.runtime.cam_np import MODES  # noqa: E402  (one definition, torch-free)
+from bincam.runtime.cam_np import MODES  # one definition, in the torch-free runtime
 
 
 def signs(logits: torch.Tensor, mode: str) -> torch.Tensor:
