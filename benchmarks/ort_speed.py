@@ -42,10 +42,8 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(0)
     model = build_net(args.arch).eval()
-    options = ort.SessionOptions()  # same session settings as the CAM engine
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     fwd_session = ort.InferenceSession(export_forward(model, None, args.size).SerializeToString(),
-                                       options, providers=["CPUExecutionProvider"])
+                                       providers=["CPUExecutionProvider"])
     cam_engine = OrtEngine(export_checkpoint(model, None, "dense" if args.dense else "auto")
                            .SerializeToString())
     k = len(cam_engine.attributes)

@@ -93,7 +93,7 @@ class MaskEnergy:
         """PE ``[..., K]`` from weighted sums ``[..., K, h, w]`` (before any ReLU/normalisation)."""
         x = min_max(np.maximum(np.asarray(raw, dtype=np.float64), 0))
         corners = np.einsum("yi,...ij,xj->...yx", self.ry[self.rows], x, self.rx[self.cols],
-                            optimize=True)
+                            optimize=["einsum_path", (0, 1), (0, 1)])  # small: no BLAS threads
         m = np.maximum(corners.min(axis=(-2, -1)), 0)  # min of the upsampled map (≥ 0)
         inside = np.einsum("...kij,kij->...k", x, self.inside) - m * self.mask_area
         total = np.einsum("...kij,ij->...k", x, self.total) - m * self.area

@@ -61,8 +61,6 @@ class OrtEngine:
             model = Path(model).read_bytes()
         layout = _metadata(model).get("bincam.gradient_layout")
         options = ort.SessionOptions()
-        # no busy-waiting between runs: the NumPy CAM step right after each run needs the cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         # ORT_ENABLE_ALL adds CPU layout transforms (NCHWc) that corrupt the dense gradient of the
