@@ -149,3 +149,19 @@ def test_input_validation():
     assert explain(model, uint8).raw.shape == (2, 40, 4, 4)
     with pytest.raises(BincamError, match="training mode"):
         explain(model.train(), x)
+
+
+def test_effective_head_cache_follows_weight_changes():
+    from bincam.cam.gradients import effective_head
+
+    model = build_net("affact").eval()
+    w1, b1, relu = effective_head(model, "res5c")
+    assert relu and effective_head(model, "res5c")[0] is w1  # cached
+    with torch.no_grad():
+        model.attributes_1.weight.mul_(2.0)                  # in place, as an optimizer step is
+    w2, b2, _ = effective_head(model, "res5c")
+    w_attr = model.attributes_1.weight.double()
+    assert torch.allclose(w2, 2 * w1)
+    assert torch.allclose(w2, w_attr @ model.fc1000_1.weight.double())
+    assert torch.allclose(b2, w_attr @ model.fc1000_1.bias.double() +
+                          model.attributes_1.bias.double())

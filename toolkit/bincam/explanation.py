@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from bincam.attributes import ATTRIBUTES, resolve_attributes
+from bincam.batch_checks import check_float_values, check_shape, wrong_dtype
 from bincam.cam import epilogue as torch_epilogue
 from bincam.cam.gradients import layer_gradients
 from bincam.cam.methods import FactoredGrad, method as get_method
@@ -39,27 +40,13 @@ def model_attributes(model: nn.Module) -> list[str]:
 def check_images(images, expected_size: int | None = None) -> torch.Tensor:
     """Validate a batch ``[B, 3, S, S]`` (uint8, or float in [0, 1]); return it as float in [0, 1]."""
     x = torch.as_tensor(images)
-    if x.ndim == 3:
-        raise BincamError(f"images must be a batch [B, 3, S, S]; got one image {tuple(x.shape)} — "
-                          "add a batch axis")
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise BincamError(f"images must have shape [B, 3, S, S]; got {tuple(x.shape)}")
-    if x.shape[2] != x.shape[3]:
-        raise BincamError(f"images must be square aligned faces; got {x.shape[2]}×{x.shape[3]}")
-    if expected_size is not None and x.shape[2] != expected_size:
-        raise BincamError(f"this model takes {expected_size}×{expected_size} images; got "
-                          f"{x.shape[2]}×{x.shape[3]} — resize them first")
+    check_shape(x.shape, expected_size)
     if x.dtype == torch.uint8:
         return x.float() / 255.0
     if not x.is_floating_point():
-        raise BincamError(f"images must be uint8 or float; got {x.dtype}")
-    bad = ~torch.isfinite(x).flatten(1).all(1)
-    if bad.any():
-        raise BincamError(f"images {bad.nonzero().flatten().tolist()} contain NaN or Inf")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        raise BincamError(f"float images must lie in [0, 1]; got values in [{lo:.3g}, {hi:.3g}] "
-                          "(divide 0–255 images by 255)")
+        raise wrong_dtype(x.dtype)
+    finite = torch.isfinite(x).flatten(1).all(1)
+    check_float_values((~finite).nonzero().flatten().tolist(), float(x.min()), float(x.max()))
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 

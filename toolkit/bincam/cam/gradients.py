@@ -31,19 +31,35 @@ class LayerGradients:
 
 
 def effective_head(model: nn.Module, layer: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """``(W_eff [K, C], b_eff [K], relu_first)`` of the affine head after ``layer``."""
+    """``(W_eff [K, C], b_eff [K], relu_first)`` of the affine head after ``layer``.
+
+    Cached on the model until one of the head's parameters changes (storage or in-place version),
+    so repeated explanations do not redo the product of the Linear weights.
+    """
     head = getattr(model, "affine_heads", {}).get(layer)
     if head is None:
         raise BincamError(f"layer {layer!r} has no affine head after it; no closed form "
                           "(use closed_form=False)")
+    linears = [model.get_submodule(path) for path in head.linears]
+    params = [p for lin in linears for p in (lin.weight, lin.bias) if p is not None]
+    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    cache = model.__dict__.setdefault("_bincam_head_cache", {})
+    if layer in cache and cache[layer][0] == key:
+        return cache[layer][1]
+    result = _product(linears) + (head.relu,)
+    cache[layer] = (key, result)
+    return result
+
+
+def _product(linears: list[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W_L ⋯ W_1`` and the matching bias, in float64."""
     weight, bias = None, None
-    for path in head.linears:
-        lin = model.get_submodule(path)
+    for lin in linears:
         w = lin.weight.detach().double()
         b = lin.bias.detach().double() if lin.bias is not None else torch.zeros(
             w.shape[0], dtype=torch.float64, device=w.device)
         weight, bias = (w, b) if weight is None else (w @ weight, w @ bias + b)
-    return weight, bias, head.relu
+    return weight, bias
 
 
 @contextmanager

@@ -96,8 +96,7 @@ class VjpBuilder:
         axes = [i + 1 for i, (a, b) in enumerate(zip(t_full, r)) if a == 1 and b != 1]
         summed = self.node("ReduceSum", [cot, self.const(axes, "axes", np.int64)], keepdims=1) \
             if axes else cot
-        return self.node("Reshape", [summed, self.k_shape(target)]) if target not in self.consts \
-            else summed
+        return self.node("Reshape", [summed, self.k_shape(target)])
 
 
 def path_nodes(graph: onnx.GraphProto, source: str, sink: str) -> list[onnx.NodeProto]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bincam.attributes import resolve_attributes
+from bincam.batch_checks import check_float_values, check_shape, wrong_dtype
 from bincam.errors import BincamError
 from bincam.export.metadata import read_metadata
 from bincam.runtime.cam_np import raw_maps, signs
@@ -32,20 +33,13 @@ def _metadata(model_bytes: bytes) -> dict[str, str]:
 def check_batch(images, size: int | None) -> np.ndarray:
     """Validate ``[B, 3, S, S]`` uint8 or float in [0, 1]; return float32 (NaN/Inf: which images)."""
     x = np.asarray(images)
-    if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
-        raise BincamError(f"images must have shape [B, 3, S, S]; got {list(x.shape)}")
-    if size is not None and x.shape[2] != size:
-        raise BincamError(f"this model takes {size}×{size} images; got {x.shape[2]}×{x.shape[3]}")
+    check_shape(x.shape, size)
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255.0
     if x.dtype.kind != "f":
-        raise BincamError(f"images must be uint8 or float; got {x.dtype}")
-    bad = ~np.isfinite(x).reshape(len(x), -1).all(1)
-    if bad.any():
-        raise BincamError(f"images {np.flatnonzero(bad).tolist()} contain NaN or Inf")
-    if x.min() < -1e-6 or x.max() > 1 + 1e-6:
-        raise BincamError(f"float images must lie in [0, 1]; got [{x.min():.3g}, {x.max():.3g}] "
-                          "(divide 0–255 images by 255)")
+        raise wrong_dtype(x.dtype)
+    finite = np.isfinite(x).reshape(len(x), -1).all(1)
+    check_float_values(np.flatnonzero(~finite).tolist(), float(x.min()), float(x.max()))
     return x.astype(np.float32)
 
 

@@ -181,8 +181,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, w_pos
     logits = predict_logits(model, images, device, batch)
     loss = weighted_bce(logits, labels, w_pos.cpu(), w_neg.cpu()).item()
     rates = error_rates(logits.numpy(), labels.numpy(), majority_positive)
-    return {"loss": loss, "means": rates.means(), "rates": rates,
-            "per_attribute": rates.per_attribute(names)}
+    return {"loss": loss, "means": rates.means(), "per_attribute": rates.per_attribute(names)}
 
 
 @torch.no_grad()

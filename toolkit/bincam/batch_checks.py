@@ -1,0 +1,38 @@
+"""Validation of image batches, shared by the torch and ONNX Runtime engines (no torch here).
+
+Each engine computes the facts with its own arrays; the rules and their messages live here once.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from bincam.errors import BincamError
+
+
+def check_shape(shape: Sequence[int], size: int | None) -> None:
+    """A batch must be ``[B, 3, S, S]`` with ``S`` the model's input size (when it has one)."""
+    shape = tuple(shape)
+    if len(shape) == 3:
+        raise BincamError(f"images must be a batch [B, 3, S, S]; got one image {list(shape)} — "
+                          "add a batch axis")
+    if len(shape) != 4 or shape[1] != 3:
+        raise BincamError(f"images must have shape [B, 3, S, S]; got {list(shape)}")
+    if shape[2] != shape[3]:
+        raise BincamError(f"images must be square aligned faces; got {shape[2]}×{shape[3]}")
+    if size is not None and shape[2] != size:
+        raise BincamError(f"this model takes {size}×{size} images; got {shape[2]}×{shape[3]} — "
+                          "resize them first")
+
+
+def check_float_values(nonfinite_images: list[int], lo: float, hi: float) -> None:
+    """Float pixels must be finite (the message names the images) and lie in [0, 1]."""
+    if nonfinite_images:
+        raise BincamError(f"images {nonfinite_images} contain NaN or Inf")
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise BincamError(f"float images must lie in [0, 1]; got values in [{lo:.3g}, {hi:.3g}] "
+                          "(divide 0–255 images by 255)")
+
+
+def wrong_dtype(dtype) -> BincamError:
+    return BincamError(f"images must be uint8 or float; got {dtype}")
