@@ -30,6 +30,17 @@ def _metadata(model_bytes: bytes) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
+def session_options(threads: int | None = None, spin: bool = False):
+    """ORT session options shared by the engine and the forward-only baseline of benchmarks."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
+
+
 def check_batch(images, size: int | None) -> np.ndarray:
     """Validate ``[B, 3, S, S]`` uint8 or float in [0, 1]; return float32 (NaN/Inf: which images)."""
     x = np.asarray(images)
@@ -45,7 +56,10 @@ def check_batch(images, size: int | None) -> np.ndarray:
 
 class OrtEngine:
     def __init__(self, model: str | Path | bytes, device: str = "cpu", threads: int | None = None,
-                 optimize: bool = True):
+                 optimize: bool = True, spin: bool = False):
+        """``threads``: ORT intra-op threads (default: one per core). ``spin``: let them busy-wait
+        between runs; off by default because the NumPy CAM step runs right after each run on the
+        same cores, and spinning threads slow it down (measured: a 0.8 ms einsum took 55 ms)."""
         import onnxruntime as ort
 
         source = "the model" if isinstance(model, bytes) else str(model)
@@ -54,9 +68,7 @@ class OrtEngine:
                 raise BincamError(f"ONNX model {model} does not exist")
             model = Path(model).read_bytes()
         layout = _metadata(model).get("bincam.gradient_layout")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options = session_options(threads, spin)
         # ORT_ENABLE_ALL adds CPU layout transforms (NCHWc) that corrupt the dense gradient of the
         # first image in a batch (seen with onnxruntime 1.32); EXTENDED keeps every fusion but those.
         level = ("ORT_ENABLE_EXTENDED" if layout == "dense" else "ORT_ENABLE_ALL") if optimize \
