@@ -37,24 +37,29 @@ def resize_matrix(out_size: int, in_size: int) -> np.ndarray:
     return r
 
 
-def min_max(x: np.ndarray) -> np.ndarray:
-    """``(x − min) / (max(x − min) + 1e-7)`` over the last two axes."""
-    x = x - x.min(axis=(-2, -1), keepdims=True)
-    return x / (x.max(axis=(-2, -1), keepdims=True) + EPS)
+def min_max(x: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """``(x − min) / (max(x − min) + 1e-7)`` over the last two axes (reductions run over one
+    contiguous axis; ``inplace`` reuses ``x``'s memory)."""
+    own = inplace and x.flags.c_contiguous and x.flags.writeable
+    flat = (x if own else np.array(x, order="C")).reshape(-1, x.shape[-2] * x.shape[-1])
+    flat -= flat.min(axis=1, keepdims=True)
+    flat /= flat.max(axis=1, keepdims=True) + EPS
+    return flat.reshape(x.shape)
 
 
 def upsample(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of ``[..., h, w]`` maps to ``[..., H, W]`` (``size = (H, W)``)."""
     ry = resize_matrix(size[0], x.shape[-2])
     rx = resize_matrix(size[1], x.shape[-1])
-    return np.einsum("yi,...ij,xj->...yx", ry, x, rx, optimize=True)
+    return ry @ x @ rx.T
 
 
 def epilogue(raw: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Final heatmaps ``[..., H, W]`` in [0, 1] from weighted sums ``[..., h, w]`` (steps 1–4)."""
     size = (size, size) if isinstance(size, int) else tuple(size)
-    x = min_max(np.maximum(raw, 0))
-    return min_max(np.maximum(upsample(x, size), 0))
+    x = min_max(np.maximum(raw, 0), inplace=True)
+    up = upsample(x, size)
+    return min_max(np.maximum(up, 0, out=up), inplace=True)
 
 
 def proportional_energy_full(heatmaps: np.ndarray, masks: np.ndarray) -> np.ndarray:

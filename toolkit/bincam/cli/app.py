@@ -28,7 +28,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from bincam.cli import cam_cmd, data_cmd, export_cmd, model_cmd, train_cmd  # noqa: F401
+    from bincam.cli import (bench_cmd, cam_cmd, data_cmd, export_cmd, model_cmd,  # noqa: F401
+                            train_cmd)
 
 
 def main() -> None:

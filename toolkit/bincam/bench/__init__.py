@@ -1,0 +1,1 @@
+"""``bincam bench``: latency and fidelity of every engine against eager PyTorch and the reference."""

@@ -1,0 +1,172 @@
+"""The engines a benchmark compares, behind one small interface.
+
+Each engine takes decoded ``uint8 [B,S,S,3]`` images and offers three timed scopes:
+
+- ``forward(x)``: the engine's forward pass only (logits), on a preprocessed float batch — the
+  baseline that makes the CAM overhead a ratio;
+- ``cam(x)``: logits and raw maps of all selected attributes (engine scope);
+- ``end_to_end(images)``: preprocessing + ``cam`` + the epilogue to final maps + PE;
+
+and ``outputs(images)``: NumPy ``logits [B,K]``, ``raw [B,K,h,w]`` (or None), ``maps [B,K,H,W]``,
+``pe [B,K]`` for the fidelity comparison.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bincam.bench.inputs import to_batch
+from bincam.errors import BincamError
+
+ENGINES = ("torch", "ort")
+
+
+class TorchEngine:
+    """Eager PyTorch: ``bincam.explain`` (closed form where the head allows) on CPU or CUDA."""
+
+    name = "torch"
+
+    def __init__(self, model, method: str, attributes: list[str], device: str = "cpu"):
+        self.model, self.method, self.attributes = model.to(device).eval(), method, attributes
+        self.device = device
+
+    def _tensor(self, x: np.ndarray):
+        import torch
+
+        return torch.from_numpy(x).to(self.device)
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def forward(self, x: np.ndarray) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.model(self._tensor(x))
+        self.sync()
+
+    def _explain(self, x: np.ndarray):
+        from bincam.explanation import explain
+
+        return explain(self.model, self._tensor(x), method=self.method, attributes=self.attributes)
+
+    def cam(self, x: np.ndarray) -> None:
+        self._explain(x)
+        self.sync()
+
+    def end_to_end(self, images: np.ndarray) -> None:
+        e = self._explain(to_batch(images))
+        e.heatmaps().cpu()
+        e.proportional_energy()
+        self.sync()
+
+    def outputs(self, images: np.ndarray) -> dict:
+        e = self._explain(to_batch(images))
+        return {"logits": e.logits.cpu().numpy(), "raw": e.raw.cpu().numpy(),
+                "maps": e.heatmaps().cpu().numpy(), "pe": e.proportional_energy()}
+
+
+class OrtBenchEngine:
+    """ONNX Runtime: the exported gradient graph, and its logits-only subgraph as the baseline
+    (extracted from the same file with ``onnx.utils.Extractor``, run with the same options)."""
+
+    name = "ort"
+
+    def __init__(self, model_bytes: bytes, method: str, attributes: list[str], device: str = "cpu",
+                 threads: int | None = None):
+        import onnx
+        import onnxruntime as ort
+
+        from bincam.runtime.ort_engine import OrtEngine, session_options
+
+        self.engine = OrtEngine(model_bytes, device=device, threads=threads)
+        self.method, self.attributes = method, attributes
+        proto = onnx.load_model_from_string(model_bytes)
+        inputs = [i.name for i in proto.graph.input]
+        forward = onnx.utils.Extractor(proto).extract_model(inputs, ["logits"])
+        options = session_options(threads)
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                   self.engine.optimization_level)
+        self.forward_session = ort.InferenceSession(forward.SerializeToString(), options,
+                                                    providers=self.engine.session.get_providers())
+        self.input_name = self.engine.info.input_name
+
+    def forward(self, x: np.ndarray) -> None:
+        self.forward_session.run(["logits"], {self.input_name: x})
+
+    def cam(self, x: np.ndarray) -> None:
+        self.engine.explain(x, method=self.method, attributes=self.attributes)
+
+    def end_to_end(self, images: np.ndarray) -> None:
+        e = self.engine.explain(to_batch(images), method=self.method, attributes=self.attributes)
+        e.heatmaps()
+        e.proportional_energy()
+
+    def outputs(self, images: np.ndarray) -> dict:
+        e = self.engine.explain(to_batch(images), method=self.method, attributes=self.attributes)
+        return {"logits": e.logits, "raw": e.raw, "maps": e.heatmaps(), "pe": e.proportional_energy()}
+
+
+class ReferenceApproach:
+    """What the paper's code does: pytorch-grad-cam with a ``|z|`` target, one call per attribute,
+    one image per call; final maps at the input size. Timed per image, end to end only."""
+
+    name = "reference"
+
+    def __init__(self, model, method: str, attributes: list[str]):
+        from bincam.nets import cam_module
+
+        classes = {"gradcam": "GradCAM", "hirescam": "HiResCAM", "xgradcam": "XGradCAM",
+                   "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM",
+                   "gradcam-elementwise": "GradCAMElementWise"}
+        import pytorch_grad_cam
+
+        self.cam_class = getattr(pytorch_grad_cam, classes[method])
+        self.model, self.layer = model.cpu().eval(), cam_module(model)
+        known = model.card.attributes if getattr(model, "card", None) else None
+        self.indices = [known.index(a) for a in attributes] if known else list(range(len(attributes)))
+        self.attributes = attributes
+
+    def _maps(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        from bincam.cam.targets import BinaryLogitTarget
+
+        x = torch.from_numpy(to_batch(images))
+        out = np.empty((len(x), len(self.indices), *x.shape[-2:]), np.float32)
+        with self.cam_class(model=self.model, target_layers=[self.layer]) as cam:
+            for b in range(len(x)):
+                for j, k in enumerate(self.indices):
+                    out[b, j] = cam(x[b:b + 1], targets=[BinaryLogitTarget(k)])[0]
+        return out
+
+    def end_to_end(self, images: np.ndarray) -> None:
+        maps = self._maps(images)
+        self._pe(maps)
+
+    def _pe(self, maps: np.ndarray) -> np.ndarray:
+        from bincam.attributes import attribute_masks
+        from bincam.heatmap import proportional_energy_full
+
+        return proportional_energy_full(maps, attribute_masks(self.attributes, maps.shape[-1]))
+
+    def outputs(self, images: np.ndarray) -> dict:
+        import torch
+
+        maps = self._maps(images)
+        with torch.no_grad():
+            logits = self.model(torch.from_numpy(to_batch(images)))[:, self.indices].numpy()
+        return {"logits": logits, "raw": None, "maps": maps, "pe": self._pe(maps)}
+
+
+def check_engines(names: list[str]) -> list[str]:
+    if "trt" in names:
+        raise BincamError("the TensorRT engine is not part of bincam yet; bench torch and ort")
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown or not names:
+        raise BincamError(f"unknown engine(s) {', '.join(unknown) or '(none)'}; choose from "
+                          f"{', '.join(ENGINES)}")
+    return names

@@ -1,0 +1,121 @@
+"""Present a benchmark record: Rich tables for the terminal, Markdown for docs, and the JSON file
+(written to a temporary name, then renamed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rich.table import Table
+
+from bincam.machine import machine_line
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}"
+
+
+def _band(r: dict) -> str:
+    return f"{r['median']:.2f} [{r['q25']:.2f}–{r['q75']:.2f}]"
+
+
+def latency_rows(record: dict) -> list[list[str]]:
+    rows = []
+    for batch, timing in record["timing"].items():
+        for row in timing["rows"]:
+            sc, mem = row["scopes"], row["memory"]
+            cuda = mem["cuda_max_allocated_bytes"]
+            rows.append([row["engine"], batch, _ms(sc["forward"]["p50_s"]), _ms(sc["cam"]["p50_s"]),
+                         _ms(sc["end_to_end"]["p50_s"]), _ms(sc["end_to_end"]["p90_s"]),
+                         _ms(sc["end_to_end"]["p99_s"]), f"{sc['end_to_end']['images_per_s']:.1f}",
+                         f"{mem['peak_rss_bytes'] / 2 ** 20:.0f}"
+                         + (f" / {cuda / 2 ** 20:.0f}" if cuda is not None else "")])
+    return rows
+
+
+LATENCY_HEADER = ["engine", "batch", "fwd p50", "CAM p50", "e2e p50", "e2e p90", "e2e p99",
+                  "e2e img/s", "peak RSS MiB"]
+
+
+def ratio_rows(record: dict) -> list[list[str]]:
+    """CAM overhead per engine and batch, engine vs engine, and the reference approach vs each."""
+    rows = []
+    for b, t in record["timing"].items():
+        for row in t["rows"]:
+            rows += [[f"{row['engine']} batch {b}: {name}", _band(r)]
+                     for name, r in row["ratios"].items()]
+        rows += [[f"batch {b}: {name}", _band(r)] for name, r in t["cross"].items()]
+    if "reference" in record:
+        rows += [[name + " (per image)", _band(r)] for name, r in record["reference"]["vs"].items()]
+    return rows
+
+
+FIDELITY_HEADER = ["engine", "images", "flips", "logits max", "raw rel max", "final max",
+                   "1−Pearson max", "IoU20 min", "PE mean", "PE max"]
+
+
+def fidelity_rows(record: dict) -> list[list[str]]:
+    rows = []
+    for name, f in record.get("fidelity", {}).items():
+        o = f["overall"]
+        raw = o.get("raw-map rel error")
+        rows.append([name, str(f["images"]), f"{o['prediction flips']['sum']:.0f}",
+                     f"{o['logits abs diff']['max']:.1e}", f"{raw['max']:.1e}" if raw else "n/a",
+                     f"{o['final-map max abs diff']['max']:.1e}", f"{1 - o['pearson']['min']:.1e}",
+                     f"{o['top-20% IoU']['min']:.4f}", f"{o['PE abs diff']['mean']:.1e}",
+                     f"{o['PE abs diff']['max']:.1e}"])
+    return rows
+
+
+def _rich(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    return table
+
+
+def rich_tables(record: dict) -> list[Table]:
+    m = record["model"]
+    tables = [_rich(f"{m['described']} @{m['image_size']}, {m['attributes']} attributes, "
+                    f"{record['config']['method']} — {machine_line(record['machine'])} (ms)",
+                    LATENCY_HEADER, latency_rows(record)),
+              _rich("ratios: median [interquartile range of per-iteration ratios]",
+                    ["ratio", "value"], ratio_rows(record))]
+    if record.get("fidelity"):
+        tables.append(_rich("fidelity vs the eager fp32 torch engine, same inputs (abs diffs; "
+                            "IoU20: top-20 % regions)",
+                            FIDELITY_HEADER, fidelity_rows(record)))
+    return tables
+
+
+def _md(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown(record: dict) -> str:
+    m, c = record["model"], record["config"]
+    lines = [f"### {m['described']} @{m['image_size']}, {m['attributes']} attributes, {c['method']}",
+             "", f"Machine: {machine_line(record['machine'])}. {c['iters']} iterations after "
+             f"{c['warmup']} warm-up, inputs: {c['images']}; `bincam bench` "
+             f"(`{' '.join(['bincam', 'bench'] + record['command'][2:])}`).", ""]
+    lines += _md([h + (" ms" if "p" in h.split()[-1][:1] else "") for h in LATENCY_HEADER],
+                 latency_rows(record)) + [""]
+    lines += _md(["ratio", "median [IQR]"], ratio_rows(record)) + [""]
+    if record.get("fidelity"):
+        lines += _md(FIDELITY_HEADER, fidelity_rows(record)) + [""]
+    return "\n".join(lines)
+
+
+def write_json(record: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
