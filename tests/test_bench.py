@@ -16,7 +16,7 @@ from bincam.attributes import ATTRIBUTES
 from bincam.bench.fidelity import compare, pearson, relative_error, top_region_iou
 from bincam.bench.inputs import bench_images, to_batch
 from bincam.bench.memory import PeakMemory
-from bincam.bench.stats import bands_overlap, latency_stats, ratio_stats
+from bincam.bench.stats import bands_overlap, latency_stats, ratio_stats, unpaired_ratio_stats
 from bincam.checkpoint import card_for, save_checkpoint
 from bincam.errors import BincamError
 from bincam.nets import build_net
@@ -44,6 +44,9 @@ def test_paired_ratios_and_their_band():
     assert not bands_overlap(r, {"q25": 4.1, "median": 4.5, "q75": 5.0})
     with pytest.raises(ValueError):
         ratio_stats([1.0], [1.0, 2.0])
+    # unpaired: medians divided, quartiles crosswise (a: 4, 4, 4; b: 1, 2, 2 → q25 1.5, q75 2)
+    u = unpaired_ratio_stats([4.0, 4.0, 4.0], [1.0, 2.0, 2.0], scale=2)
+    assert (u["q25"], u["median"]) == (4.0, 4.0) and u["q75"] == pytest.approx(16 / 3)
 
 
 def test_fidelity_metrics_on_hand_made_maps():
@@ -139,15 +142,19 @@ def test_tiny_bench_run_writes_the_record(tmp_path, checkpoint):
                 assert len(s["samples_s"]) == 3 and s["min_s"] <= s["p50_s"] <= s["max_s"]
             assert row["ratios"]["CAM / forward"]["q25"] <= row["ratios"]["CAM / forward"]["q75"]
         assert set(t["cross"]) == {"torch / ort CAM", "torch / ort e2e"}
-    assert len(r["reference"]["per_image"]["samples_s"]) == 1
-    assert set(r["reference"]["vs"]) == {f"reference / {e} e2e batch {b}"
-                                         for e in ("torch", "ort") for b in (1, 2)}
+    assert set(r["baselines"]) == {"pytorch-grad-cam", "torch-cam"} and not r["baselines_skipped"]
+    for name, baseline in r["baselines"].items():
+        assert len(baseline["per_image"]["samples_s"]) == 1
+        assert set(baseline["vs"]) == {f"{name} / {e} {s} batch {b}" for s in ("e2e", "CAM")
+                                       for e in ("torch", "ort") for b in (1, 2)}
     fid = r["fidelity"]
-    assert set(fid) == {"ort", "reference"} and fid["ort"]["images"] == 2
+    assert set(fid) == {"ort", "pytorch-grad-cam", "torch-cam"} and fid["ort"]["images"] == 2
     assert fid["ort"]["overall"]["prediction flips"]["sum"] == 0
     assert fid["ort"]["overall"]["final-map max abs diff"]["max"] <= 1e-4
-    assert fid["reference"]["overall"]["final-map max abs diff"]["max"] <= 1e-4
-    assert fid["reference"]["overall"]["top-20% IoU"]["min"] >= 0.9
+    assert fid["pytorch-grad-cam"]["overall"]["final-map max abs diff"]["max"] <= 1e-4
+    assert fid["pytorch-grad-cam"]["overall"]["top-20% IoU"]["min"] >= 0.9
+    # torch-cam: the same |z| Grad-CAM, but one min-max before the resize instead of two
+    assert fid["torch-cam"]["overall"]["pearson"]["mean"] >= 0.99
     assert set(fid["ort"]["per_attribute"]) == set(ATTRIBUTES)
     assert "| ort | 2 |" in (tmp_path / "r.md").read_text()
     assert "CAM / forward" in proc.stderr  # the Rich tables

@@ -47,18 +47,22 @@ def min_max(x: np.ndarray, inplace: bool = False) -> np.ndarray:
     return flat.reshape(x.shape)
 
 
-def upsample(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def upsample(x: np.ndarray, size: tuple[int, int], dtype=np.float64) -> np.ndarray:
     """Bilinear resize of ``[..., h, w]`` maps to ``[..., H, W]`` (``size = (H, W)``)."""
-    ry = resize_matrix(size[0], x.shape[-2])
-    rx = resize_matrix(size[1], x.shape[-1])
+    ry = resize_matrix(size[0], x.shape[-2]).astype(dtype)
+    rx = resize_matrix(size[1], x.shape[-1]).astype(dtype)
     return ry @ x @ rx.T
 
 
-def epilogue(raw: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Final heatmaps ``[..., H, W]`` in [0, 1] from weighted sums ``[..., h, w]`` (steps 1–4)."""
+def epilogue(raw: np.ndarray, size: int | tuple[int, int], dtype=np.float64) -> np.ndarray:
+    """Final heatmaps ``[..., H, W]`` in [0, 1] from weighted sums ``[..., h, w]`` (steps 1–4).
+
+    Step 2 runs in ``raw``'s precision (where rounding would be magnified); the maps, then in
+    [0, 1], are upsampled and normalised in ``dtype`` (float32 halves the memory traffic of the
+    large maps, as the torch epilogue does)."""
     size = (size, size) if isinstance(size, int) else tuple(size)
-    x = min_max(np.maximum(raw, 0), inplace=True)
-    up = upsample(x, size)
+    x = min_max(np.maximum(raw, 0), inplace=True).astype(dtype, copy=False)
+    up = upsample(x, size, dtype)
     return min_max(np.maximum(up, 0, out=up), inplace=True)
 
 

@@ -114,38 +114,33 @@ class ReferenceApproach:
     """What the paper's code does: pytorch-grad-cam with a ``|z|`` target, one call per attribute,
     one image per call; final maps at the input size. Timed per image, end to end only."""
 
-    name = "reference"
+    name = "pytorch-grad-cam"
+    CLASSES = {"gradcam": "GradCAM", "hirescam": "HiResCAM", "xgradcam": "XGradCAM",
+               "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM",
+               "gradcam-elementwise": "GradCAMElementWise"}
 
     def __init__(self, model, method: str, attributes: list[str]):
         from bincam.nets import cam_module
 
-        classes = {"gradcam": "GradCAM", "hirescam": "HiResCAM", "xgradcam": "XGradCAM",
-                   "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM",
-                   "gradcam-elementwise": "GradCAMElementWise"}
-        import pytorch_grad_cam
-
-        self.cam_class = getattr(pytorch_grad_cam, classes[method])
-        self.model, self.layer = model.cpu().eval(), cam_module(model)
+        if method not in self.CLASSES:
+            raise BincamError(f"{self.name} has no {method}; drop it from --baselines")
+        self.method, self.model, self.layer = method, model.cpu().eval(), cam_module(model)
         known = model.card.attributes if getattr(model, "card", None) else None
         self.indices = [known.index(a) for a in attributes] if known else list(range(len(attributes)))
         self.attributes = attributes
 
-    def _maps(self, images: np.ndarray) -> np.ndarray:
-        import torch
+    def _maps(self, x) -> np.ndarray:
+        import pytorch_grad_cam
 
         from bincam.cam.targets import BinaryLogitTarget
 
-        x = torch.from_numpy(to_batch(images))
         out = np.empty((len(x), len(self.indices), *x.shape[-2:]), np.float32)
-        with self.cam_class(model=self.model, target_layers=[self.layer]) as cam:
+        with getattr(pytorch_grad_cam, self.CLASSES[self.method])(
+                model=self.model, target_layers=[self.layer]) as cam:
             for b in range(len(x)):
                 for j, k in enumerate(self.indices):
                     out[b, j] = cam(x[b:b + 1], targets=[BinaryLogitTarget(k)])[0]
         return out
-
-    def end_to_end(self, images: np.ndarray) -> None:
-        maps = self._maps(images)
-        self._pe(maps)
 
     def _pe(self, maps: np.ndarray) -> np.ndarray:
         from bincam.attributes import attribute_masks
@@ -153,13 +148,69 @@ class ReferenceApproach:
 
         return proportional_energy_full(maps, attribute_masks(self.attributes, maps.shape[-1]))
 
+    def end_to_end(self, images: np.ndarray) -> None:
+        import torch
+
+        self._pe(self._maps(torch.from_numpy(to_batch(images))))
+
     def outputs(self, images: np.ndarray) -> dict:
         import torch
 
-        maps = self._maps(images)
+        x = torch.from_numpy(to_batch(images))
+        maps = self._maps(x)
         with torch.no_grad():
-            logits = self.model(torch.from_numpy(to_batch(images)))[:, self.indices].numpy()
+            logits = self.model(x)[:, self.indices].numpy()
         return {"logits": logits, "raw": None, "maps": maps, "pe": self._pe(maps)}
+
+
+class TorchCamApproach(ReferenceApproach):
+    """torch-cam (``torchcam``) the same way: one forward and one backward per attribute and
+    image, the ``|z|`` target given as a per-sample callable; its low-resolution maps (ReLU,
+    min-max) resized bilinearly to the input size, as its ``overlay_mask`` does."""
+
+    name = "torch-cam"
+    CLASSES = {"gradcam": "GradCAM", "xgradcam": "XGradCAM", "gradcam++": "GradCAMpp",
+               "layercam": "LayerCAM"}
+
+    def _maps(self, x) -> np.ndarray:
+        import torch
+        import torchcam.methods
+        from torch.nn import functional as F
+
+        out = np.empty((len(x), len(self.indices), *x.shape[-2:]), np.float32)
+        extractor = getattr(torchcam.methods, self.CLASSES[self.method])(
+            self.model, self.layer, input_shape=tuple(x.shape[1:]))
+        try:
+            for b in range(len(x)):
+                for j, k in enumerate(self.indices):
+                    scores = self.model(x[b:b + 1])
+                    cam = extractor(scores=scores, targets=lambda z, k=k: z[k].abs())[0]
+                    with torch.no_grad():
+                        out[b, j] = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear",
+                                                  align_corners=False)[0, 0].numpy()
+        finally:
+            extractor.remove_hooks()
+        return out
+
+
+BASELINES = {  # name: (class, module, pip package)
+    "pytorch-grad-cam": (ReferenceApproach, "pytorch_grad_cam", "grad-cam"),
+    "torch-cam": (TorchCamApproach, "torchcam", "torchcam")}
+
+
+def available_baselines(names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The baselines that can run here, and why the others cannot."""
+    import importlib.util
+
+    usable, skipped = [], {}
+    for name in names:
+        if name not in BASELINES:
+            raise BincamError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+        if importlib.util.find_spec(BASELINES[name][1]) is None:
+            skipped[name] = f"not installed (pip install {BASELINES[name][2]})"
+        else:
+            usable.append(name)
+    return usable, skipped
 
 
 def check_engines(names: list[str]) -> list[str]:

@@ -39,15 +39,15 @@ LATENCY_HEADER = ["engine", "batch", "fwd p50", "CAM p50", "e2e p50", "e2e p90",
 
 
 def ratio_rows(record: dict) -> list[list[str]]:
-    """CAM overhead per engine and batch, engine vs engine, and the reference approach vs each."""
+    """CAM overhead per engine and batch, engine vs engine, and each baseline vs each engine."""
     rows = []
     for b, t in record["timing"].items():
         for row in t["rows"]:
             rows += [[f"{row['engine']} batch {b}: {name}", _band(r)]
                      for name, r in row["ratios"].items()]
         rows += [[f"batch {b}: {name}", _band(r)] for name, r in t["cross"].items()]
-    if "reference" in record:
-        rows += [[name + " (per image)", _band(r)] for name, r in record["reference"]["vs"].items()]
+    for baseline in record.get("baselines", {}).values():
+        rows += [[name + " (per image)", _band(r)] for name, r in baseline["vs"].items()]
     return rows
 
 
@@ -96,6 +96,10 @@ def _md(header: list[str], rows: list[list[str]]) -> list[str]:
         ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def skipped_lines(record: dict) -> list[str]:
+    return [f"baseline {n}: {why}" for n, why in record.get("baselines_skipped", {}).items()]
+
+
 def markdown(record: dict) -> str:
     m, c = record["model"], record["config"]
     lines = [f"### {m['described']} @{m['image_size']}, {m['attributes']} attributes, {c['method']}",
@@ -107,7 +111,8 @@ def markdown(record: dict) -> str:
     lines += _md(["ratio", "median [IQR]"], ratio_rows(record)) + [""]
     if record.get("fidelity"):
         lines += _md(FIDELITY_HEADER, fidelity_rows(record)) + [""]
-    return "\n".join(lines)
+    lines += [f"- {line}" for line in skipped_lines(record)]
+    return "\n".join(lines) + "\n"
 
 
 def write_json(record: dict, path: Path) -> Path:
@@ -119,3 +124,32 @@ def write_json(record: dict, path: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+HEADLINE_HEADER = ["model", "engine", "batch", "e2e ms/image", "CAM / forward", "e2e / forward",
+                   "torch / ORT (CAM)", "pytorch-grad-cam / engine per image (e2e)"]
+
+
+def headline_markdown(records: list[dict]) -> str:
+    """The README's performance table: one row per model × engine × batch, ratios as median
+    [IQR], then each record's machine and command."""
+    rows, notes = [], []
+    for r in records:
+        m = r["model"]
+        vs = r.get("baselines", {}).get("pytorch-grad-cam", {}).get("vs", {})
+        for b, t in r["timing"].items():
+            cross = t["cross"].get("torch / ort CAM")
+            for row in t["rows"]:
+                e2e = row["scopes"]["end_to_end"]["p50_s"] / int(b)
+                ref = vs.get(f"pytorch-grad-cam / {row['engine']} e2e batch {b}")
+                rows.append([f"{m['described']} @{m['image_size']}", row["engine"], b,
+                             f"{e2e * 1e3:.1f}", _band(row["ratios"]["CAM / forward"]),
+                             _band(row["ratios"]["e2e / forward"]),
+                             _band(cross) if cross and row["engine"] == "ort" else "",
+                             _band(ref) if ref else ""])
+        for name, baseline in r.get("baselines", {}).items():
+            notes.append(f"{name} (`|z|` target, one call per attribute) on {m['described']}: "
+                         f"{baseline['per_image']['p50_s']:.2f} s per image")
+        notes.append(f"{m['described']}: {machine_line(r['machine'])}; "
+                     f"`{' '.join(['bincam', 'bench'] + r['command'][2:])}`")
+    return "\n".join(_md(HEADLINE_HEADER, rows) + [""] + [f"- {n}" for n in notes]) + "\n"

@@ -1,9 +1,11 @@
 """Run a benchmark: latency of every (engine, batch, scope), paired ratios, peak memory, the
 reference approach, and fidelity against the eager fp32 torch engine — one JSON-able record.
 
-Timing: after ``warmup`` calls of each, every iteration runs every (engine, scope) callable once,
-in an order rotated by one per iteration, so slow drift of a shared machine hits all of them alike
-and the ratio of two callables can be taken per iteration (``stats.ratio_stats``).
+Timing: engines are measured one after another (switching engines between calls costs the next
+call page faults and cold caches, seen as a 1.4× slower first call). Within an engine, after
+``warmup`` calls of each scope, every iteration runs the three scopes once in a seeded random
+order, so slow drift of a shared machine hits them alike and a ratio of two scopes is taken per
+iteration (``stats.ratio_stats``); ratios across engines use ``stats.unpaired_ratio_stats``.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Callable
 
 import numpy as np
 
-from bincam.bench.engines import OrtBenchEngine, ReferenceApproach, TorchEngine, check_engines
+from bincam.bench.engines import (BASELINES, OrtBenchEngine, TorchEngine, available_baselines,
+                                  check_engines)
 from bincam.bench.fidelity import compare
 from bincam.bench.inputs import bench_images, to_batch
 from bincam.bench.memory import PeakMemory
-from bincam.bench.stats import latency_stats, ratio_stats
+from bincam.bench.stats import latency_stats, ratio_stats, unpaired_ratio_stats
 from bincam.errors import BincamError
 
 SCHEMA = "bincam.bench/1"
@@ -39,7 +42,8 @@ class BenchConfig:
     iters: int = 10
     images: str = "synth"            # synth, random, or an image folder
     seed: int = 0
-    reference_images: int = 1        # 0: skip the reference approach
+    reference_images: int = 1        # images timed per baseline; 0 skips the baselines
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     fidelity_images: int = 8
     threads: int | None = None       # ORT intra-op threads (default: one per core)
     checkpoint: str | None = None    # the torch model of an ONNX MODEL
@@ -101,31 +105,33 @@ def _attributes(config: BenchConfig, model, onnx_bytes) -> tuple[list[str], int]
     return resolve_attributes(config.attributes, info.attributes), info.image_size
 
 
+def _time_engine(engine, x: np.ndarray, images: np.ndarray, config: BenchConfig,
+                 advance: Callable[[str], None]) -> dict[str, list[float]]:
+    calls = {"forward": lambda: engine.forward(x), "cam": lambda: engine.cam(x),
+             "end_to_end": lambda: engine.end_to_end(images)}
+    for _ in range(config.warmup):
+        for fn in calls.values():
+            fn()
+    advance(f"{engine.name} batch {len(images)}: warm-up")
+    rng = np.random.default_rng([config.seed, len(images)])
+    samples = {scope: [] for scope in calls}
+    for i in range(config.iters):
+        for scope in rng.permutation(SCOPES):
+            t0 = time.perf_counter()
+            calls[scope]()
+            samples[scope].append(time.perf_counter() - t0)
+        advance(f"{engine.name} batch {len(images)}: iteration {i + 1}/{config.iters}")
+    return samples
+
+
 def _time_batch(engines: dict, images: np.ndarray, config: BenchConfig,
                 advance: Callable[[str], None]) -> dict:
     x = to_batch(images)
-    calls = []
+    rows, samples = [], {}
     for name, engine in engines.items():
-        calls += [(name, "forward", lambda e=engine: e.forward(x)),
-                  (name, "cam", lambda e=engine: e.cam(x)),
-                  (name, "end_to_end", lambda e=engine: e.end_to_end(images))]
-    for _ in range(config.warmup):
-        for _n, _s, fn in calls:
-            fn()
-        advance("warm-up")
-    samples = {(n, s): [] for n, s, _ in calls}
-    for i in range(config.iters):
-        shift = i % len(calls)
-        for name, scope, fn in calls[shift:] + calls[:shift]:
-            t0 = time.perf_counter()
-            fn()
-            samples[(name, scope)].append(time.perf_counter() - t0)
-        advance(f"batch {len(images)}: iteration {i + 1}/{config.iters}")
-    rows = []
-    for name, engine in engines.items():
+        s = samples[name] = _time_engine(engine, x, images, config, advance)
         with PeakMemory(cuda=config.device == "cuda" and name == "torch") as peak:
             engine.end_to_end(images)
-        s = {scope: samples[(name, scope)] for scope in SCOPES}
         rows.append({
             "engine": name, "batch": len(images),
             "scopes": {scope: {**latency_stats(v, len(images)), "samples_s": v}
@@ -135,24 +141,23 @@ def _time_batch(engines: dict, images: np.ndarray, config: BenchConfig,
             "memory": {"peak_rss_bytes": peak.rss_bytes, "rss_scoped": peak.scoped,
                        "cuda_max_allocated_bytes": peak.cuda_bytes}})
     names = list(engines)
-    cross = {f"{a} / {b} {label}": ratio_stats(samples[(a, scope)], samples[(b, scope)])
+    cross = {f"{a} / {b} {label}": unpaired_ratio_stats(samples[a][scope], samples[b][scope])
              for i, a in enumerate(names) for b in names[i + 1:]
              for scope, label in (("cam", "CAM"), ("end_to_end", "e2e"))}
     return {"rows": rows, "cross": cross}
 
 
-def _reference(model, config, attributes, images, advance) -> dict:
-    ref = ReferenceApproach(model, config.method, attributes)
+def _baseline(approach, n: int, images: np.ndarray, advance) -> dict:
     samples = []
-    for i in range(config.reference_images):
+    for i in range(n):
         t0 = time.perf_counter()
-        ref.end_to_end(images[i:i + 1])
+        approach.end_to_end(images[i:i + 1])
         samples.append(time.perf_counter() - t0)
-        advance(f"reference approach: image {i + 1}/{config.reference_images}")
+        advance(f"{approach.name}: image {i + 1}/{n}")
     return {"per_image": {**latency_stats(samples), "samples_s": samples}}
 
 
-def _fidelity(engines, model, config, attributes, images, reference_n, advance) -> dict:
+def _fidelity(engines, model, config, attributes, images, baselines, advance) -> dict:
     truth = engines.get("torch") or TorchEngine(model, config.method, attributes, config.device)
     expected = truth.outputs(images)
     out = {}
@@ -161,18 +166,19 @@ def _fidelity(engines, model, config, attributes, images, reference_n, advance) 
             out[name] = compare(engine.outputs(images), expected, attributes)
             out[name]["images"] = len(images)
         advance(f"fidelity: {name}")
-    if reference_n:
-        few = images[:reference_n]
-        theirs = ReferenceApproach(model, config.method, attributes).outputs(few)
-        mine = {k: (v[:reference_n] if v is not None else None) for k, v in expected.items()}
-        out["reference"] = {**compare(theirs, mine, attributes), "images": reference_n}
-        advance("fidelity: reference")
+    n = config.reference_images
+    for name, approach in baselines.items():
+        mine = {k: (v[:n] if v is not None else None) for k, v in expected.items()}
+        out[name] = {**compare(approach.outputs(images[:n]), mine, attributes), "images": n}
+        advance(f"fidelity: {name}")
     return out
 
 
 def total_steps(config: BenchConfig) -> int:
-    per_batch = config.warmup + config.iters
-    return len(config.batches) * per_batch + config.reference_images + len(config.engines) + 1
+    per_batch = len(config.engines) * (1 + config.iters)
+    baselines = len(config.baselines) * (config.reference_images + 1) if config.reference_images \
+        else 0
+    return len(config.batches) * per_batch + baselines + len(config.engines)
 
 
 def run_bench(config: BenchConfig, advance: Callable[[str], None] = lambda _d: None) -> dict:
@@ -185,8 +191,9 @@ def run_bench(config: BenchConfig, advance: Callable[[str], None] = lambda _d: N
         raise BincamError(f"--device must be cpu or cuda, got {config.device!r}")
     model, onnx_bytes, described = _load(config)
     attributes, size = _attributes(config, model, onnx_bytes)
-    if model is None:
-        config.reference_images = 0
+    usable, skipped = available_baselines(config.baselines) if config.reference_images and \
+        model is not None else ([], {})
+    baselines = {name: BASELINES[name][0](model, config.method, attributes) for name in usable}
     engines = _engines(config, model, onnx_bytes, attributes)
     n = max(max(config.batches), config.fidelity_images, config.reference_images)
     images = bench_images(config.images, n, size, config.seed)
@@ -195,25 +202,22 @@ def run_bench(config: BenchConfig, advance: Callable[[str], None] = lambda _d: N
               "model": {"spec": config.model, "described": described, "image_size": size,
                         "attributes": len(attributes)},
               "machine": machine_info(), "timing": timing}
-    if config.reference_images:
-        record["reference"] = _reference(model, config, attributes, images, advance)
-        record["reference"]["vs"] = reference_ratios(record)
+    record["baselines"] = {}
+    for name, approach in baselines.items():
+        record["baselines"][name] = _baseline(approach, config.reference_images, images, advance)
+        record["baselines"][name]["vs"] = baseline_ratios(record, name)
+    record["baselines_skipped"] = skipped
     record["fidelity"] = (_fidelity(engines, model, config, attributes,
-                                    images[:config.fidelity_images], config.reference_images,
-                                    advance) if model is not None else {})
+                                    images[:config.fidelity_images], baselines, advance)
+                          if model is not None else {})
     return record
 
 
-def reference_ratios(record: dict) -> dict:
-    """Reference seconds per image / engine end-to-end seconds per image, per engine and batch;
-    the band combines the two spreads (their quartiles, not paired)."""
-    ref = np.asarray(record["reference"]["per_image"]["samples_s"])
-    out = {}
-    for b, t in record["timing"].items():
-        for row in t["rows"]:
-            e2e = np.asarray(row["scopes"]["end_to_end"]["samples_s"]) / int(b)
-            r25, r50, r75 = np.percentile(ref, (25, 50, 75))
-            e25, e50, e75 = np.percentile(e2e, (25, 50, 75))
-            out[f"reference / {row['engine']} e2e batch {b}"] = {
-                "median": float(r50 / e50), "q25": float(r25 / e75), "q75": float(r75 / e25)}
-    return out
+def baseline_ratios(record: dict, name: str) -> dict:
+    """Baseline seconds per image / engine seconds per image, per engine, batch and scope (the
+    baselines make final maps, so ``e2e`` is like for like; ``CAM`` stops at raw maps)."""
+    ref = record["baselines"][name]["per_image"]["samples_s"]
+    return {f"{name} / {row['engine']} {label} batch {b}":
+            unpaired_ratio_stats(ref, row["scopes"][scope]["samples_s"], scale=int(b))
+            for b, t in record["timing"].items() for row in t["rows"]
+            for scope, label in (("end_to_end", "e2e"), ("cam", "CAM"))}

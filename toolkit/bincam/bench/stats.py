@@ -35,6 +35,18 @@ def ratio_stats(numerator_s, denominator_s) -> dict:
     return {"median": float(q50), "q25": float(q25), "q75": float(q75)}
 
 
+def unpaired_ratio_stats(numerator_s, denominator_s, scale: float = 1.0) -> dict:
+    """``scale·median(a) / median(b)`` for samples not taken back to back; the band divides the
+    quartiles crosswise, ``[q25(a)/q75(b), q75(a)/q25(b)]``, so it holds both spreads."""
+    a, b = np.asarray(numerator_s, float), np.asarray(denominator_s, float)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("both sample lists must be non-empty")
+    a25, a50, a75 = np.percentile(a, (25, 50, 75))
+    b25, b50, b75 = np.percentile(b, (25, 50, 75))
+    return {"median": float(scale * a50 / b50), "q25": float(scale * a25 / b75),
+            "q75": float(scale * a75 / b25)}
+
+
 def bands_overlap(x: dict, y: dict) -> bool:
     """True when two ``ratio_stats`` agree: each median lies within the other's IQR band."""
     return x["q25"] <= y["median"] <= x["q75"] and y["q25"] <= x["median"] <= y["q75"]

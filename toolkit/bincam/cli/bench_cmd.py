@@ -30,9 +30,11 @@ def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .on
           iters: int = typer.Option(10, help="Timed iterations (each runs every scope once)."),
           images: str = typer.Option("synth", help="synth (faces rendered in memory), random, "
                                      "or an image folder."),
-          reference_images: int = typer.Option(1, help="Images timed for the reference approach "
-                                               "(pytorch-grad-cam, |z|, one call per "
-                                               "attribute); 0 skips it."),
+          reference_images: int = typer.Option(1, help="Images timed per baseline (|z| target, "
+                                               "one call per attribute and image); 0 skips "
+                                               "the baselines."),
+          baselines: str = typer.Option("pytorch-grad-cam,torch-cam", help="Reference tools, "
+                                        "each run where installed."),
           fidelity_images: int = typer.Option(8, help="Images compared with the torch engine."),
           threads: int = typer.Option(None, help="ORT intra-op threads (default: all cores)."),
           checkpoint: str = typer.Option(None, help="The checkpoint of an ONNX MODEL (for the "
@@ -42,7 +44,7 @@ def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .on
           markdown_out: Path = typer.Option(None, "--markdown", help="Also write the tables as "
                                             "Markdown.")) -> None:
     """Time forward-only, CAM and end-to-end scopes of each engine, and compare their maps."""
-    from bincam.bench.report import markdown, rich_tables, write_json
+    from bincam.bench.report import markdown, rich_tables, skipped_lines, write_json
     from bincam.bench.runner import BenchConfig, run_bench, total_steps
     from bincam.cam.methods import method as check_method
 
@@ -51,6 +53,7 @@ def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .on
                          batches=_ints(batch, "--batch"), method=method, attributes=attributes,
                          device=device, warmup=warmup, iters=iters, images=images,
                          reference_images=reference_images, fidelity_images=fidelity_images,
+                         baselines=[b.strip() for b in baselines.split(",") if b.strip()],
                          threads=threads, checkpoint=checkpoint)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
@@ -58,6 +61,8 @@ def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .on
         record = run_bench(config, lambda d: bar.update(task, advance=1, description=d))
     for table in rich_tables(record):
         console.print(table)
+    for line in skipped_lines(record):
+        console.print(line, highlight=False)
     if json_out:
         write_json(record, json_out)
         console.print(f"wrote {json_out}")

@@ -28,7 +28,7 @@ class NumpyExplanation:
         return (self.logits >= 0).astype(np.uint8)
 
     def heatmaps(self, size: int | None = None) -> np.ndarray:
-        return epilogue(self.raw, size or self.input_size).astype(np.float32)
+        return epilogue(self.raw, size or self.input_size, np.float32)
 
     def proportional_energy(self, size: int | None = None, corrected: bool = False) -> np.ndarray:
         energy = attribute_energy(tuple(self.attributes), size or self.input_size,
