@@ -1,5 +1,5 @@
 """Do two runs of the same `bincam bench` command agree? For every ratio both report, the runs
-agree when each median lies inside the other's interquartile band (`bincam.bench.stats.bands_overlap`).
+agree when their ranges over rounds intersect (`bincam.bench.stats.bands_overlap`).
 
     python benchmarks/compare_runs.py A.json B.json [--out benchmarks/results/NAME.md]
 """
@@ -33,13 +33,13 @@ def main() -> int:
     args = ap.parse_args()
     ra, rb = (ratios(json.loads(p.read_text())) for p in (args.a, args.b))
     lines = [f"# Two runs of the same bench command: {args.a.name} vs {args.b.name}", "",
-             "| ratio | run A median [IQR] | run B median [IQR] | agree |", "|---|---|---|---|"]
+             "| ratio | run A median [range over rounds] | run B median [range over rounds] | agree |", "|---|---|---|---|"]
     agree = 0
     common = [n for n in ra if n in rb]
     for n in common:
         ok = bands_overlap(ra[n], rb[n])
         agree += ok
-        band = "{median:.2f} [{q25:.2f}–{q75:.2f}]"
+        band = "{median:.2f} [{low:.2f}–{high:.2f}]"
         lines.append(f"| {n} | {band.format(**ra[n])} | {band.format(**rb[n])} | "
                      f"{'yes' if ok else 'no'} |")
     lines += ["", f"{agree} of {len(common)} ratios agree within the reported bands."]

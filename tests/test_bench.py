@@ -40,13 +40,20 @@ def test_paired_ratios_and_their_band():
     a, b = [2.0, 4.0, 6.0, 8.0, 10.0], [1.0, 2.0, 2.0, 2.0, 2.0]  # ratios 2, 2, 3, 4, 5
     r = ratio_stats(a, b)
     assert (r["q25"], r["median"], r["q75"]) == (2.0, 3.0, 4.0)
-    assert bands_overlap(r, {"q25": 2.5, "median": 3.5, "q75": 4.5})
-    assert not bands_overlap(r, {"q25": 4.1, "median": 4.5, "q75": 5.0})
+    assert (r["low"], r["high"]) == (3.0, 3.0)  # one round: the band is the median itself
+    # two rounds: ratios 2, 2 | 3, 4, 5 → round medians 2 and 4, pooled median 3
+    r2 = ratio_stats([[2.0, 4.0], [6.0, 8.0, 10.0]], [[1.0, 2.0], [2.0, 2.0, 2.0]])
+    assert r2["per_round"] == [2.0, 4.0] and (r2["low"], r2["median"], r2["high"]) == (2, 3, 4)
+    assert bands_overlap(r2, {"low": 3.9, "high": 5.0}) and bands_overlap(r2, {"low": 1, "high": 2})
+    assert not bands_overlap(r2, {"low": 4.1, "high": 5.0})
     with pytest.raises(ValueError):
         ratio_stats([1.0], [1.0, 2.0])
     # unpaired: medians divided, quartiles crosswise (a: 4, 4, 4; b: 1, 2, 2 → q25 1.5, q75 2)
     u = unpaired_ratio_stats([4.0, 4.0, 4.0], [1.0, 2.0, 2.0], scale=2)
     assert (u["q25"], u["median"]) == (4.0, 4.0) and u["q75"] == pytest.approx(16 / 3)
+    # per round: 2·4/1 = 8 and 2·4/2 = 4; a round without samples on one side is left out
+    u2 = unpaired_ratio_stats([[4.0], [4.0], []], [[1.0], [2.0], [2.0]], scale=2)
+    assert u2["per_round"] == [8.0, 4.0] and (u2["low"], u2["high"]) == (4.0, 8.0)
 
 
 def test_fidelity_metrics_on_hand_made_maps():
@@ -124,8 +131,8 @@ def bench(*args):
 
 def test_tiny_bench_run_writes_the_record(tmp_path, checkpoint):
     out = tmp_path / "r.json"
-    proc = bench(str(checkpoint), "--batch", "1,2", "--iters", "3", "--warmup", "1",
-                 "--reference-images", "1", "--fidelity-images", "2", "--json", str(out),
+    proc = bench(str(checkpoint), "--batch", "1,2", "--iters", "6", "--rounds", "2", "--warmup",
+                 "1", "--reference-images", "2", "--fidelity-images", "2", "--json", str(out),
                  "--markdown", str(tmp_path / "r.md"))
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
@@ -139,17 +146,20 @@ def test_tiny_bench_run_writes_the_record(tmp_path, checkpoint):
             assert row["batch"] == int(batch) and row["memory"]["peak_rss_bytes"] > 0
             for scope in ("forward", "cam", "end_to_end"):
                 s = row["scopes"][scope]
-                assert len(s["samples_s"]) == 3 and s["min_s"] <= s["p50_s"] <= s["max_s"]
-            assert row["ratios"]["CAM / forward"]["q25"] <= row["ratios"]["CAM / forward"]["q75"]
+                assert len(s["samples_s"]) == 6 and s["min_s"] <= s["p50_s"] <= s["max_s"]
+                assert s["round_of_sample"] == [0, 0, 0, 1, 1, 1]
+            r_cf = row["ratios"]["CAM / forward"]
+            assert r_cf["q25"] <= r_cf["q75"] and len(r_cf["per_round"]) == 2
+            assert r_cf["low"] <= r_cf["median"] <= r_cf["high"]
         assert set(t["cross"]) == {"torch / ort CAM", "torch / ort e2e"}
     assert set(r["baselines"]) == {"pytorch-grad-cam", "torch-cam"} and not r["baselines_skipped"]
     for name, baseline in r["baselines"].items():
-        assert len(baseline["per_image"]["samples_s"]) == 1
+        assert len(baseline["per_image"]["samples_s"]) == 2
         assert set(baseline["vs"]) == {f"{name} / {e} {s} batch {b}" for s in ("e2e", "CAM")
                                        for e in ("torch", "ort") for b in (1, 2)}
     fid = r["fidelity"]
     assert set(fid) == {"ort", "pytorch-grad-cam", "torch-cam"} and fid["ort"]["images"] == 2
-    assert fid["ort"]["overall"]["prediction flips"]["sum"] == 0
+    assert fid["ort"]["overall"]["prediction flips"]["sum"] == 0 and fid["torch-cam"]["images"] == 2
     assert fid["ort"]["overall"]["final-map max abs diff"]["max"] <= 1e-4
     assert fid["pytorch-grad-cam"]["overall"]["final-map max abs diff"]["max"] <= 1e-4
     assert fid["pytorch-grad-cam"]["overall"]["top-20% IoU"]["min"] >= 0.9
@@ -169,8 +179,8 @@ def test_bench_errors(tmp_path, checkpoint):
     user_error(bench(str(checkpoint), "--engines", "trt", "--json", str(out)),
                "TensorRT engine is not part of bincam yet")
     user_error(bench(str(checkpoint), "--batch", "1,x"), "--batch takes comma-separated integers")
-    user_error(bench(str(checkpoint), "--iters", "1"), "need --iters ≥ 3")
+    user_error(bench(str(checkpoint), "--iters", "5", "--rounds", "2"), "--iters ≥ 3 per round")
     user_error(bench(str(tmp_path / "none.onnx")), "does not exist")
-    user_error(bench(str(checkpoint), "--images", str(tmp_path / "nowhere"), "--iters", "3"),
+    user_error(bench(str(checkpoint), "--images", str(tmp_path / "nowhere")),
                "synth, random or an image folder")
     assert not out.exists() and not list(Path(tmp_path).glob(".*tmp"))

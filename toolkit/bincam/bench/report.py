@@ -17,7 +17,7 @@ def _ms(seconds: float) -> str:
 
 
 def _band(r: dict) -> str:
-    return f"{r['median']:.2f} [{r['q25']:.2f}–{r['q75']:.2f}]"
+    return f"{r['median']:.2f} [{r['low']:.2f}–{r['high']:.2f}]"
 
 
 def latency_rows(record: dict) -> list[list[str]]:
@@ -82,7 +82,7 @@ def rich_tables(record: dict) -> list[Table]:
     tables = [_rich(f"{m['described']} @{m['image_size']}, {m['attributes']} attributes, "
                     f"{record['config']['method']} — {machine_line(record['machine'])} (ms)",
                     LATENCY_HEADER, latency_rows(record)),
-              _rich("ratios: median [interquartile range of per-iteration ratios]",
+              _rich(f"ratios: median [range over {record['config']['rounds']} rounds]",
                     ["ratio", "value"], ratio_rows(record))]
     if record.get("fidelity"):
         tables.append(_rich("fidelity vs the eager fp32 torch engine, same inputs (abs diffs; "
@@ -103,12 +103,12 @@ def skipped_lines(record: dict) -> list[str]:
 def markdown(record: dict) -> str:
     m, c = record["model"], record["config"]
     lines = [f"### {m['described']} @{m['image_size']}, {m['attributes']} attributes, {c['method']}",
-             "", f"Machine: {machine_line(record['machine'])}. {c['iters']} iterations after "
-             f"{c['warmup']} warm-up, inputs: {c['images']}; `bincam bench` "
+             "", f"Machine: {machine_line(record['machine'])}. {c['iters']} iterations in "
+             f"{c['rounds']} rounds (each after {c['warmup']} warm-up calls), inputs: {c['images']}; `bincam bench` "
              f"(`{' '.join(['bincam', 'bench'] + record['command'][2:])}`).", ""]
-    lines += _md([h + (" ms" if "p" in h.split()[-1][:1] else "") for h in LATENCY_HEADER],
-                 latency_rows(record)) + [""]
-    lines += _md(["ratio", "median [IQR]"], ratio_rows(record)) + [""]
+    lines += _md([h + (" ms" if h.split()[-1].startswith("p5") or h.split()[-1].startswith("p9")
+                       else "") for h in LATENCY_HEADER], latency_rows(record)) + [""]
+    lines += _md(["ratio", f"median [range over {c['rounds']} rounds]"], ratio_rows(record)) + [""]
     if record.get("fidelity"):
         lines += _md(FIDELITY_HEADER, fidelity_rows(record)) + [""]
     lines += [f"- {line}" for line in skipped_lines(record)]

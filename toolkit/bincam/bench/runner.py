@@ -1,11 +1,14 @@
 """Run a benchmark: latency of every (engine, batch, scope), paired ratios, peak memory, the
 reference approach, and fidelity against the eager fp32 torch engine — one JSON-able record.
 
-Timing: engines are measured one after another (switching engines between calls costs the next
-call page faults and cold caches, seen as a 1.4× slower first call). Within an engine, after
-``warmup`` calls of each scope, every iteration runs the three scopes once in a seeded random
-order, so slow drift of a shared machine hits them alike and a ratio of two scopes is taken per
-iteration (``stats.ratio_stats``); ratios across engines use ``stats.unpaired_ratio_stats``.
+Timing runs in ``rounds``: each round measures every batch size of every engine, then a share of
+the baseline images, so slow drift of a shared machine (±30 % over minutes here) shows up as a
+difference between rounds and is reported as the range of the per-round ratios. Within a round,
+engines are measured one after another (switching engines between calls costs the next call
+page faults and cold caches, seen as a 1.4× slower first call): after ``warmup`` calls of each
+scope, every iteration runs the three scopes once in a seeded random order, so a ratio of two
+scopes is taken per iteration (``stats.ratio_stats``); ratios across engines and with the
+baselines are ratios of medians per round (``stats.unpaired_ratio_stats``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ class BenchConfig:
     attributes: str = "all"
     device: str = "cpu"
     warmup: int = 2
-    iters: int = 10
+    iters: int = 12                  # timed iterations in all, spread over the rounds
+    rounds: int = 3
     images: str = "synth"            # synth, random, or an image folder
     seed: int = 0
     reference_images: int = 1        # images timed per baseline; 0 skips the baselines
@@ -105,56 +109,90 @@ def _attributes(config: BenchConfig, model, onnx_bytes) -> tuple[list[str], int]
     return resolve_attributes(config.attributes, info.attributes), info.image_size
 
 
-def _time_engine(engine, x: np.ndarray, images: np.ndarray, config: BenchConfig,
-                 advance: Callable[[str], None]) -> dict[str, list[float]]:
+def _time_block(engine, images: np.ndarray, iters: int, config: BenchConfig, rng,
+                advance: Callable[[str], None]) -> dict[str, list[float]]:
+    """Warm-up, then ``iters`` iterations of the three scopes in random order."""
+    x = to_batch(images)
     calls = {"forward": lambda: engine.forward(x), "cam": lambda: engine.cam(x),
              "end_to_end": lambda: engine.end_to_end(images)}
     for _ in range(config.warmup):
         for fn in calls.values():
             fn()
-    advance(f"{engine.name} batch {len(images)}: warm-up")
-    rng = np.random.default_rng([config.seed, len(images)])
     samples = {scope: [] for scope in calls}
-    for i in range(config.iters):
+    for _ in range(iters):
         for scope in rng.permutation(SCOPES):
             t0 = time.perf_counter()
             calls[scope]()
             samples[scope].append(time.perf_counter() - t0)
-        advance(f"{engine.name} batch {len(images)}: iteration {i + 1}/{config.iters}")
+        advance(f"{engine.name} batch {len(images)}")
     return samples
 
 
-def _time_batch(engines: dict, images: np.ndarray, config: BenchConfig,
-                advance: Callable[[str], None]) -> dict:
-    x = to_batch(images)
-    rows, samples = [], {}
-    for name, engine in engines.items():
-        s = samples[name] = _time_engine(engine, x, images, config, advance)
-        with PeakMemory(cuda=config.device == "cuda" and name == "torch") as peak:
-            engine.end_to_end(images)
-        rows.append({
-            "engine": name, "batch": len(images),
-            "scopes": {scope: {**latency_stats(v, len(images)), "samples_s": v}
-                       for scope, v in s.items()},
-            "ratios": {"CAM / forward": ratio_stats(s["cam"], s["forward"]),
-                       "e2e / forward": ratio_stats(s["end_to_end"], s["forward"])},
-            "memory": {"peak_rss_bytes": peak.rss_bytes, "rss_scoped": peak.scoped,
-                       "cuda_max_allocated_bytes": peak.cuda_bytes}})
-    names = list(engines)
-    cross = {f"{a} / {b} {label}": unpaired_ratio_stats(samples[a][scope], samples[b][scope])
-             for i, a in enumerate(names) for b in names[i + 1:]
-             for scope, label in (("cam", "CAM"), ("end_to_end", "e2e"))}
-    return {"rows": rows, "cross": cross}
+def _measure(engines: dict, baselines: dict, images: np.ndarray, config: BenchConfig,
+             advance: Callable[[str], None]) -> tuple[dict, dict]:
+    """Per-round samples: ``{(batch, engine, scope): [[s, …] per round]}`` and
+    ``{baseline: [[s per image, …] per round]}`` (baseline image ``i`` in round ``i % rounds``)."""
+    rng = np.random.default_rng(config.seed)
+    timed = {(b, n, s): [] for b in config.batches for n in engines for s in SCOPES}
+    base = {name: [] for name in baselines}
+    for r in range(config.rounds):
+        iters = config.iters // config.rounds + (r < config.iters % config.rounds)
+        for b in config.batches:
+            for name, engine in engines.items():
+                for scope, v in _time_block(engine, images[:b], iters, config, rng,
+                                            advance).items():
+                    timed[(b, name, scope)].append(v)
+        for name, approach in baselines.items():
+            base[name].append([])
+            for i in range(r, config.reference_images, config.rounds):
+                t0 = time.perf_counter()
+                approach.end_to_end(images[i:i + 1])
+                base[name][r].append(time.perf_counter() - t0)
+                advance(f"{name}: image {i + 1}/{config.reference_images}")
+    return timed, base
 
 
-def _baseline(approach, n: int, images: np.ndarray, advance) -> dict:
-    samples = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        approach.end_to_end(images[i:i + 1])
-        samples.append(time.perf_counter() - t0)
-        advance(f"{approach.name}: image {i + 1}/{n}")
-    return {"per_image": {**latency_stats(samples), "samples_s": samples}}
+def _flat(rounds: list[list[float]]) -> list[float]:
+    return [v for r in rounds for v in r]
+
+
+def _timing(engines: dict, timed: dict, images: np.ndarray, config: BenchConfig) -> dict:
+    out = {}
+    for b in config.batches:
+        rows = []
+        for name, engine in engines.items():
+            s = {scope: timed[(b, name, scope)] for scope in SCOPES}
+            with PeakMemory(cuda=config.device == "cuda" and name == "torch") as peak:
+                engine.end_to_end(images[:b])
+            rows.append({
+                "engine": name, "batch": b,
+                "scopes": {scope: {**latency_stats(_flat(v), b), "samples_s": _flat(v),
+                                   "round_of_sample": [r for r, xs in enumerate(v) for _ in xs]}
+                           for scope, v in s.items()},
+                "ratios": {"CAM / forward": ratio_stats(s["cam"], s["forward"]),
+                           "e2e / forward": ratio_stats(s["end_to_end"], s["forward"])},
+                "memory": {"peak_rss_bytes": peak.rss_bytes, "rss_scoped": peak.scoped,
+                           "cuda_max_allocated_bytes": peak.cuda_bytes}})
+        names = list(engines)
+        cross = {f"{x} / {y} {label}": unpaired_ratio_stats(timed[(b, x, scope)],
+                                                            timed[(b, y, scope)])
+                 for i, x in enumerate(names) for y in names[i + 1:]
+                 for scope, label in (("cam", "CAM"), ("end_to_end", "e2e"))}
+        out[str(b)] = {"rows": rows, "cross": cross}
+    return out
+
+
+def _baselines(base: dict, timed: dict, config: BenchConfig, engines: dict) -> dict:
+    """Per baseline: seconds per image, and baseline / engine seconds per image per engine,
+    batch and scope (the baselines make final maps, so ``e2e`` is like for like)."""
+    out = {}
+    for name, rounds in base.items():
+        out[name] = {"per_image": {**latency_stats(_flat(rounds)), "samples_s": _flat(rounds)},
+                     "vs": {f"{name} / {engine} {label} batch {b}":
+                            unpaired_ratio_stats(rounds, timed[(b, engine, scope)], scale=b)
+                            for b in config.batches for engine in engines
+                            for scope, label in (("end_to_end", "e2e"), ("cam", "CAM"))}}
+    return out
 
 
 def _fidelity(engines, model, config, attributes, images, baselines, advance) -> dict:
@@ -175,7 +213,7 @@ def _fidelity(engines, model, config, attributes, images, baselines, advance) ->
 
 
 def total_steps(config: BenchConfig) -> int:
-    per_batch = len(config.engines) * (1 + config.iters)
+    per_batch = len(config.engines) * config.iters
     baselines = len(config.baselines) * (config.reference_images + 1) if config.reference_images \
         else 0
     return len(config.batches) * per_batch + baselines + len(config.engines)
@@ -185,8 +223,10 @@ def run_bench(config: BenchConfig, advance: Callable[[str], None] = lambda _d: N
     """The benchmark record (see ``SCHEMA``); ``advance(description)`` is called after each step."""
     from bincam.machine import machine_info
 
-    if config.iters < 3 or config.warmup < 0 or not config.batches or min(config.batches) < 1:
-        raise BincamError("need --iters ≥ 3, --warmup ≥ 0 and batch sizes ≥ 1")
+    if config.rounds < 1 or config.iters < 3 * config.rounds or config.warmup < 0 \
+            or not config.batches or min(config.batches) < 1:
+        raise BincamError("need --rounds ≥ 1, --iters ≥ 3 per round, --warmup ≥ 0 and batch "
+                          "sizes ≥ 1")
     if config.device not in ("cpu", "cuda"):
         raise BincamError(f"--device must be cpu or cuda, got {config.device!r}")
     model, onnx_bytes, described = _load(config)
@@ -197,27 +237,13 @@ def run_bench(config: BenchConfig, advance: Callable[[str], None] = lambda _d: N
     engines = _engines(config, model, onnx_bytes, attributes)
     n = max(max(config.batches), config.fidelity_images, config.reference_images)
     images = bench_images(config.images, n, size, config.seed)
-    timing = {str(b): _time_batch(engines, images[:b], config, advance) for b in config.batches}
+    timed, base = _measure(engines, baselines, images, config, advance)
     record = {"schema": SCHEMA, "command": sys.argv, "config": asdict(config),
               "model": {"spec": config.model, "described": described, "image_size": size,
                         "attributes": len(attributes)},
-              "machine": machine_info(), "timing": timing}
-    record["baselines"] = {}
-    for name, approach in baselines.items():
-        record["baselines"][name] = _baseline(approach, config.reference_images, images, advance)
-        record["baselines"][name]["vs"] = baseline_ratios(record, name)
-    record["baselines_skipped"] = skipped
+              "machine": machine_info(), "timing": _timing(engines, timed, images, config),
+              "baselines": _baselines(base, timed, config, engines), "baselines_skipped": skipped}
     record["fidelity"] = (_fidelity(engines, model, config, attributes,
                                     images[:config.fidelity_images], baselines, advance)
                           if model is not None else {})
     return record
-
-
-def baseline_ratios(record: dict, name: str) -> dict:
-    """Baseline seconds per image / engine seconds per image, per engine, batch and scope (the
-    baselines make final maps, so ``e2e`` is like for like; ``CAM`` stops at raw maps)."""
-    ref = record["baselines"][name]["per_image"]["samples_s"]
-    return {f"{name} / {row['engine']} {label} batch {b}":
-            unpaired_ratio_stats(ref, row["scopes"][scope]["samples_s"], scale=int(b))
-            for b, t in record["timing"].items() for row in t["rows"]
-            for scope, label in (("end_to_end", "e2e"), ("cam", "CAM"))}

@@ -24,29 +24,51 @@ def latency_stats(samples_s, images_per_sample: int = 1) -> dict:
     return out
 
 
+def _rounds(samples) -> list[np.ndarray]:
+    """A flat list of samples is one round; a list of lists is one list per round."""
+    samples = list(samples)
+    if samples and np.ndim(samples[0]) == 0:
+        samples = [samples]
+    return [np.asarray(r, dtype=np.float64) for r in samples]
+
+
+def _with_range(out: dict, per_round: list[float]) -> dict:
+    values = per_round + [out["median"]]
+    out.update(low=float(min(values)), high=float(max(values)), per_round=per_round)
+    return out
+
+
 def ratio_stats(numerator_s, denominator_s) -> dict:
-    """Median and interquartile range of per-iteration ratios ``a_i / b_i`` of paired samples
-    (measured back to back), the noise band within which two runs should agree."""
-    a, b = np.asarray(numerator_s, float), np.asarray(denominator_s, float)
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError("paired samples must have the same non-zero length")
-    r = a / b
-    q25, q50, q75 = np.percentile(r, (25, 50, 75))
-    return {"median": float(q50), "q25": float(q25), "q75": float(q75)}
+    """Ratios ``a_i / b_i`` of samples measured back to back, given per round (list of lists) or
+    as one round: the median and interquartile range over all iterations, each round's median,
+    and ``low``/``high``, the range of the round medians (and the overall median) — the noise
+    band that the run reports for drift between rounds."""
+    a, b = _rounds(numerator_s), _rounds(denominator_s)
+    if [len(r) for r in a] != [len(r) for r in b] or not sum(len(r) for r in a):
+        raise ValueError("paired samples must have the same non-zero lengths in every round")
+    ratios = [x / y for x, y in zip(a, b)]
+    q25, q50, q75 = np.percentile(np.concatenate(ratios), (25, 50, 75))
+    return _with_range({"median": float(q50), "q25": float(q25), "q75": float(q75)},
+                       [float(np.median(r)) for r in ratios if len(r)])
 
 
 def unpaired_ratio_stats(numerator_s, denominator_s, scale: float = 1.0) -> dict:
-    """``scale·median(a) / median(b)`` for samples not taken back to back; the band divides the
-    quartiles crosswise, ``[q25(a)/q75(b), q75(a)/q25(b)]``, so it holds both spreads."""
-    a, b = np.asarray(numerator_s, float), np.asarray(denominator_s, float)
-    if a.size == 0 or b.size == 0:
+    """``scale·median(a) / median(b)`` for samples not taken back to back (per round or one
+    round); the interquartile band divides the quartiles crosswise, ``[q25(a)/q75(b),
+    q75(a)/q25(b)]``; ``low``/``high`` range over the per-round ratios of medians."""
+    a, b = _rounds(numerator_s), _rounds(denominator_s)
+    fa, fb = np.concatenate(a), np.concatenate(b)
+    if fa.size == 0 or fb.size == 0:
         raise ValueError("both sample lists must be non-empty")
-    a25, a50, a75 = np.percentile(a, (25, 50, 75))
-    b25, b50, b75 = np.percentile(b, (25, 50, 75))
-    return {"median": float(scale * a50 / b50), "q25": float(scale * a25 / b75),
-            "q75": float(scale * a75 / b25)}
+    a25, a50, a75 = np.percentile(fa, (25, 50, 75))
+    b25, b50, b75 = np.percentile(fb, (25, 50, 75))
+    per_round = [float(scale * np.median(x) / np.median(y)) for x, y in zip(a, b)
+                 if len(x) and len(y)]
+    return _with_range({"median": float(scale * a50 / b50), "q25": float(scale * a25 / b75),
+                        "q75": float(scale * a75 / b25)}, per_round)
 
 
 def bands_overlap(x: dict, y: dict) -> bool:
-    """True when two ``ratio_stats`` agree: each median lies within the other's IQR band."""
-    return x["q25"] <= y["median"] <= x["q75"] and y["q25"] <= x["median"] <= y["q75"]
+    """True when two ratios agree within the noise their runs report: their ranges over rounds
+    (``low``–``high``) intersect."""
+    return x["low"] <= y["high"] and y["low"] <= x["high"]

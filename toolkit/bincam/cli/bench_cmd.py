@@ -27,7 +27,10 @@ def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .on
           attributes: str = typer.Option("all", help="Comma-separated names or indices."),
           device: str = typer.Option("cpu", help="cpu or cuda."),
           warmup: int = typer.Option(2, help="Untimed calls of each scope first."),
-          iters: int = typer.Option(10, help="Timed iterations (each runs every scope once)."),
+          iters: int = typer.Option(12, help="Timed iterations in all (each runs every scope "
+                                    "once), spread over the rounds."),
+          rounds: int = typer.Option(3, help="Rounds over all batches, engines and baselines; "
+                                     "the ratios' noise band is their range over rounds."),
           images: str = typer.Option("synth", help="synth (faces rendered in memory), random, "
                                      "or an image folder."),
           reference_images: int = typer.Option(1, help="Images timed per baseline (|z| target, "
@@ -51,7 +54,7 @@ def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .on
     check_method(method)
     config = BenchConfig(model=model, engines=[e.strip() for e in engines.split(",") if e.strip()],
                          batches=_ints(batch, "--batch"), method=method, attributes=attributes,
-                         device=device, warmup=warmup, iters=iters, images=images,
+                         device=device, warmup=warmup, iters=iters, rounds=rounds, images=images,
                          reference_images=reference_images, fidelity_images=fidelity_images,
                          baselines=[b.strip() for b in baselines.split(",") if b.strip()],
                          threads=threads, checkpoint=checkpoint)
