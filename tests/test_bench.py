@@ -177,7 +177,8 @@ def test_bench_errors(tmp_path, checkpoint):
 
     out = tmp_path / "r.json"
     user_error(bench(str(checkpoint), "--engines", "trt", "--json", str(out)),
-               "TensorRT engine is not part of bincam yet")
+               "engine trt needs TensorRT")
+    user_error(bench(str(checkpoint), "--engines", "tvm"), "unknown engine(s) tvm")
     user_error(bench(str(checkpoint), "--batch", "1,x"), "--batch takes comma-separated integers")
     user_error(bench(str(checkpoint), "--iters", "5", "--rounds", "2"), "--iters ≥ 3 per round")
     user_error(bench(str(tmp_path / "none.onnx")), "does not exist")

@@ -15,6 +15,11 @@ raw = np.random.default_rng(0).normal(size=(1, 2, 7, 7))
 maps = epilogue(raw, 224)
 pe = MaskEnergy(attribute_masks(["Male", "Smiling"]), (7, 7))(raw)
 overlay(np.zeros((224, 224, 3), np.uint8), maps[0, 0])
+import bincam.runtime.ort_engine, bincam.runtime.trt_engine, bincam.runtime.cuda_epilogue
+from bincam.runtime.fused_reference import fused_epilogue_reference
+ref = fused_epilogue_reference(raw, np.ones((1, 2, 2, 7, 7)),
+                               np.array([[1.0, -1.0]]), (14, 14))
+assert ref["maps"].shape == (1, 2, 14, 14)
 assert "torch" not in sys.modules, "torch was imported"
 print("ok", pe.shape)
 """

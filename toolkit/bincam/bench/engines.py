@@ -18,7 +18,7 @@ import numpy as np
 from bincam.bench.inputs import to_batch
 from bincam.errors import BincamError
 
-ENGINES = ("torch", "ort")
+ENGINES = ("torch", "ort", "trt")
 
 
 class TorchEngine:
@@ -108,6 +108,29 @@ class OrtBenchEngine:
     def outputs(self, images: np.ndarray) -> dict:
         e = self.engine.explain(to_batch(images), method=self.method, attributes=self.attributes)
         return {"logits": e.logits, "raw": e.raw, "maps": e.heatmaps(), "pe": e.proportional_energy()}
+
+
+class TrtBenchEngine(OrtBenchEngine):
+    """TensorRT: the exported gradient graph's plan, and the plan of its logits-only subgraph
+    as the baseline; CAMs from the engine's outputs as for ORT."""
+
+    name = "trt"
+
+    def __init__(self, model_bytes: bytes, method: str, attributes: list[str]):
+        import onnx
+
+        from bincam.runtime.trt_engine import TrtEngine
+
+        self.engine = TrtEngine(model_bytes)
+        self.method, self.attributes = method, attributes
+        proto = onnx.load_model_from_string(model_bytes)
+        forward = onnx.utils.Extractor(proto).extract_model([i.name for i in proto.graph.input],
+                                                            ["logits"])
+        forward.metadata_props.extend(proto.metadata_props)
+        self.forward_engine = TrtEngine(forward.SerializeToString())
+
+    def forward(self, x: np.ndarray) -> None:
+        self.forward_engine.run(x)
 
 
 class ReferenceApproach:
@@ -215,7 +238,11 @@ def available_baselines(names: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def check_engines(names: list[str]) -> list[str]:
     if "trt" in names:
-        raise BincamError("the TensorRT engine is not part of bincam yet; bench torch and ort")
+        import importlib.util
+
+        if importlib.util.find_spec("tensorrt") is None:
+            raise BincamError("engine trt needs TensorRT: pip install 'bincam[trt]' on a machine "
+                              "with an NVIDIA GPU")
     unknown = [n for n in names if n not in ENGINES]
     if unknown or not names:
         raise BincamError(f"unknown engine(s) {', '.join(unknown) or '(none)'}; choose from "

@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from bincam.bench.engines import (BASELINES, OrtBenchEngine, TorchEngine, available_baselines,
-                                  check_engines)
+from bincam.bench.engines import (BASELINES, OrtBenchEngine, TorchEngine, TrtBenchEngine,
+                                  available_baselines, check_engines)
 from bincam.bench.fidelity import compare
 from bincam.bench.inputs import bench_images, to_batch
 from bincam.bench.memory import PeakMemory
@@ -84,13 +84,14 @@ def _engines(config: BenchConfig, model, onnx_bytes, attributes):
                 raise BincamError("engine torch needs the checkpoint of this ONNX model: pass "
                                   "--checkpoint DIR (or bench ort alone)")
             engines[name] = TorchEngine(model, config.method, attributes, config.device)
-        elif name == "ort":
+        else:
             if onnx_bytes is None:
                 from bincam.export.model import export_checkpoint
 
                 onnx_bytes = export_checkpoint(model).SerializeToString()
-            engines[name] = OrtBenchEngine(onnx_bytes, config.method, attributes, config.device,
-                                           config.threads)
+            engines[name] = (OrtBenchEngine(onnx_bytes, config.method, attributes, config.device,
+                                            config.threads) if name == "ort" else
+                             TrtBenchEngine(onnx_bytes, config.method, attributes))
     return engines
 
 

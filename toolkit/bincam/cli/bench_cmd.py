@@ -21,7 +21,8 @@ def _ints(text: str, option: str) -> list[int]:
 @app.command("bench")
 def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .onnx, or "
                                       "arch:NAME (random weights, for timing)."),
-          engines: str = typer.Option("torch,ort", help="Comma-separated: torch, ort."),
+          engines: str = typer.Option("torch,ort", help="Comma-separated: torch, ort, trt "
+                                      "(TensorRT, NVIDIA GPU)."),
           batch: str = typer.Option("1,8", help="Comma-separated batch sizes."),
           method: str = typer.Option("gradcam"),
           attributes: str = typer.Option("all", help="Comma-separated names or indices."),

@@ -9,6 +9,7 @@ from typing import List
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bincam.cli.app import app, console
@@ -41,7 +42,7 @@ def _read_all(files: list[Path], model_size: int, size: int, on_error: str):
         except BincamError as exc:
             if on_error == "fail":
                 raise BincamError(f"{exc} (--on-error fail: nothing written)") from None
-            console.print(f"[yellow]skipped[/] {exc}", highlight=False)
+            console.print(f"[yellow]skipped[/] {escape(str(exc))}", highlight=False)
     if not readable:
         raise BincamError("no input could be read; nothing written")
     return readable, pixels
@@ -73,7 +74,8 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
         layer: str = typer.Option(None, help="CAM layer (default: the net's final tap)."),
         size: int = typer.Option(224, help="Side of overlays and grids in pixels."),
         batch_size: int = typer.Option(16),
-        engine: str = typer.Option("torch", help="torch (checkpoint) or ort (exported ONNX)."),
+        engine: str = typer.Option("torch", help="torch (checkpoint), or ort / trt (exported "
+                                   "ONNX; trt needs TensorRT and an NVIDIA GPU)."),
         on_error: str = typer.Option("skip", help="skip or fail on unreadable inputs.")) -> None:
     """Explain every selected attribute of each image for its predicted class."""
     from bincam.attributes import resolve_attributes
@@ -96,10 +98,12 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
 
         def run(x):
             return explain(model, x, method=method, mode=mode, attributes=names, layer=layer)
-    elif engine == "ort":
-        from bincam.runtime.ort_engine import OrtEngine
-
-        session = OrtEngine(checkpoint)
+    elif engine in ("ort", "trt"):
+        if engine == "ort":
+            from bincam.runtime.ort_engine import OrtEngine as Engine
+        else:
+            from bincam.runtime.trt_engine import TrtEngine as Engine
+        session = Engine(checkpoint)
         if layer and layer != session.info.target_layer:
             raise BincamError(f"{checkpoint} was exported for layer {session.info.target_layer!r}; "
                               "export again for another layer")
@@ -109,7 +113,7 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
         def run(x):
             return session.explain(x, method=method, mode=mode, attributes=names)
     else:
-        raise BincamError(f"--engine must be torch or ort, got {engine!r}")
+        raise BincamError(f"--engine must be torch, ort or trt, got {engine!r}")
     readable, pixels = _read_all(_expand(inputs), image_size, size, on_error)
     records, raws, logits, energies = [], [], [], []
     with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),

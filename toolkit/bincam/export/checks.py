@@ -164,13 +164,50 @@ def parity_limit(name: str, kink_free: bool) -> float:
     return TOLERANCES[base] if strict else MASK_FLIP_LIMIT
 
 
+REDUCED_PRECISION_LIMITS = {"raw-map Pearson (mean)": 0.999, "PE max abs": 0.01,
+                            "prediction flip rate": 0.001}
+
+
+def precision_fidelity(engine, torch_model, images: np.ndarray) -> dict[str, float]:
+    """A reduced-precision graph (ONNX Runtime) against the float32 torch engine on ``images``
+    (uint8 ``[N,S,S,3]``): prediction flip rate, and over the maps whose prediction agrees,
+    Pearson of raw maps and PE differences."""
+    import torch
+
+    from bincam import explain
+    from bincam.bench.fidelity import pearson
+    from bincam.bench.inputs import to_batch
+
+    x = to_batch(images)
+    ours = engine.explain(x)
+    theirs = explain(torch_model, torch.from_numpy(x), layer=engine.info.target_layer)
+    flipped = ours.predictions != theirs.predictions.numpy()
+    same = ~flipped  # a flipped prediction explains the other class: its map is not comparable
+    r = pearson(ours.raw, theirs.raw.numpy())[same]
+    pe = np.abs(ours.proportional_energy() - theirs.proportional_energy())[same]
+    return {"raw-map Pearson (mean)": float(r.mean()), "raw-map Pearson (min)": float(r.min()),
+            "PE max abs": float(pe.max()), "PE mean abs": float(pe.mean()),
+            "prediction flip rate": float(flipped.mean())}
+
+
 def run_checks(model: onnx.ModelProto, torch_model=None) -> list[Check]:
-    """All checks; parity only when the torch net is at hand."""
+    """All checks; parity (or, for a reduced-precision graph, fidelity on synthetic faces) only
+    when the torch net is at hand."""
     from bincam.runtime.ort_engine import OrtEngine
 
     checks = structural_checks(model)
     engine = OrtEngine(model.SerializeToString())
-    if torch_model is not None:
+    if torch_model is not None and engine.info.precision != "fp32":
+        from bincam.bench.inputs import synthetic_faces
+
+        faces = synthetic_faces(16, engine.info.image_size, seed=1)
+        for name, value in precision_fidelity(engine, torch_model, faces).items():
+            limit = REDUCED_PRECISION_LIMITS.get(name)
+            ok = limit is None or (value >= limit if "Pearson" in name else value <= limit)
+            checks.append(Check(f"{engine.info.precision} fidelity: {name}", ok,
+                                f"{value:.6g}" + (f" (limit {limit:g})" if limit else "")))
+        torch_model = None  # float32 parity limits do not apply; input dependence still does
+    elif torch_model is not None:
         kink_free = engine.info.target_layer in getattr(torch_model, "affine_heads", {})
         for name, value in parity(engine, torch_model).items():
             limit = parity_limit(name, kink_free)

@@ -3,9 +3,10 @@
 Keys: ``bincam.version``, ``bincam.attributes`` (list), ``bincam.target_layer``,
 ``bincam.gradient_layout`` (``dense``: output ``gradients [B,K,C,h,w]``; ``factored``: output
 ``channel_weights [K,C]`` with ``bincam.mask_positive``), ``bincam.modes``, ``bincam.image_size``,
-``bincam.class_counts`` ({positive, negative}), ``bincam.outputs``, and the ONNX image keys
-``Image.BitmapPixelFormat`` (Rgb8), ``Image.ColorSpaceGamma`` (SRGB), ``Image.NominalPixelRange``
-(Normalized_0_1) plus ``bincam.mean`` / ``bincam.std``.
+``bincam.class_counts`` ({positive, negative}), ``bincam.precision`` (fp32 | fp16),
+``bincam.outputs``, and the ONNX image keys ``Image.BitmapPixelFormat`` (Rgb8),
+``Image.ColorSpaceGamma`` (SRGB), ``Image.NominalPixelRange`` (Normalized_0_1) plus
+``bincam.mean`` / ``bincam.std``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class ModelInfo:
     negative_counts: list[int] | None = None
     input_name: str = "images"
     version: str = ""
+    precision: str = "fp32"          # compute type of the graph's bulk (inputs/outputs: float32)
 
     def majority_is_positive(self) -> list[bool]:
         if self.positive_counts is None or self.negative_counts is None:
@@ -51,6 +53,7 @@ def write_metadata(model: onnx.ModelProto, info: ModelInfo) -> None:
         "bincam.mask_positive": json.dumps(info.mask_positive),
         "bincam.modes": json.dumps(["predicted", "positive", "negative"]),
         "bincam.image_size": json.dumps(info.image_size), "bincam.input": info.input_name,
+        "bincam.precision": info.precision,
         "bincam.mean": json.dumps(list(info.mean)), "bincam.std": json.dumps(list(info.std)),
         "bincam.class_counts": json.dumps({"positive": info.positive_counts,
                                            "negative": info.negative_counts}),
@@ -79,6 +82,7 @@ def read_metadata(props: dict[str, str], source: str) -> ModelInfo:
             std=tuple(json.loads(props.get("bincam.std", "[1, 1, 1]"))),
             positive_counts=counts.get("positive"), negative_counts=counts.get("negative"),
             input_name=props.get("bincam.input", "images"),
-            version=props.get("bincam.version", ""))
+            version=props.get("bincam.version", ""),
+            precision=props.get("bincam.precision", "fp32"))
     except (KeyError, ValueError) as exc:
         raise BincamError(f"{source} has broken bincam metadata ({exc}); {HOW_TO_EXPORT}") from None

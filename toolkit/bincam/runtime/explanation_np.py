@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bincam.attributes import resolve_attributes
 from bincam.heatmap import attribute_energy, epilogue
+from bincam.runtime.cam_np import raw_maps, signs
 
 
 @dataclass
@@ -34,3 +36,19 @@ class NumpyExplanation:
         energy = attribute_energy(tuple(self.attributes), size or self.input_size,
                                   tuple(self.raw.shape[-2:]))
         return energy.corrected(self.raw) if corrected else energy(self.raw)
+
+
+def explain_outputs(info, out: dict, input_size: int, method: str = "gradcam",
+                    mode: str = "predicted", attributes=None) -> NumpyExplanation:
+    """Binary CAMs from an engine's outputs (``logits``, ``activations`` and ``gradients`` or
+    ``channel_weights``), as described by the model's metadata ``info``."""
+    names = resolve_attributes(attributes, info.attributes)
+    idx = [info.attributes.index(n) for n in names]
+    logits = out["logits"][:, idx]
+    s = signs(logits, mode)
+    if "gradients" in out:
+        raw = raw_maps(method, out["activations"], s, grads=out["gradients"][:, idx])
+    else:
+        raw = raw_maps(method, out["activations"], s, weight=out["channel_weights"][idx],
+                       mask_positive=info.mask_positive)
+    return NumpyExplanation(names, logits, s, raw, method, mode, input_size)

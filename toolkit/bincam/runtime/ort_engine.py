@@ -11,12 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bincam.attributes import resolve_attributes
 from bincam.batch_checks import check_float_values, check_shape, wrong_dtype
 from bincam.errors import BincamError
 from bincam.export.metadata import read_metadata
-from bincam.runtime.cam_np import raw_maps, signs
-from bincam.runtime.explanation_np import NumpyExplanation
+from bincam.runtime.explanation_np import NumpyExplanation, explain_outputs
 
 
 def _metadata(model_bytes: bytes) -> dict[str, str]:
@@ -122,14 +120,5 @@ class OrtEngine:
 
     def explain(self, images, method: str = "gradcam", mode: str = "predicted",
                 attributes=None) -> NumpyExplanation:
-        names = resolve_attributes(attributes, self.attributes)
-        idx = [self.attributes.index(n) for n in names]
-        out = self.run(images)
-        logits = out["logits"][:, idx]
-        s = signs(logits, mode)
-        if self.grad_output == "gradients":
-            raw = raw_maps(method, out["activations"], s, grads=out["gradients"][:, idx])
-        else:
-            raw = raw_maps(method, out["activations"], s, weight=out["channel_weights"][idx],
-                           mask_positive=self.info.mask_positive)
-        return NumpyExplanation(names, logits, s, raw, method, mode, np.shape(images)[-1])
+        return explain_outputs(self.info, self.run(images), np.shape(images)[-1], method, mode,
+                               attributes)

@@ -1,0 +1,67 @@
+"""fp16 gradient graphs (`bincam export --precision fp16`): types, checks, and their fidelity
+against the float32 torch engine when ONNX Runtime runs them on this CPU."""
+
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from bincam.bench.inputs import synthetic_faces
+from bincam.checkpoint import load_checkpoint
+from bincam.errors import BincamError
+from bincam.export.checks import REDUCED_PRECISION_LIMITS, precision_fidelity, structural_checks
+from bincam.export.model import export_checkpoint
+from bincam.export.precision import op_types_by_precision, reduce_precision
+from bincam.runtime.ort_engine import OrtEngine
+
+MODEL = "models/synth-small-balanced"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_checkpoint(MODEL)
+
+
+@pytest.mark.parametrize("layout", ["factored", "dense"])
+def test_fp16_graph_types_checks_and_fidelity(model, layout):
+    graph = reduce_precision(export_checkpoint(model, None, layout), "fp16")
+    assert all(c.ok for c in structural_checks(graph)), structural_checks(graph)
+    ops = op_types_by_precision(graph)
+    assert "Conv" in ops["float16"] and "Gemm" in ops["float32"] and "Conv" not in ops["float32"]
+    weights = {t.data_type for t in graph.graph.initializer if t.dims and len(t.dims) == 4}
+    assert weights == {onnx.TensorProto.FLOAT16}  # conv weights stored in half precision
+    for io in list(graph.graph.input) + list(graph.graph.output):
+        assert io.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, io.name
+    engine = OrtEngine(graph.SerializeToString())
+    assert engine.info.precision == "fp16" and engine.info.gradient_layout == layout
+    fid = precision_fidelity(engine, model, synthetic_faces(24, 112, seed=4))
+    assert fid["raw-map Pearson (mean)"] >= REDUCED_PRECISION_LIMITS["raw-map Pearson (mean)"]
+    assert fid["PE max abs"] <= REDUCED_PRECISION_LIMITS["PE max abs"]
+    assert fid["prediction flip rate"] <= REDUCED_PRECISION_LIMITS["prediction flip rate"]
+    assert 0 < fid["PE mean abs"] < 1e-3  # half precision does change the maps, a little
+
+
+def test_precision_choices(model):
+    graph = export_checkpoint(model)
+    assert reduce_precision(graph, "fp32") is graph
+    with pytest.raises(BincamError, match="ModelOpt AutoCast"):
+        reduce_precision(graph, "bf16")
+    with pytest.raises(BincamError, match="--precision must be one of fp32, fp16"):
+        reduce_precision(graph, "int8")
+
+
+def test_export_command_fp16(tmp_path):
+    out = tmp_path / "m16.onnx"
+    proc = subprocess.run([sys.executable, "-m", "bincam", "export", MODEL, "--out", str(out),
+                           "--precision", "fp16"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert "fp16 fidelity: PE max abs" in text and "FAILED" not in text
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["bincam.precision"] == "fp16"
+    bad = subprocess.run([sys.executable, "-m", "bincam", "export", MODEL, "--out",
+                          str(tmp_path / "x.onnx"), "--precision", "bf16"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "ModelOpt AutoCast" in bad.stderr
+    assert not (tmp_path / "x.onnx").exists()

@@ -1,0 +1,147 @@
+"""GPU checks of the fused epilogue kernel (used by ``benchmarks/gpu_check.py`` and the GPU
+tests): the kernel on fresh random inputs against the NumPy float64 reference and the torch CUDA
+path, its time against the memory-bandwidth floor of the bytes it must move, and the time of
+bincam's torch CUDA epilogue. Needs a CUDA GPU, torch with CUDA and cuda-python."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bincam.attributes import ATTRIBUTES, attribute_masks
+from bincam.cam.epilogue import epilogue as torch_epilogue
+from bincam.cam.methods import METHODS, FactoredGrad
+from bincam.runtime.cuda_epilogue import FusedEpilogue
+from bincam.runtime.fused_reference import fused_epilogue_reference
+
+
+def case_inputs(layout: str, seed: int, b: int, k: int, c: int, h: int, size: int) -> dict:
+    """Random float32 CUDA inputs (never zeros) and the masks of the first ``k`` attributes."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    cuda = {"device": "cuda", "generator": g}
+    acts = torch.randn(b, c, h, h, **cuda)
+    grads = (torch.randn(b, k, c, h, h, **cuda) if layout == "dense"
+             else torch.randn(k, c, **cuda)) / (h * h)
+    masks = torch.from_numpy(attribute_masks(ATTRIBUTES[:k], size).astype(np.uint8)).cuda()
+    return {"acts": acts, "grads": grads, "logits": torch.randn(b, k, **cuda), "masks": masks}
+
+
+def launch_fused(kernel: FusedEpilogue, x: dict, layout: str, method: str, size: int) -> dict:
+    """Run the kernel once into poisoned outputs; returns them (synchronised)."""
+    b, c, h, w = x["acts"].shape
+    k = x["logits"].shape[1]
+    out = {"raw": torch.full((b, k, h, w), float("nan"), device="cuda"),
+           "maps": torch.full((b, k, size, size), float("nan"), device="cuda"),
+           "maps_f16": torch.full((b, k, size, size), -1, dtype=torch.int16, device="cuda"),
+           "maps_u8": torch.full((b, k, size, size), 77, dtype=torch.uint8, device="cuda"),
+           "energy": torch.full((b, k, 2), float("nan"), device="cuda")}
+    kernel.launch(acts=x["acts"].data_ptr(), grads=x["grads"].data_ptr(),
+                  logits=x["logits"].data_ptr(), shape=(b, k, c, h, w), size=(size, size),
+                  method=method, layout=layout, masks=x["masks"].data_ptr(),
+                  raw=out["raw"].data_ptr(), maps_f32=out["maps"].data_ptr(),
+                  maps_f16=out["maps_f16"].data_ptr(), maps_u8=out["maps_u8"].data_ptr(),
+                  energy=out["energy"].data_ptr(), stream=torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    return out
+
+
+def torch_cuda_path(x: dict, layout: str, method: str, size: int) -> dict:
+    """bincam's torch epilogue on the GPU: methods in float64, upsample in float32, full PE."""
+    a = x["acts"].double()
+    s = torch.sign(x["logits"]).double()
+    if layout == "dense":
+        g = s[:, :, None, None, None] * x["grads"].double()
+    else:
+        g = FactoredGrad(s, x["grads"].double(), (a > 0).double())
+    raw = METHODS[method](a, g)
+    maps = torch_epilogue(raw, size)
+    m = x["masks"].to(maps.dtype)
+    total = maps.sum((2, 3))
+    pe = torch.where(total > 0, (maps * m).sum((2, 3)) / total.clamp_min(1e-30), 0)
+    return {"raw": raw, "maps": maps, "pe": pe}
+
+
+def run_fused_case(layout: str = "dense", method: str = "gradcam", seed: int = 0, b: int = 8,
+                   k: int = 40, c: int = 2048, h: int = 7, size: int = 224,
+                   kernel: FusedEpilogue | None = None) -> dict:
+    """Errors of the kernel against the float64 NumPy reference and the torch CUDA path."""
+    kernel = kernel or FusedEpilogue()
+    x = case_inputs(layout, seed, b, k, c, h, size)
+    got = launch_fused(kernel, x, layout, method, size)
+    ref = fused_epilogue_reference(x["acts"].cpu().numpy(), x["grads"].cpu().numpy(),
+                                   x["logits"].cpu().numpy(), (size, size), method, layout,
+                                   "predicted", True, x["masks"].cpu().numpy())
+    th = torch_cuda_path(x, layout, method, size)
+    energy = got["energy"].cpu().double().numpy()
+    pe = np.where(energy[..., 1] > 0, energy[..., 0] / np.where(energy[..., 1] > 0,
+                                                                energy[..., 1], 1), 0.0)
+    raw = got["raw"].cpu().double().numpy()
+    maps = got["maps"].cpu().double().numpy()
+    f16 = got["maps_f16"].cpu().numpy().view(np.float16).astype(np.float64)
+    return {
+        "raw rel": float(np.linalg.norm(raw - ref["raw"]) / np.linalg.norm(ref["raw"])),
+        "maps max abs": float(np.abs(maps - ref["maps"]).max()),
+        "maps max abs vs torch CUDA": float(np.abs(maps - th["maps"].cpu().numpy()).max()),
+        "fp16 maps max abs": float(np.abs(f16 - ref["maps"]).max()),
+        "uint8 maps max diff": int(np.abs(got["maps_u8"].cpu().numpy().astype(int)
+                                          - ref["maps_u8"].astype(int)).max()),
+        "PE max abs": float(np.abs(pe - ref["pe"]).max()),
+        "PE max abs vs torch CUDA": float(np.abs(pe - th["pe"].cpu().numpy()).max()),
+        "non-finite outputs": int(sum((~torch.isfinite(got[n].float())).sum().item()
+                                      for n in ("raw", "maps", "energy"))),
+    }
+
+
+def cuda_time(fn, iters: int = 50, warmup: int = 5) -> float:
+    """Median seconds of ``fn`` on the current stream, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return float(np.median(times))
+
+
+def copy_bandwidth(bytes_: int = 1 << 30) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s (read + write counted)."""
+    src = torch.empty(bytes_ // 4, device="cuda")
+    dst = torch.empty_like(src)
+    return 2 * bytes_ / cuda_time(lambda: dst.copy_(src), iters=20)
+
+
+def kernel_bytes(layout: str, b: int, k: int, c: int, h: int, size: int, map_bytes: int) -> int:
+    """Bytes the kernel must move at least: inputs once, masks once, maps and energies written."""
+    grads = b * k * c * h * h if layout == "dense" else k * c
+    return 4 * (b * c * h * h + grads + b * k) + k * size * size \
+        + b * k * size * size * map_bytes + 4 * b * k * (h * h + 2)
+
+
+def time_case(layout: str, method: str, bandwidth: float, b: int = 8, k: int = 40,
+              c: int = 2048, h: int = 7, size: int = 224, kernel: FusedEpilogue | None = None,
+              seed: int = 1) -> dict:
+    """Kernel time (float32 maps, and uint8 maps only) vs its bandwidth floor and vs torch."""
+    kernel = kernel or FusedEpilogue()
+    x = case_inputs(layout, seed, b, k, c, h, size)
+    maps = torch.empty(b, k, size, size, device="cuda")
+    maps_u8 = torch.empty(b, k, size, size, dtype=torch.uint8, device="cuda")
+    energy = torch.empty(b, k, 2, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    common = dict(acts=x["acts"].data_ptr(), grads=x["grads"].data_ptr(),
+                  logits=x["logits"].data_ptr(), shape=(b, k, c, h, h), size=(size, size),
+                  method=method, layout=layout, masks=x["masks"].data_ptr(),
+                  energy=energy.data_ptr(), stream=stream)
+    t32 = cuda_time(lambda: kernel.launch(maps_f32=maps.data_ptr(), **common))
+    t8 = cuda_time(lambda: kernel.launch(maps_u8=maps_u8.data_ptr(), **common))
+    t_torch = cuda_time(lambda: torch_cuda_path(x, layout, method, size), iters=20)
+    floor32 = kernel_bytes(layout, b, k, c, h, size, 4) / bandwidth
+    floor8 = kernel_bytes(layout, b, k, c, h, size, 1) / bandwidth
+    return {"layout": layout, "method": method, "batch": b, "attributes": k, "channels": c,
+            "cells": h, "size": size, "fused_f32_s": t32, "fused_u8_s": t8, "torch_s": t_torch,
+            "floor_f32_s": floor32, "floor_u8_s": floor8,
+            "bandwidth_fraction_f32": floor32 / t32, "bandwidth_fraction_u8": floor8 / t8,
+            "torch_over_fused_f32": t_torch / t32}
