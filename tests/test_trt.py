@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bincam.checkpoint import card_for, save_checkpoint
+from bincam.checkpoint import card_for
 from bincam.errors import BincamError
 from bincam.export.model import export_checkpoint, save_onnx
 from bincam.nets import build_net
@@ -82,3 +82,7 @@ def test_trt_engine_equals_ort(onnx_file, tmp_path, monkeypatch):
     assert len(list((tmp_path / "trt").glob("*.plan"))) == 1
     again = TrtEngine(onnx_file, cuda_graphs=True)  # from the cache, replayed as a CUDA graph
     assert np.abs(again.run(x)["logits"] - ort_out["logits"]).max() <= 1e-3
+    fused = again.fused(x, maps="u8")  # engine buffers read in place by the fused kernel
+    expected = OrtEngine(onnx_file).explain(x)
+    assert np.abs(fused["pe"] - expected.proportional_energy()).max() <= 1e-3
+    assert np.abs(fused["maps"] / 255.0 - expected.heatmaps()).max() <= 1e-2

@@ -132,6 +132,13 @@ class TrtBenchEngine(OrtBenchEngine):
     def forward(self, x: np.ndarray) -> None:
         self.forward_engine.run(x)
 
+    def end_to_end(self, images: np.ndarray) -> None:
+        """Engine + fused CUDA epilogue (final maps + PE on the GPU, one copy back)."""
+        if self.method in ("gradcam", "hirescam"):
+            self.engine.fused(to_batch(images), method=self.method)
+        else:
+            super().end_to_end(images)
+
 
 class ReferenceApproach:
     """What the paper's code does: pytorch-grad-cam with a ``|z|`` target, one call per attribute,

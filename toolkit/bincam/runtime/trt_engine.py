@@ -10,7 +10,8 @@ epilogue kernel reads in place.
   version, the GPU name and compute capability, the precision and the profile. Loading checks
   the JSON beside the plan against the current key and refuses a stale or foreign plan.
 - Run: ``set_input_shape``, ``set_tensor_address`` for every I/O tensor, ``execute_async_v3`` on
-  a stream; optional CUDA-graph capture and replay per batch size.
+  a stream; optional CUDA-graph capture and replay per batch size. ``fused`` launches the fused
+  epilogue kernel on the same stream, reading the output buffers in place.
 
 API used (TensorRT 10/11 Python): Logger, Builder.create_network / create_builder_config /
 create_optimization_profile / build_serialized_network, OnnxParser.parse / num_errors / get_error,
@@ -210,16 +211,16 @@ class TrtEngine:
             self.outputs[name] = (out, shape, self.dtypes[name])
         if self.cuda_graphs:
             self._replay(b)
-        elif not self.context.execute_async_v3(self.stream):
+        elif not self.context.execute_async_v3(int(self.stream)):
             raise BincamError("TensorRT execution failed")
 
     def _replay(self, batch: int) -> None:
         rt = self.runtime_api
         if batch not in self.graphs:
-            self.context.execute_async_v3(self.stream)  # first run outside capture (allocations)
+            self.context.execute_async_v3(int(self.stream))  # a first run outside the capture
             _cuda_check(rt.cudaStreamBeginCapture(
                 self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-            self.context.execute_async_v3(self.stream)
+            self.context.execute_async_v3(int(self.stream))
             graph = _cuda_check(rt.cudaStreamEndCapture(self.stream))
             self.graphs[batch] = _cuda_check(rt.cudaGraphInstantiate(graph, 0))
         _cuda_check(rt.cudaGraphLaunch(self.graphs[batch], self.stream))
@@ -244,6 +245,57 @@ class TrtEngine:
 
         return explain_outputs(self.info, self.run(images), np.shape(images)[-1], method, mode,
                                attributes)
+
+    def fused(self, images, method: str = "gradcam", mode: str = "predicted",
+              size: int | None = None, maps: str | None = "f32") -> dict[str, np.ndarray]:
+        """Engine and fused epilogue kernel on one stream, the kernel reading the engine's output
+        buffers in place: ``logits [B,K]``, ``pe [B,K]`` and (``maps`` = f32 | f16 | u8, or None)
+        the final maps ``[B,K,S,S]``, copied to the host once at the end."""
+        from bincam.attributes import attribute_masks
+        from bincam.runtime.cuda_epilogue import FusedEpilogue
+        from bincam.runtime.ort_engine import check_batch
+
+        rt = self.runtime_api
+        size = size or self.info.image_size
+        if maps not in (None, "f32", "f16", "u8"):
+            raise BincamError(f"maps must be f32, f16, u8 or None, got {maps!r}")
+        x = check_batch(images, self.info.image_size)
+        self.enqueue(x)
+        if not hasattr(self, "_kernel"):
+            self._kernel = FusedEpilogue()
+        k = len(self.attributes)
+        mask = np.ascontiguousarray(attribute_masks(self.attributes, size), dtype=np.uint8)
+        mask_ptr = self._buffer(f"masks{size}", mask.nbytes)
+        _cuda_check(rt.cudaMemcpyAsync(mask_ptr, mask.ctypes.data, mask.nbytes,
+                                       rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+        acts, (_, c, h, w) = self.outputs["activations"][0], self.outputs["activations"][1]
+        grads = self.outputs.get("gradients", self.outputs.get("channel_weights"))[0]
+        b = len(x)
+        item = {"f32": 4, "f16": 2, "u8": 1}.get(maps, 0)
+        maps_ptr = self._buffer("fused_maps", max(1, b * k * size * size * item))
+        energy_ptr = self._buffer("fused_energy", b * k * 2 * 4)
+        self._kernel.launch(acts=acts, grads=grads, logits=self.outputs["logits"][0],
+                            shape=(b, k, c, h, w), size=(size, size), method=method,
+                            layout=self.info.gradient_layout, mode=mode,
+                            mask_positive=self.info.mask_positive, masks=mask_ptr,
+                            maps_f32=maps_ptr if maps == "f32" else 0,
+                            maps_f16=maps_ptr if maps == "f16" else 0,
+                            maps_u8=maps_ptr if maps == "u8" else 0, energy=energy_ptr,
+                            stream=int(self.stream))
+        out = {"logits": np.empty((b, k), np.float32), "energy": np.empty((b, k, 2), np.float32)}
+        if maps:
+            out["maps"] = np.empty((b, k, size, size),
+                                   {"f32": np.float32, "f16": np.float16, "u8": np.uint8}[maps])
+        for name, ptr in (("logits", self.outputs["logits"][0]), ("energy", energy_ptr),
+                          ("maps", maps_ptr)):
+            if name in out:
+                _cuda_check(rt.cudaMemcpyAsync(out[name].ctypes.data, ptr, out[name].nbytes,
+                                               rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                                               self.stream))
+        _cuda_check(rt.cudaStreamSynchronize(self.stream))
+        inside, total = out.pop("energy").astype(np.float64).transpose(2, 0, 1)
+        out["pe"] = np.where(total > 0, inside / np.where(total > 0, total, 1), 0.0)
+        return out
 
     def close(self) -> None:
         for ptr, _ in self.buffers.values():
