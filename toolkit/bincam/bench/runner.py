@@ -42,8 +42,8 @@ class BenchConfig:
     attributes: str = "all"
     device: str = "cpu"
     warmup: int = 2
-    iters: int = 12                  # timed iterations in all, spread over the rounds
-    rounds: int = 3
+    iters: int = 15                  # timed iterations in all, spread over the rounds
+    rounds: int = 5
     images: str = "synth"            # synth, random, or an image folder
     seed: int = 0
     reference_images: int = 1        # images timed per baseline; 0 skips the baselines

@@ -28,9 +28,9 @@ def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .on
           attributes: str = typer.Option("all", help="Comma-separated names or indices."),
           device: str = typer.Option("cpu", help="cpu or cuda."),
           warmup: int = typer.Option(2, help="Untimed calls of each scope first."),
-          iters: int = typer.Option(12, help="Timed iterations in all (each runs every scope "
+          iters: int = typer.Option(15, help="Timed iterations in all (each runs every scope "
                                     "once), spread over the rounds."),
-          rounds: int = typer.Option(3, help="Rounds over all batches, engines and baselines; "
+          rounds: int = typer.Option(5, help="Rounds over all batches, engines and baselines; "
                                      "the ratios' noise band is their range over rounds."),
           images: str = typer.Option("synth", help="synth (faces rendered in memory), random, "
                                      "or an image folder."),
