@@ -246,12 +246,23 @@ class TrtEngine:
         return explain_outputs(self.info, self.run(images), np.shape(images)[-1], method, mode,
                                attributes)
 
+    def _device_masks(self, size: int) -> int:
+        """The attributes' masks ``uint8 [K,S,S]`` on the device, uploaded once per size."""
+        from bincam.attributes import attribute_masks
+
+        name = f"masks{size}"
+        if name not in self.buffers:
+            mask = np.ascontiguousarray(attribute_masks(self.attributes, size), dtype=np.uint8)
+            ptr = self._buffer(name, mask.nbytes)
+            _cuda_check(self.runtime_api.cudaMemcpy(ptr, mask.ctypes.data, mask.nbytes,
+                        self.runtime_api.cudaMemcpyKind.cudaMemcpyHostToDevice))
+        return self.buffers[name][0]
+
     def fused(self, images, method: str = "gradcam", mode: str = "predicted",
               size: int | None = None, maps: str | None = "f32") -> dict[str, np.ndarray]:
         """Engine and fused epilogue kernel on one stream, the kernel reading the engine's output
         buffers in place: ``logits [B,K]``, ``pe [B,K]`` and (``maps`` = f32 | f16 | u8, or None)
         the final maps ``[B,K,S,S]``, copied to the host once at the end."""
-        from bincam.attributes import attribute_masks
         from bincam.runtime.cuda_epilogue import FusedEpilogue
         from bincam.runtime.ort_engine import check_batch
 
@@ -264,10 +275,7 @@ class TrtEngine:
         if not hasattr(self, "_kernel"):
             self._kernel = FusedEpilogue()
         k = len(self.attributes)
-        mask = np.ascontiguousarray(attribute_masks(self.attributes, size), dtype=np.uint8)
-        mask_ptr = self._buffer(f"masks{size}", mask.nbytes)
-        _cuda_check(rt.cudaMemcpyAsync(mask_ptr, mask.ctypes.data, mask.nbytes,
-                                       rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+        mask_ptr = self._device_masks(size)
         acts, (_, c, h, w) = self.outputs["activations"][0], self.outputs["activations"][1]
         grads = self.outputs.get("gradients", self.outputs.get("channel_weights"))[0]
         b = len(x)
