@@ -64,6 +64,36 @@ def test_reference_upsamples_other_shapes():
         fused_epilogue_reference(a, dense, logits, (8, 8), method="layercam")
 
 
+def test_launch_arguments_match_the_kernel_signature():
+    """The launcher packs one argument per kernel parameter, pointers as 64-bit, ints as int32,
+    in the order of the signature in the .cu file (a mismatch would corrupt every launch)."""
+    import re
+
+    from bincam.errors import BincamError
+    from bincam.runtime.cuda_epilogue import KERNEL, kernel_arguments, kernel_source
+
+    code = re.sub(r"//[^\n]*", "", kernel_source())
+    head = re.search(KERNEL + r"\((.*?)\)\s*\{", code, re.S).group(1)
+    params = [p.strip() for p in head.split(",")]
+    kinds = ["pointer" if "*" in p else p.split()[0] for p in params]
+    names = [re.split(r"[\s*]+", p)[-1] for p in params]
+    args = kernel_arguments(acts=1, grads=2, logits=3, shape=(2, 40, 512, 7, 7), size=(224, 224),
+                            method="hirescam", layout="factored", mode="negative",
+                            mask_positive=False, masks=4, raw=5, maps_f32=6, maps_f16=7,
+                            maps_u8=8, energy=9)
+    assert len(args) == len(kinds) == 19
+    for kind, arg in zip(kinds, args):
+        assert (kind, arg.dtype) in (("pointer", np.uint64), ("int", np.int32)), (kind, arg)
+    values = dict(zip(names, (int(a) for a in args)))
+    assert values == {"acts": 1, "grads": 2, "logits": 3, "masks": 4, "K": 40, "C": 512, "h": 7,
+                      "w": 7, "H": 224, "W": 224, "method": 1, "layout": 1, "mode": 2,
+                      "mask_positive": 0, "raw_out": 5, "maps_f32": 6, "maps_f16": 7,
+                      "maps_u8": 8, "energy": 9}
+    with pytest.raises(BincamError, match="method gradcam/hirescam"):
+        kernel_arguments(acts=1, grads=2, logits=3, shape=(1, 1, 1, 1, 1), size=(1, 1),
+                         method="layercam", layout="dense", mode="predicted", mask_positive=True)
+
+
 @pytest.mark.skipif(not HAS_NVRTC, reason="cuda-python is not installed")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90", "compute_80"])
 def test_kernel_compiles_with_nvrtc(arch, tmp_path, monkeypatch):

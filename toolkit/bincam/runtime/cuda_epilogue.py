@@ -111,6 +111,23 @@ def shared_bytes(channels: int, cells: int, block: int) -> int:
     return 4 * (channels + cells + block + 32)
 
 
+def kernel_arguments(*, acts: int, grads: int, logits: int, shape, size, method: str,
+                     layout: str, mode: str, mask_positive: bool, masks: int = 0, raw: int = 0,
+                     maps_f32: int = 0, maps_f16: int = 0, maps_u8: int = 0,
+                     energy: int = 0) -> list:
+    """The kernel's parameters in signature order: pointers as ``uint64``, ints as ``int32``."""
+    _, k, c, h, w = shape
+    if method not in METHOD_IDS or layout not in LAYOUT_IDS or mode not in MODE_IDS:
+        raise BincamError(f"the fused kernel takes method {'/'.join(METHOD_IDS)}, layout "
+                          f"{'/'.join(LAYOUT_IDS)}, mode {'/'.join(MODE_IDS)}")
+    pointer, integer = np.uint64, np.int32
+    return [pointer(acts), pointer(grads), pointer(logits), pointer(masks),
+            *(integer(v) for v in (k, c, h, w, size[0], size[1], METHOD_IDS[method],
+                                   LAYOUT_IDS[layout], MODE_IDS[mode], int(mask_positive))),
+            pointer(raw), pointer(maps_f32), pointer(maps_f16), pointer(maps_u8),
+            pointer(energy)]
+
+
 class FusedEpilogue:
     """The compiled kernel on one device. ``launch`` takes device pointers (ints; 0 = none)."""
 
@@ -154,9 +171,11 @@ class FusedEpilogue:
         ``[K,H,W]``; outputs ``raw [B,K,h,w]``, maps ``[B,K,H,W]`` (float32, binary16 bits,
         uint8) and ``energy [B,K,2]``."""
         b, k, c, h, w = shape
-        if method not in METHOD_IDS or layout not in LAYOUT_IDS or mode not in MODE_IDS:
-            raise BincamError(f"the fused kernel takes method {'/'.join(METHOD_IDS)}, layout "
-                              f"{'/'.join(LAYOUT_IDS)}, mode {'/'.join(MODE_IDS)}")
+        values = kernel_arguments(acts=acts, grads=grads, logits=logits, shape=shape, size=size,
+                                  method=method, layout=layout, mode=mode,
+                                  mask_positive=mask_positive, masks=masks, raw=raw,
+                                  maps_f32=maps_f32, maps_f16=maps_f16, maps_u8=maps_u8,
+                                  energy=energy)
         smem = shared_bytes(c, h * w, self.block)
         if smem > self.max_shared:
             raise BincamError(f"{c} channels × {h}×{w} cells need {smem} bytes of shared memory; "
@@ -165,12 +184,6 @@ class FusedEpilogue:
             attr = self.driver.CUfunction_attribute
             self._check(self.driver.cuFuncSetAttribute(
                 self.function, attr.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem))
-        pointer, integer = np.uint64, np.int32
-        values = [pointer(acts), pointer(grads), pointer(logits), pointer(masks),
-                  *(integer(v) for v in (k, c, h, w, size[0], size[1], METHOD_IDS[method],
-                                         LAYOUT_IDS[layout], MODE_IDS[mode], int(mask_positive))),
-                  pointer(raw), pointer(maps_f32), pointer(maps_f16), pointer(maps_u8),
-                  pointer(energy)]
         holders = [np.array([v], dtype=type(v)) for v in values]
         params = np.array([holder.ctypes.data for holder in holders], dtype=np.uint64)
         self._check(self.driver.cuLaunchKernel(self.function, b * k, 1, 1, self.block, 1, 1, smem,
