@@ -36,9 +36,10 @@ def main() -> None:
     kernel = FusedEpilogue()
     compile_s = time.perf_counter() - t0
     checks, timings = [], []
+    methods = ("gradcam", "hirescam", "gradcam-elementwise", "xgradcam", "gradcam++", "layercam")
     for layout in ("dense", "factored"):
-        for method in ("gradcam", "hirescam"):
-            for seed in (0, 1):
+        for method in methods:
+            for seed in ((0, 1) if method in ("gradcam", "hirescam") else (0,)):
                 err = run_fused_case(layout, method, seed, b=args.batch, kernel=kernel)
                 ok = all(err[n] <= lim for n, lim in LIMITS.items())
                 checks.append({"layout": layout, "method": method, "seed": seed, "ok": ok, **err})

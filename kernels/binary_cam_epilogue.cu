@@ -5,8 +5,13 @@
 //   gradients  G[c,p] = grads[b,k,c,p]                       (dense layout)
 //              G[c,p] = W[k,c] · 1[A[b,c,p] > 0]             (factored layout, mask_positive)
 //              G[c,p] = W[k,c]                                (factored layout, no mask)
-//   Grad-CAM   raw[p] = Σ_c (s · mean_p' G[c,p']) · A[b,c,p]
-//   HiResCAM   raw[p] = Σ_c s · G[c,p] · A[b,c,p]
+//   with g = s·G and A = A[b,c,p]:
+//   Grad-CAM             raw[p] = Σ_c (mean_p' g[c,p']) · A
+//   HiResCAM             raw[p] = Σ_c g · A
+//   Grad-CAM element-w.  raw[p] = Σ_c ReLU(g · A)
+//   XGrad-CAM            raw[p] = Σ_c (Σ_p' g·A / (Σ_p' A + 1e-7)) · A
+//   Grad-CAM++           raw[p] = Σ_c (Σ_p' ReLU(g)·g²/(2g² + Σ_p'' A · g³ + 1e-6), 0 where g=0) · A
+//   LayerCAM             raw[p] = Σ_c ReLU(g) · A
 //   epilogue   x = ReLU(raw);  x = (x − min x) / (max x − min x + 1e-7)            (h×w)
 //              U = bilinear(x) to H×W, half-pixel centres, clamped edges;  U = ReLU(U)
 //              F = (U − min U) / (max U − min U + 1e-7)                            (H×W)
@@ -21,7 +26,8 @@
 
 #define BINCAM_EPS 1e-7f
 
-enum { BINCAM_GRADCAM = 0, BINCAM_HIRESCAM = 1 };
+enum { BINCAM_GRADCAM = 0, BINCAM_HIRESCAM = 1, BINCAM_ELEMENTWISE = 2, BINCAM_XGRADCAM = 3,
+       BINCAM_GRADCAMPP = 4, BINCAM_LAYERCAM = 5 };
 enum { BINCAM_DENSE = 0, BINCAM_FACTORED = 1 };
 enum { BINCAM_PREDICTED = 0, BINCAM_POSITIVE = 1, BINCAM_NEGATIVE = 2 };
 enum { BINCAM_MIN = 0, BINCAM_MAX = 1, BINCAM_SUM = 2 };
@@ -120,12 +126,29 @@ extern "C" __global__ void bincam_fused_epilogue(
     const float* a = acts + (size_t)b * C * hw;
     const float* g = layout == BINCAM_DENSE ? grads + (size_t)n * C * hw : grads + (size_t)k * C;
 
-    // 1. Grad-CAM channel weights alpha[c] = s · mean_p G[c, p]
-    if (method == BINCAM_GRADCAM) {
+    // 1. channel weights alpha[c] of the methods that have them
+    const bool weighted = method == BINCAM_GRADCAM || method == BINCAM_XGRADCAM ||
+                          method == BINCAM_GRADCAMPP;
+    if (weighted) {
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            const float* ac = a + (size_t)c * hw;
+            float sum_a = 0.f;
+            if (method != BINCAM_GRADCAM)
+                for (int p = 0; p < hw; ++p) sum_a += ac[p];
             float acc = 0.f;
-            for (int p = 0; p < hw; ++p) acc += bincam_gradient(g, a, layout, mask_positive, c, p, hw);
-            alpha[c] = s * acc / (float)hw;
+            for (int p = 0; p < hw; ++p) {
+                const float gv = s * bincam_gradient(g, a, layout, mask_positive, c, p, hw);
+                if (method == BINCAM_GRADCAM) {
+                    acc += gv;
+                } else if (method == BINCAM_XGRADCAM) {
+                    acc += gv * ac[p];
+                } else if (gv != 0.f) {  // Grad-CAM++
+                    const float g2 = gv * gv;
+                    acc += fmaxf(gv, 0.f) * (g2 / (2.f * g2 + sum_a * g2 * gv + 1e-6f));
+                }
+            }
+            alpha[c] = method == BINCAM_GRADCAM ? acc / (float)hw
+                     : (method == BINCAM_XGRADCAM ? acc / (sum_a + 1e-7f) : acc);
         }
         __syncthreads();
     }
@@ -139,9 +162,14 @@ extern "C" __global__ void bincam_fused_epilogue(
         if (grp < groups && p < hw) {
             for (int c = grp; c < C; c += groups) {
                 const float ac = a[(size_t)c * hw + p];
-                acc += method == BINCAM_GRADCAM
-                           ? alpha[c] * ac
-                           : s * bincam_gradient(g, a, layout, mask_positive, c, p, hw) * ac;
+                if (weighted) {
+                    acc += alpha[c] * ac;
+                } else {
+                    const float gv = s * bincam_gradient(g, a, layout, mask_positive, c, p, hw);
+                    acc += method == BINCAM_HIRESCAM ? gv * ac
+                         : (method == BINCAM_ELEMENTWISE ? fmaxf(gv * ac, 0.f)
+                                                         : fmaxf(gv, 0.f) * ac);  // LayerCAM
+                }
             }
         }
         partial[t] = acc;

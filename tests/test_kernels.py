@@ -28,7 +28,7 @@ def _inputs(seed, b=3, k=5, c=16, h=7, w=7):
     return a, rng.normal(size=(b, k, c, h, w)) / 49, rng.normal(size=(k, c)) / 49, logits
 
 
-@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("layout", ["dense", "factored"])
 @pytest.mark.parametrize("mode", ["predicted", "positive", "negative"])
 def test_reference_equals_the_torch_path(method, layout, mode):
@@ -61,7 +61,7 @@ def test_reference_upsamples_other_shapes():
     maps = torch_epilogue(raw, (50, 75), dtype=torch.float64).numpy()
     assert ref["maps"].shape == (1, 2, 50, 75) and np.abs(ref["maps"] - maps).max() < 1e-12
     with pytest.raises(ValueError, match="gradcam, hirescam"):
-        fused_epilogue_reference(a, dense, logits, (8, 8), method="layercam")
+        fused_epilogue_reference(a, dense, logits, (8, 8), method="scorecam")
 
 
 def test_launch_arguments_match_the_kernel_signature():
@@ -89,9 +89,9 @@ def test_launch_arguments_match_the_kernel_signature():
                       "w": 7, "H": 224, "W": 224, "method": 1, "layout": 1, "mode": 2,
                       "mask_positive": 0, "raw_out": 5, "maps_f32": 6, "maps_f16": 7,
                       "maps_u8": 8, "energy": 9}
-    with pytest.raises(BincamError, match="method gradcam/hirescam"):
+    with pytest.raises(BincamError, match="the fused kernel takes method gradcam/hirescam"):
         kernel_arguments(acts=1, grads=2, logits=3, shape=(1, 1, 1, 1, 1), size=(1, 1),
-                         method="layercam", layout="dense", mode="predicted", mask_positive=True)
+                         method="scorecam", layout="dense", mode="predicted", mask_positive=True)
 
 
 @pytest.mark.skipif(not HAS_NVRTC, reason="cuda-python is not installed")

@@ -21,7 +21,8 @@ from bincam.errors import BincamError
 
 KERNEL = "bincam_fused_epilogue"
 SOURCE_NAME = "binary_cam_epilogue.cu"
-METHOD_IDS = {"gradcam": 0, "hirescam": 1}
+METHOD_IDS = {"gradcam": 0, "hirescam": 1, "gradcam-elementwise": 2, "xgradcam": 3,
+              "gradcam++": 4, "layercam": 5}
 LAYOUT_IDS = {"dense": 0, "factored": 1}
 MODE_IDS = {"predicted": 0, "positive": 1, "negative": 2}
 

@@ -4,7 +4,8 @@ in float64: what the kernel must compute, and the CPU side of its tests. No torc
 Per (image b, attribute k) map, with sign ``s`` from the mode:
 
 - gradients: dense ``G = grads[b,k]``, or factored ``G[c,p] = W[k,c]·1[A[b,c,p] > 0]``;
-- Grad-CAM ``raw = Σ_c (s·mean_p G[c]) A[c]``; HiResCAM ``raw = Σ_c s·G[c]·A[c]``;
+- Grad-CAM ``raw = Σ_c (s·mean_p G[c]) A[c]``; HiResCAM ``raw = Σ_c s·G[c]·A[c]``; the other
+  four methods with ``bincam.runtime.cam_np``'s formulas (the kernel's header lists them);
 - ``x = ReLU(raw)``, ``x = (x − lo)/((hi − lo) + 1e-7)`` over ``h×w``;
 - ``U`` = bilinear ``x`` at ``H×W`` (half-pixel centres, clamped), gathered per output pixel
   from its four source cells as the kernel does; ``U = ReLU(U)``;
@@ -16,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bincam.runtime.cam_np import signs
+from bincam.runtime.cam_np import raw_maps, signs
 
 EPS = 1e-7
-METHODS = ("gradcam", "hirescam")
+METHODS = ("gradcam", "hirescam", "gradcam-elementwise", "xgradcam", "gradcam++", "layercam")
 
 
 def source_cells(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,11 +46,14 @@ def fused_epilogue_reference(acts, grads, logits, size: tuple[int, int], method:
         raise ValueError(f"the fused kernel implements {', '.join(METHODS)}, not {method!r}")
     a = np.asarray(acts, dtype=np.float64)
     s = signs(np.asarray(logits, dtype=np.float64), mode)
-    g = s[:, :, None, None, None] * _gradients(a, np.asarray(grads), layout, mask_positive)
+    unsigned = _gradients(a, np.asarray(grads), layout, mask_positive)
+    g = s[:, :, None, None, None] * unsigned
     if method == "gradcam":
         raw = np.einsum("bkc,bchw->bkhw", g.mean(axis=(3, 4)), a)
-    else:
+    elif method == "hirescam":
         raw = (g * a[:, None]).sum(axis=2)
+    else:
+        raw = raw_maps(method, a, s, grads=unsigned)
     x = np.maximum(raw, 0)
     lo, hi = x.min(axis=(2, 3), keepdims=True), x.max(axis=(2, 3), keepdims=True)
     x = (x - lo) / ((hi - lo) + EPS)
