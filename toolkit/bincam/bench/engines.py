@@ -13,6 +13,8 @@ and ``outputs(images)``: NumPy ``logits [B,K]``, ``raw [B,K,h,w]`` (or None), ``
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from bincam.bench.inputs import to_batch
@@ -154,7 +156,9 @@ class ReferenceApproach:
 
         if method not in self.CLASSES:
             raise BincamError(f"{self.name} has no {method}; drop it from --baselines")
-        self.method, self.model, self.layer = method, model.cpu().eval(), cam_module(model)
+        # its own CPU copy: the torch engine may hold the shared model on the GPU
+        self.model = copy.deepcopy(model).cpu().eval()
+        self.method, self.layer = method, cam_module(self.model)
         known = model.card.attributes if getattr(model, "card", None) else None
         self.indices = [known.index(a) for a in attributes] if known else list(range(len(attributes)))
         self.attributes = attributes

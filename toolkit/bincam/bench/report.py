@@ -34,8 +34,8 @@ def latency_rows(record: dict) -> list[list[str]]:
     return rows
 
 
-LATENCY_HEADER = ["engine", "batch", "fwd p50", "CAM p50", "e2e p50", "e2e p90", "e2e p99",
-                  "e2e img/s", "peak RSS MiB"]
+LATENCY_HEADER = ["engine", "batch", "fwd p50 ms", "CAM p50 ms", "e2e p50 ms", "e2e p90 ms",
+                  "e2e p99 ms", "e2e img/s", "peak RSS MiB"]
 
 
 def ratio_rows(record: dict) -> list[list[str]]:
@@ -80,7 +80,7 @@ def _rich(title: str, header: list[str], rows: list[list[str]]) -> Table:
 def rich_tables(record: dict) -> list[Table]:
     m = record["model"]
     tables = [_rich(f"{m['described']} @{m['image_size']}, {m['attributes']} attributes, "
-                    f"{record['config']['method']} — {machine_line(record['machine'])} (ms)",
+                    f"{record['config']['method']} — {machine_line(record['machine'])}",
                     LATENCY_HEADER, latency_rows(record)),
               _rich(f"ratios: median [range over {record['config']['rounds']} rounds]",
                     ["ratio", "value"], ratio_rows(record))]
@@ -106,8 +106,7 @@ def markdown(record: dict) -> str:
              "", f"Machine: {machine_line(record['machine'])}. {c['iters']} iterations in "
              f"{c['rounds']} rounds (each after {c['warmup']} warm-up calls), inputs: {c['images']}; `bincam bench` "
              f"(`{' '.join(['bincam', 'bench'] + record['command'][2:])}`).", ""]
-    lines += _md([h + (" ms" if h.split()[-1].startswith("p5") or h.split()[-1].startswith("p9")
-                       else "") for h in LATENCY_HEADER], latency_rows(record)) + [""]
+    lines += _md(LATENCY_HEADER, latency_rows(record)) + [""]
     lines += _md(["ratio", f"median [range over {c['rounds']} rounds]"], ratio_rows(record)) + [""]
     if record.get("fidelity"):
         lines += _md(FIDELITY_HEADER, fidelity_rows(record)) + [""]

@@ -91,7 +91,6 @@ class OrtEngine:
         missing = {"logits", "activations", self.grad_output} - outputs
         if missing:
             raise BincamError(f"{source} lacks output(s) {', '.join(sorted(missing))}")
-        self._weights = None
 
     @property
     def attributes(self) -> list[str]:
