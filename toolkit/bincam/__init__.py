@@ -14,6 +14,8 @@ _LAZY = {
     "build_net": "bincam.nets",
     "explain": "bincam.explanation",
     "Explanation": "bincam.explanation",
+    "analyze": "bincam.analysis",
+    "AnalyzeOptions": "bincam.analysis",
 }
 
 

@@ -98,16 +98,31 @@ class MaskEnergy:
         self.area = big_h * big_w
         self.rows, self.cols = _run_ends(self.ry), _run_ends(self.rx)
 
-    def __call__(self, raw: np.ndarray) -> np.ndarray:
-        """PE ``[..., K]`` from weighted sums ``[..., K, h, w]`` (before any ReLU/normalisation)."""
+    def normalised(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(x, low, high)`` from weighted sums ``[..., K, h, w]``: the normalised ``h×w`` maps
+        (steps 1–2) and the minimum and maximum of their upsampled maps (step 3; a bilinear map
+        is linear along each run, so both extremes lie on the run ends)."""
         x = min_max(np.maximum(np.asarray(raw, dtype=np.float64), 0))
         corners = np.einsum("yi,...ij,xj->...yx", self.ry[self.rows], x, self.rx[self.cols],
                             optimize=["einsum_path", (0, 1), (0, 1)])  # small: no BLAS threads
-        m = np.maximum(corners.min(axis=(-2, -1)), 0)  # min of the upsampled map (≥ 0)
-        inside = np.einsum("...kij,kij->...k", x, self.inside) - m * self.mask_area
-        total = np.einsum("...kij,ij->...k", x, self.total) - m * self.area
+        low = np.maximum(corners.min(axis=(-2, -1)), 0)  # min of the upsampled map (≥ 0)
+        return x, low, corners.max(axis=(-2, -1))
+
+    def energy(self, x: np.ndarray, low: np.ndarray, inside: np.ndarray | None = None,
+               mask_area: np.ndarray | None = None) -> np.ndarray:
+        """PE ``[..., K]`` of normalised maps ``x`` whose upsampled minimum is ``low``, for the
+        projected masks ``inside`` (default: this object's own masks) of area ``mask_area``."""
+        inside = self.inside if inside is None else inside
+        mask_area = self.mask_area if mask_area is None else mask_area
+        num = np.einsum("...ij,...ij->...", x, inside) - low * mask_area
+        total = np.einsum("...kij,ij->...k", x, self.total) - low * self.area
         ok = total > 1e-12 * self.area
-        return np.where(ok, inside / np.where(ok, total, 1), 0.0)
+        return np.where(ok, num / np.where(ok, total, 1), 0.0)
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        """PE ``[..., K]`` from weighted sums ``[..., K, h, w]`` (before any ReLU/normalisation)."""
+        x, low, _ = self.normalised(raw)
+        return self.energy(x, low)
 
     def corrected(self, raw: np.ndarray) -> np.ndarray:
         """PE scaled by ``1 − |M|/(H·W)``, the share of the frame outside the mask."""

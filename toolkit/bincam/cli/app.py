@@ -29,8 +29,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from bincam.cli import (bench_cmd, cam_cmd, data_cmd, export_cmd, model_cmd,  # noqa: F401
-                            train_cmd)
+    from bincam.cli import (analyze_cmd, bench_cmd, cam_cmd, data_cmd,  # noqa: F401
+                            export_cmd, model_cmd, train_cmd)
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ def synth(out: Path = typer.Option(..., help="Folder to write; the dataset goes 
           seed: int = typer.Option(0, help="Random seed; the same seed gives the same bytes."),
           size: int = typer.Option(224, help="Side of the square aligned images in pixels."),
           workers: int = typer.Option(1, help="Processes that render (same output for any value)."),
+          split: str = typer.Option("all", help="all (80/10/10 % train/valid/test, like "
+                                    "CelebA), or train, valid or test for every image."),
           overwrite: bool = typer.Option(False, help="Replace an existing OUT/celeba.")) -> None:
     """Procedural aligned faces in torchvision's CelebA layout, with cue ground truth."""
     from bincam.data.synth import synthesize
@@ -27,5 +29,6 @@ def synth(out: Path = typer.Option(..., help="Folder to write; the dataset goes 
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task("synth", total=n)
         folder = synthesize(out, n, seed=seed, size=size, workers=workers, overwrite=overwrite,
+                            split=split,
                             progress=lambda done: bar.update(task, completed=done))
     console.print(f"wrote {n} faces to {folder}")

@@ -28,6 +28,7 @@ from bincam.data.synth_render import cue_mask, render_face
 from bincam.errors import BincamError
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+SPLIT_CHOICES = ("all", "train", "valid", "test")
 CUES_FILE = "cues.jsonl"
 MANIFEST = "bincam_synth.json"
 LANDMARK_COLUMNS = ("lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y "
@@ -50,9 +51,14 @@ def _render_one(args: tuple[int, int, np.ndarray, int]) -> tuple[bytes, np.ndarr
 
 
 def synthesize(out: Path | str, n: int, seed: int = 0, size: int = FRAME, workers: int = 1,
-               overwrite: bool = False,
-               progress: Callable[[int], None] | None = None) -> Path:
-    """Generate ``n`` faces into ``out/celeba`` and return that folder."""
+               overwrite: bool = False, progress: Callable[[int], None] | None = None,
+               split: str = "all") -> Path:
+    """Generate ``n`` faces into ``out/celeba`` and return that folder.
+
+    ``split``: ``all`` partitions 80/10/10 % like CelebA; ``train``/``valid``/``test`` puts every
+    image in that one partition (e.g. a large fresh test set for an audit)."""
+    if split not in SPLIT_CHOICES:
+        raise BincamError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
     if n < 1:
         raise BincamError(f"--n must be at least 1, got {n}")
     if size < 32:
@@ -77,9 +83,11 @@ def synthesize(out: Path | str, n: int, seed: int = 0, size: int = FRAME, worker
                                            separators=(",", ":")) + "\n")
                 if progress:
                     progress(i + 1)
-        _write_lists(tmp, names, labels, landmarks, size)
+        _write_lists(tmp, names, labels, landmarks, size, split)
+        fractions = SPLIT_FRACTIONS if split == "all" else tuple(
+            float(s == split) for s in SPLIT_CHOICES[1:])
         manifest = {"generator": "bincam data synth", "n": n, "seed": seed, "size": size,
-                    "split_fractions": SPLIT_FRACTIONS, "cue_frame": FRAME,
+                    "split_fractions": fractions, "cue_frame": FRAME,
                     "cues": "per image: attribute -> primitives [kind, coords, width] drawn as "
                             "evidence of its label (width 0 = filled), in the 224 frame"}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
@@ -101,8 +109,11 @@ def _rendered(seed: int, labels: np.ndarray, size: int, workers: int) -> Iterato
         yield from pool.imap(_render_one, jobs, chunksize=64)
 
 
-def split_ids(n: int) -> np.ndarray:
-    """Partition ids (0 train, 1 valid, 2 test) in contiguous blocks, as CelebA does."""
+def split_ids(n: int, split: str = "all") -> np.ndarray:
+    """Partition ids (0 train, 1 valid, 2 test) in contiguous blocks, as CelebA does (or all in
+    one ``split``)."""
+    if split != "all":
+        return np.full(n, SPLIT_CHOICES.index(split) - 1, dtype=np.int64)
     n_train = int(round(n * SPLIT_FRACTIONS[0]))
     n_valid = int(round(n * SPLIT_FRACTIONS[1]))
     ids = np.full(n, 2, dtype=np.int64)
@@ -112,10 +123,10 @@ def split_ids(n: int) -> np.ndarray:
 
 
 def _write_lists(folder: Path, names: list[str], labels: np.ndarray, landmarks: np.ndarray,
-                 size: int) -> None:
+                 size: int, split: str = "all") -> None:
     write_table(folder / ATTR_FILE, names, labels.astype(np.int64) * 2 - 1, columns=ATTRIBUTES,
                 counted=True, width=2)
-    write_table(folder / PARTITION_FILE, names, split_ids(len(names)), counted=False)
+    write_table(folder / PARTITION_FILE, names, split_ids(len(names), split), counted=False)
     write_table(folder / LANDMARK_FILE, names, np.rint(landmarks).astype(np.int64),
                 columns=LANDMARK_COLUMNS, counted=True, width=4)
     s = size / FRAME
@@ -126,13 +137,19 @@ def _write_lists(folder: Path, names: list[str], labels: np.ndarray, landmarks: 
     write_table(folder / "identity_CelebA.txt", names, np.arange(1, len(names) + 1), counted=False)
 
 
+def cues_path(dataset_dir: Path | str) -> Path | None:
+    """The ``cues.jsonl`` of a synthetic dataset (given its root or its ``celeba`` folder)."""
+    folder = Path(dataset_dir)
+    return next((p for p in (folder / CUES_FILE, folder / "celeba" / CUES_FILE) if p.is_file()),
+                None)
+
+
 def read_cues(dataset_dir: Path | str) -> dict[str, dict[str, list]]:
     """Cue primitives by image name and attribute, from a synthetic dataset's ``cues.jsonl``."""
-    folder = Path(dataset_dir)
-    path = next((p for p in (folder / CUES_FILE, folder / "celeba" / CUES_FILE) if p.is_file()), None)
+    path = cues_path(dataset_dir)
     if path is None:
-        raise BincamError(f"no {CUES_FILE} in {folder}: only datasets written by `bincam data "
-                          "synth` carry cue ground truth")
+        raise BincamError(f"no {CUES_FILE} in {dataset_dir}: only datasets written by `bincam "
+                          "data synth` carry cue ground truth")
     out = {}
     with open(path) as fh:
         for line in fh:
@@ -141,6 +158,31 @@ def read_cues(dataset_dir: Path | str) -> dict[str, dict[str, list]]:
     return out
 
 
+class CueIndex:
+    """Random access to ``cues.jsonl`` by image name, keeping only byte offsets in memory."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.offsets: dict[str, int] = {}
+        with open(self.path, "rb") as fh:
+            offset = 0
+            for line in fh:
+                self.offsets[json.loads(line)["image"]] = offset
+                offset += len(line)
+
+    def cues(self, name: str) -> dict[str, list]:
+        """The primitives of every cue drawn on image ``name`` (``{}`` if it has none)."""
+        if name not in self.offsets:
+            raise BincamError(f"{self.path} has no record for image {name}")
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offsets[name])
+            return json.loads(fh.readline())["cues"]
+
+
 def cue_masks(cues: dict[str, list], attributes: list[str], size: int = FRAME) -> np.ndarray:
     """Boolean ``[K, size, size]``: where each attribute's cue was drawn (all False if none)."""
-    return np.stack([cue_mask(cues.get(a, []), size) for a in attributes])
+    out = np.zeros((len(attributes), size, size), dtype=bool)
+    for k, a in enumerate(attributes):
+        if cues.get(a):
+            out[k] = cue_mask(cues[a], size)
+    return out

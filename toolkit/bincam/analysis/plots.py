@@ -1,0 +1,121 @@
+"""The audit's figures with matplotlib (Agg, no display): PNG bytes, written atomically by the
+caller.
+
+- ``error_bars``: per attribute, minority-class error upwards and majority-class error downwards,
+  one panel per model;
+- ``pe_by_class``: mean PE of minority- and majority-predicted images per attribute and model;
+- ``average_cam_grid``: the mean final map per attribute and predicted class over the mean input
+  image, with the attribute's mask outlined.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _values(model: dict, order: list[str], key: str) -> np.ndarray:
+    return np.array([np.nan if model["per_attribute"][a].get(key) is None
+                     else model["per_attribute"][a][key] for a in order])
+
+
+def error_bars(record: dict, order: list[str]) -> bytes:
+    plt = _pyplot()
+    names = list(record["models"])
+    fig, axes = plt.subplots(len(names), 1, figsize=(13, 3.2 * len(names)), squeeze=False,
+                             sharex=True)
+    x = np.arange(len(order))
+    for ax, name in zip(axes[:, 0], names):
+        model = record["models"][name]
+        ax.bar(x, _values(model, order, "minority_error"), color="tab:red",
+               label="minority-class error")
+        ax.bar(x, -_values(model, order, "majority_error"), color="tab:blue",
+               label="majority-class error (down)")
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_ylim(-1, 1)
+        ax.set_ylabel("error rate")
+        ax.set_title(name)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xticks(x, order, rotation=90, fontsize=8)
+    return _png(fig)
+
+
+def pe_by_class(record: dict, order: list[str]) -> bytes:
+    plt = _pyplot()
+    names = list(record["models"])
+    fig, axes = plt.subplots(len(names), 1, figsize=(13, 3.2 * len(names)), squeeze=False,
+                             sharex=True)
+    x = np.arange(len(order))
+    for ax, name in zip(axes[:, 0], names):
+        model = record["models"][name]
+        ax.bar(x - 0.2, _values(model, order, "pe_minority"), width=0.4, color="tab:red",
+               label="minority-predicted")
+        ax.bar(x + 0.2, _values(model, order, "pe_majority"), width=0.4, color="tab:blue",
+               label="majority-predicted")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("proportional energy")
+        ax.set_title(name)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xticks(x, order, rotation=90, fontsize=8)
+    return _png(fig)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it (and mask pixels on the frame's edge)."""
+    m = np.pad(mask, 1)
+    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return mask & ~inner
+
+
+def average_cam_grid(maps: np.ndarray, counts: np.ndarray, attributes: list[str],
+                     masks: np.ndarray, background: np.ndarray, title: str,
+                     per_row: int = 5) -> bytes:
+    """``maps [2, K, S, S]`` (class 0 = predicted negative), ``counts [2, K]``, ``masks bool
+    [K, S, S]``, ``background uint8-valued [3, S, S]``. One mosaic (JET over the grey mean image,
+    half and half; white mask outline), so it stays one image however many attributes."""
+    import matplotlib
+
+    plt = _pyplot()
+    jet = matplotlib.colormaps["jet"]
+    k, size = len(attributes), maps.shape[-1]
+    rows = -(-k // per_row)
+    tile_y, tile_x = size + max(2, int(0.3 * size)), size + max(2, size // 16)
+    mosaic = np.ones((rows * tile_y, 2 * per_row * tile_x, 3))
+    gray = np.repeat((background.mean(0) / 255.0)[..., None], 3, axis=2)
+    for i in range(k):
+        for j, cls in enumerate((1, 0)):
+            img = gray.copy()
+            if counts[cls, i] > 0:
+                img = 0.5 * img + 0.5 * jet(np.clip(maps[cls, i], 0, 1))[..., :3]
+            img[_outline(masks[i])] = 1.0
+            y, x = (i // per_row) * tile_y + tile_y - size, (2 * (i % per_row) + j) * tile_x
+            mosaic[y:y + size, x:x + size] = img
+    fig, ax = plt.subplots(figsize=(2 * per_row * 1.3, rows * 1.6))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    for i, attr in enumerate(attributes):
+        for j, cls in enumerate((1, 0)):
+            ax.text((2 * (i % per_row) + j) * tile_x + size / 2,
+                    (i // per_row + 1) * tile_y - size - 1,
+                    f"{attr[:18]}\n{'+' if cls else '−'} n={int(counts[cls, i])}",
+                    fontsize=5, ha="center", va="bottom", linespacing=1.0)
+    ax.set_title(title, fontsize=9, pad=12)
+    return _png(fig)

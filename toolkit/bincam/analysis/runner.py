@@ -1,0 +1,240 @@
+"""``bincam analyze``: stream a dataset through each model, shard by shard, then report.
+
+Shards are fixed image ranges, processed in fixed batches, so a shard's numbers do not depend on
+which process computed it or when. Under ``torchrun`` rank ``r`` of ``W`` computes shards
+``r, r + W, …``; rank 0 waits for all, then merges in image order and writes the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bincam.analysis import store
+from bincam.analysis.compute import BatchAnalyzer, CueProjector, Sums
+from bincam.analysis.models import ModelSource, open_model
+from bincam.analysis.stream import ImageStream
+from bincam.errors import BincamError
+
+
+@dataclass
+class AnalyzeOptions:
+    models: list[str]                  # NAME=CHECKPOINT_OR_ONNX
+    data: str                          # synth:DIR | celeba:DIR
+    out: Path
+    split: str = "test"
+    frontal: bool = False
+    method: str = "gradcam"
+    engine: str = "ort"
+    device: str = "cpu"
+    batch_size: int = 64
+    shard_size: int = 1024
+    limit: int | None = None
+    save_maps: bool = False
+    cues: str = "auto"                 # auto | on | off
+    workers: int = 2
+    threads: int | None = None
+    restart: bool = False
+
+
+class Progress:
+    """What the runner reports; the CLI shows it with Rich. Default: silent."""
+
+    def start(self, model: str, total: int, done: int) -> None: ...
+
+    def advance(self, images: int) -> None: ...
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    group: object = field(default=None, repr=False)
+
+    def barrier(self) -> None:
+        if self.group is not None:
+            self.group.barrier()
+
+
+def join_world() -> World:
+    """The process group ``torchrun`` describes (gloo: it only synchronises), or one process."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return World(dist.get_rank(), dist.get_world_size(), dist)
+
+
+def open_dataset(options: AnalyzeOptions):
+    """The split (frontal filter, limit) with every listed image checked to exist."""
+    from bincam.training.data import open_split
+
+    ds = open_split(options.data, options.split, 224, None, options.limit, options.frontal)
+    missing = [f for f in ds.files if not (ds.image_dir / f).is_file()]
+    if missing:
+        raise BincamError(f"{len(missing)} of the {len(ds)} images of the {options.split} split "
+                          f"are missing from {ds.image_dir} (e.g. {missing[0]}); restore them or "
+                          "fix the list files")
+    return ds
+
+
+def dataset_digest(ds) -> str:
+    h = hashlib.sha256()
+    h.update("\n".join(ds.files).encode())
+    h.update("\n".join(ds.attributes).encode())
+    h.update(np.ascontiguousarray(ds.labels).tobytes())
+    return h.hexdigest()
+
+
+def _cue_index(options: AnalyzeOptions, ds):
+    from bincam.data.synth import CueIndex, cues_path
+
+    if options.cues not in ("auto", "on", "off"):
+        raise BincamError(f"--cues must be auto, on or off, got {options.cues!r}")
+    path = None if options.cues == "off" else cues_path(ds.list_dir)
+    if path is None and options.cues == "on":
+        raise BincamError(f"--cues on needs the cue ground truth of a synthetic dataset; "
+                          f"{ds.list_dir} has no cues.jsonl")
+    return CueIndex(path) if path else None
+
+
+def identity(options: AnalyzeOptions, sources: list[ModelSource], ds, cues: bool) -> dict:
+    from bincam import __version__
+
+    return {"bincam": __version__, "models": [[s.name, s.digest] for s in sources],
+            "dataset": dataset_digest(ds), "split": options.split, "frontal": options.frontal,
+            "limit": options.limit, "method": options.method, "engine": options.engine,
+            "device": options.device, "batch_size": options.batch_size,
+            "shard_size": options.shard_size, "save_maps": options.save_maps, "cues": cues}
+
+
+def check_options(options: AnalyzeOptions) -> list[ModelSource]:
+    from bincam.cam.methods import method as check_method
+
+    check_method(options.method)
+    if options.batch_size < 1 or options.shard_size < 1:
+        raise BincamError("--batch-size and --shard-size must be at least 1")
+    if options.shard_size % options.batch_size:
+        raise BincamError(f"--shard-size ({options.shard_size}) must be a multiple of "
+                          f"--batch-size ({options.batch_size})")
+    if not options.models:
+        raise BincamError("give at least one --model NAME=CHECKPOINT_OR_ONNX")
+    sources = [ModelSource.parse(m) for m in options.models]
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise BincamError(f"model names must differ, got {', '.join(names)}")
+    return sources
+
+
+def analyze(options: AnalyzeOptions, progress: Progress | None = None) -> dict | None:
+    """Run (or resume) the audit; rank 0 returns the report record, other ranks None."""
+    progress = progress or Progress()
+    sources = check_options(options)
+    ds = open_dataset(options)
+    cues = _cue_index(options, ds)
+    for s in sources:
+        _check_attributes(s, ds)
+    ident = identity(options, sources, ds, cues is not None)
+    world = join_world()
+    out = Path(options.out)
+    if world.rank == 0:
+        store.prepare(out, ident, options.restart)
+    world.barrier()
+    if world.rank != 0 and not store.matches(out, ident):
+        raise BincamError(f"rank {world.rank}: {out} was not prepared by rank 0")
+    started = time.perf_counter()
+    timings = {}
+    for source in sources:
+        timings[source.name] = _run_model(options, source, ds, cues, world, progress, out)
+    world.barrier()
+    if world.rank != 0:
+        return None
+    from bincam.analysis.report import write_report
+
+    return write_report(options, sources, ds, out, timings, time.perf_counter() - started)
+
+
+def _check_attributes(source: ModelSource, ds) -> None:
+    from bincam.analysis.models import describe
+
+    unknown = [a for a in describe(source).attributes if a not in ds.attributes]
+    if unknown:
+        raise BincamError(f"model {source.name} has attribute(s) {', '.join(unknown[:5])} that "
+                          f"the dataset's list_attr_celeba.txt lacks; analyze it on a dataset "
+                          "labelled with the model's attributes")
+
+
+def _run_model(options, source, ds, cues, world, progress, out) -> dict:
+    """Compute this rank's missing shards of one model; return its timing."""
+    ranges = store.shard_ranges(len(ds), options.shard_size)
+    mine = [r for i, r in enumerate(ranges) if i % world.size == world.rank]
+    todo = [r for r in mine if not store.shard_path(out, source.name, *r).is_file()]
+    done = sum(b - a for a, b in mine) - sum(b - a for a, b in todo)
+    progress.start(source.name, sum(b - a for a, b in mine), done)
+    if not todo:
+        return {"images": 0, "seconds": 0.0}
+    device = options.device
+    if device == "cuda" and world.size > 1 and options.engine == "torch":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    model = open_model(source, options.engine, device, options.threads, out / "onnx")
+    cols = [ds.attributes.index(a) for a in model.attributes]
+    analyzer = BatchAnalyzer(model.attributes, options.method, model.image_size, model.factored,
+                             model.mask_positive, options.save_maps)
+    project = CueProjector(model.attributes, model.image_size,
+                           analyzer.energy(model.feature_size())) if cues else None
+    stream = ImageStream(ds, model.image_size, options.workers, cues=cues, project=project)
+    images, seconds = 0, 0.0
+    for start, stop in todo:
+        t0 = time.perf_counter()
+        batches = [np.arange(s, min(s + options.batch_size, stop))
+                   for s in range(start, stop, options.batch_size)]
+        parts, sums = [], None
+        for idx, pixels, masks in stream.batches(batches):
+            x = pixels.astype(np.float32) / 255.0
+            part, batch_sums = analyzer(model.run(x), idx, ds.labels[idx][:, cols], pixels, masks)
+            parts.append(part)
+            if sums is None:
+                sums = batch_sums
+            else:
+                sums.add(batch_sums)
+            progress.advance(len(idx))
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        elapsed = time.perf_counter() - t0
+        store.write_shard(store.shard_path(out, source.name, start, stop),
+                          merged | sums.as_dict() | {"seconds": np.float64(elapsed)})
+        images, seconds = images + stop - start, seconds + elapsed
+    return {"images": images, "seconds": seconds}
+
+
+def load_model_results(out: Path, name: str, n: int, shard_size: int
+                       ) -> tuple[dict[str, np.ndarray], Sums, float]:
+    """All shards of one model merged in image order (refuses if any is missing), their summed
+    average-map sums and the seconds they took to compute."""
+    columns, sums, seconds = [], None, 0.0
+    for start, stop in store.shard_ranges(n, shard_size):
+        path = store.shard_path(out, name, start, stop)
+        if not path.is_file():
+            raise BincamError(f"shard {path.name} of model {name} is missing; rerun the same "
+                              "command to compute it")
+        shard = store.read_shard(path)
+        seconds += float(shard["seconds"])
+        columns.append({k: v for k, v in shard.items()
+                        if not k.startswith("sums_") and k != "seconds"})
+        part = Sums(*(shard[f"sums_{k}"] for k in ("scaled", "shift", "count", "image")))
+        if sums is None:
+            sums = part
+        else:
+            sums.add(part)
+    merged = {k: np.concatenate([c[k] for c in columns]) for k in columns[0]}
+    if not np.array_equal(merged["index"], np.arange(n)):
+        raise BincamError(f"the shards of model {name} do not cover images 0…{n - 1} in order; "
+                          "rerun with --restart")
+    return merged, sums, seconds

@@ -1,0 +1,94 @@
+"""The output folder of ``bincam analyze``: the run's identity, shards, and what may be resumed.
+
+``OUT/run.json`` records everything that decides the numbers (model and dataset contents, split,
+method, engine, batch and shard sizes, …). A rerun with the same record resumes: shards already on
+disk are kept, the rest computed. A different record is refused — nothing is overwritten unless
+``--restart`` is given. Shards cover fixed image ranges and are written under a temporary name and
+renamed, so a killed run leaves only complete shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from bincam.errors import BincamError
+
+RUN_FILE = "run.json"
+OWNED = (RUN_FILE, "shards", "results", "onnx", "tables", "plots", "aggregates.json",
+         "report.md", "report.html")
+IDENTITY_HELP = {"models": "--model (name or file contents)", "dataset": "--data contents",
+                 "split": "--split", "frontal": "--frontal", "limit": "--limit",
+                 "method": "--method", "engine": "--engine", "device": "--device",
+                 "batch_size": "--batch-size", "shard_size": "--shard-size",
+                 "save_maps": "--save-maps", "cues": "--cues", "bincam": "the bincam version"}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def prepare(out: Path, identity: dict, restart: bool = False) -> bool:
+    """Make ``out`` ready for ``identity``; return True when resuming an earlier run."""
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        old = json.loads(run_file.read_text())
+        if old.get("identity") == identity:
+            for stale in (out / "shards").glob("*/.*.tmp*"):  # left by a killed process
+                stale.unlink(missing_ok=True)
+            return True
+        if not restart:
+            diff = [IDENTITY_HELP.get(k, k) for k in sorted(set(old.get("identity", {}))
+                                                          | set(identity))
+                    if old.get("identity", {}).get(k) != identity.get(k)]
+            raise BincamError(f"{out} holds an analysis made with a different command line "
+                              f"(differs in {', '.join(diff)}); rerun that command to finish "
+                              "it, choose another --out, or pass --restart to discard it")
+        for name in OWNED:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BincamError(f"{out} exists and is not a bincam analysis folder (no {RUN_FILE}); "
+                          "choose another --out")
+    write_atomic(run_file, json.dumps({"identity": identity}, indent=2).encode())
+    return False
+
+
+def matches(out: Path, identity: dict) -> bool:
+    """Whether ``out`` was prepared for ``identity`` (what ranks other than 0 check)."""
+    run_file = out / RUN_FILE
+    return run_file.is_file() and json.loads(run_file.read_text()).get("identity") == identity
+
+
+def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+
+
+def shard_path(out: Path, model: str, start: int, stop: int) -> Path:
+    return out / "shards" / model / f"{start:08d}-{stop:08d}.npz"
+
+
+def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(path, buf.getvalue())
+
+
+def read_shard(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise BincamError(f"shard {path} does not load ({exc}); delete it and rerun to "
+                          "recompute it") from None
