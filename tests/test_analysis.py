@@ -271,3 +271,27 @@ def test_model_attributes_must_exist_in_the_dataset(tmp_path, synth_root):
         analyze(AnalyzeOptions([f"m={ckpt}"], f"synth:{synth_root}", tmp_path / "out",
                                split="all", engine="torch"))
     assert not (tmp_path / "out").exists()
+
+
+TORCH_FREE = """
+import sys
+from pathlib import Path
+from bincam.analysis import AnalyzeOptions, analyze
+record = analyze(AnalyzeOptions([f"m={sys.argv[1]}"], f"synth:{sys.argv[2]}", Path(sys.argv[3]),
+                                split="all", limit=16, engine="ort", batch_size=8, shard_size=8))
+assert "torch" not in sys.modules, "torch was imported"
+print("ok", record["images"])
+"""
+
+
+def test_ort_audit_of_an_onnx_file_needs_no_torch(tmp_path, synth_root, checkpoints):
+    from bincam.checkpoint import load_checkpoint
+    from bincam.export.model import export_checkpoint, save_onnx
+
+    onnx_path = save_onnx(export_checkpoint(load_checkpoint(checkpoints["unbalanced"])),
+                          tmp_path / "m.onnx")
+    proc = subprocess.run([sys.executable, "-c", TORCH_FREE, str(onnx_path), str(synth_root),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("ok 16")
+    assert (tmp_path / "out" / "report.md").is_file()

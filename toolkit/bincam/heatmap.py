@@ -103,8 +103,11 @@ class MaskEnergy:
         (steps 1–2) and the minimum and maximum of their upsampled maps (step 3; a bilinear map
         is linear along each run, so both extremes lie on the run ends)."""
         x = min_max(np.maximum(np.asarray(raw, dtype=np.float64), 0))
-        corners = np.einsum("yi,...ij,xj->...yx", self.ry[self.rows], x, self.rx[self.cols],
-                            optimize=["einsum_path", (0, 1), (0, 1)])  # small: no BLAS threads
+        h, w = x.shape[-2:]
+        # the upsampled values on run-end rows × columns, as two GEMMs (stored transposed)
+        cols = (x.reshape(-1, w) @ self.rx[self.cols].T).reshape(-1, h, len(self.cols))
+        corners = (cols.transpose(0, 2, 1).reshape(-1, h) @ self.ry[self.rows].T).reshape(
+            *x.shape[:-2], len(self.cols), len(self.rows))
         low = np.maximum(corners.min(axis=(-2, -1)), 0)  # min of the upsampled map (≥ 0)
         return x, low, corners.max(axis=(-2, -1))
 

@@ -35,14 +35,30 @@ def machine_info() -> dict:
             info["versions"][pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
+    info["gpu"] = _gpu_name()
     return info
+
+
+def _gpu_name() -> str | None:
+    """The first GPU's name: from torch if it is already loaded, else from nvidia-smi (so
+    torch-free callers stay torch-free)."""
+    import sys
+
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names = out.stdout.strip().splitlines()
+    return names[0].strip() if out.returncode == 0 and names else None
 
 
 def machine_line(info: dict | None = None) -> str:

@@ -129,7 +129,7 @@ class BatchAnalyzer:
             sums.scaled[c] = np.einsum("bk,bkij->kij", sel * scale, x)
             sums.shift[c] = (sel * low * scale).sum(0)
             sums.count[c] = sel.sum(0).astype(np.int64)
-        sums.image = np.asarray(images, dtype=np.float64).sum(0)
+        sums.image = images.sum(axis=0, dtype=np.uint32).astype(np.float64)  # exact below 16 M
         return sums
 
 

@@ -72,11 +72,11 @@ class AnalysisModel:
 
     def feature_size(self) -> tuple[int, int]:
         """``(h, w)`` of the CAM layer, from one run on a mid-grey image."""
-        x = np.full((1, 3, self.image_size, self.image_size), 0.5, np.float32)
+        x = np.full((1, 3, self.image_size, self.image_size), 128, np.uint8)
         return tuple(self.run(x)["activations"].shape[-2:])
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Outputs for float32 images ``[B, 3, S, S]`` in [0, 1]."""
+        """Outputs for images ``[B, 3, S, S]``: uint8, or float32 in [0, 1]."""
         return self.engine.run(x)
 
     def run_forward(self, x: np.ndarray) -> np.ndarray:
@@ -99,8 +99,7 @@ class TorchRunner:
         from bincam.cam.gradients import layer_gradients
         from bincam.cam.methods import FactoredGrad
 
-        lg = layer_gradients(self.model, self.torch.from_numpy(x).to(self.device), self.layer,
-                             self.indices, None)
+        lg = layer_gradients(self.model, self._input(x), self.layer, self.indices, None)
         out = {"logits": lg.logits.float().cpu().numpy(),
                "activations": lg.activations.detach().float().cpu().numpy()}
         if isinstance(lg.grads, FactoredGrad):
@@ -109,9 +108,13 @@ class TorchRunner:
             out["gradients"] = lg.grads.float().cpu().numpy()
         return out
 
+    def _input(self, x: np.ndarray):
+        t = self.torch.from_numpy(x).to(self.device)
+        return t.float().div_(255.0) if t.dtype == self.torch.uint8 else t
+
     def run_forward(self, x: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
-            return self.model(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+            return self.model(self._input(x)).float().cpu().numpy()
 
 
 def _export(source: ModelSource, cache: Path) -> Path:

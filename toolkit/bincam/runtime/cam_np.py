@@ -12,6 +12,7 @@ import numpy as np
 from bincam.errors import BincamError
 
 MODES = ("predicted", "positive", "negative")
+METHODS = ("gradcam", "hirescam", "gradcam-elementwise", "xgradcam", "gradcam++", "layercam")
 
 
 def signs(logits: np.ndarray, mode: str) -> np.ndarray:
@@ -56,5 +57,4 @@ def raw_maps(method: str, a: np.ndarray, s: np.ndarray, grads: np.ndarray | None
         return np.einsum("bkc,bchw->bkhw", (np.maximum(g, 0) * alpha).sum(axis=(3, 4)), a)
     if method == "layercam":
         return (np.maximum(g, 0) * a[:, None]).sum(2)
-    raise BincamError(f"unknown method {method!r}; choose one of gradcam, hirescam, "
-                      "gradcam-elementwise, xgradcam, gradcam++, layercam")
+    raise BincamError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

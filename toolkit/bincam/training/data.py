@@ -8,37 +8,17 @@ which is what makes training deterministic for a seed.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from bincam.data.celeba import CelebA
+from bincam.data.spec import DATA_KINDS, open_split, parse_data_spec
 from bincam.errors import BincamError
 
-DATA_KINDS = ("synth", "celeba")
+__all__ = ["DATA_KINDS", "open_split", "parse_data_spec", "load_images", "to_input"]
+
 MEMORY_LIMIT_BYTES = 12 * 2 ** 30
-
-
-def parse_data_spec(spec: str) -> tuple[str, Path]:
-    """Split ``KIND:DIR`` and check the kind."""
-    kind, sep, folder = spec.partition(":")
-    if not sep or kind not in DATA_KINDS or not folder:
-        raise BincamError(f"--data must look like synth:DIR or celeba:DIR, got {spec!r}")
-    return kind, Path(folder)
-
-
-def open_split(spec: str, split: str, image_size: int, attributes=None, limit: int | None = None,
-               frontal: bool = False) -> CelebA:
-    _, folder = parse_data_spec(spec)
-    ds = CelebA(folder, split=split, attributes=attributes, frontal=frontal, image_size=image_size)
-    if len(ds) == 0:
-        raise BincamError(f"the {split} split of {folder} is empty")
-    if limit is not None and limit < len(ds):
-        ds.files, ds.labels, ds.splits = ds.files[:limit], ds.labels[:limit], ds.splits[:limit]
-        if ds.landmarks is not None:
-            ds.landmarks = ds.landmarks[:limit]
-    return ds
 
 
 def load_images(ds: CelebA, workers: int = 2,
