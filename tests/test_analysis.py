@@ -139,7 +139,9 @@ def test_analyze_matches_explain_and_writes_the_report(tmp_path, synth_root, che
                                     f"synth:{synth_root}", out, split="all", limit=40,
                                     engine="torch", batch_size=8, shard_size=16))
     assert record["images"] == 40 and record["reference_model"] == "unbalanced"
-    res = np.load(out / "results" / "unbalanced.npz")
+    res = columns(out, "unbalanced")
+    assert json.loads((out / "results" / "unbalanced" / "attributes.json").read_text()) == list(
+        ATTRIBUTES)
     from bincam.checkpoint import load_checkpoint
     from bincam.data.celeba import CelebA
 
@@ -169,14 +171,18 @@ def test_analyze_matches_explain_and_writes_the_report(tmp_path, synth_root, che
     analyze(AnalyzeOptions([f"unbalanced={checkpoints['unbalanced']}"], f"synth:{synth_root}",
                            ort_out, split="all", limit=40, engine="ort", batch_size=8,
                            shard_size=16))
-    ort = np.load(ort_out / "results" / "unbalanced.npz")
+    ort = columns(ort_out, "unbalanced")
     np.testing.assert_allclose(ort["logits"], res["logits"], atol=1e-4)
     assert np.median(np.abs(ort["pe"] - res["pe"])) < 1e-5
 
 
+def columns(out, name):
+    return {p.stem: np.load(p) for p in (out / "results" / name).glob("*.npy")}
+
+
 def _outputs(out):
     return {"aggregates": (out / "aggregates.json").read_bytes(),
-            **{p.name: dict(np.load(p)) for p in sorted((out / "results").glob("*.npz"))}}
+            **{p.name: columns(out, p.name) for p in sorted((out / "results").iterdir())}}
 
 
 def _same(a, b):
@@ -295,3 +301,18 @@ def test_ort_audit_of_an_onnx_file_needs_no_torch(tmp_path, synth_root, checkpoi
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("ok 16")
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_each_torchrun_process_sees_its_own_gpu(monkeypatch):
+    from bincam.analysis.runner import World, pin_gpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    pin_gpu(World(1, 2), "cpu")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,6"          # CPU runs are left alone
+    pin_gpu(World(1, 2), "cuda")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    pin_gpu(World(3, 4), "cuda")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"

@@ -8,15 +8,12 @@ count or resume); timings and the machine go to ``OUT/timing.json``. ``report.md
 from __future__ import annotations
 
 import html
-import io
 import json
 import re
 from pathlib import Path
 
-import numpy as np
-
 from bincam.analysis import plots, tables
-from bincam.analysis.aggregate import per_attribute, summarise
+from bincam.analysis.aggregate import figures, summarise
 from bincam.analysis.compute import average_maps
 from bincam.analysis.models import describe, majority_from
 from bincam.analysis.store import write_atomic
@@ -36,7 +33,7 @@ def reference_model(record: dict) -> str:
 
 
 def write_report(options, sources, ds, out: Path, timings: dict, wall: float) -> dict:
-    from bincam.analysis.runner import load_model_results
+    from bincam.analysis.merge import merge_model
     from bincam.attributes import attribute_masks
     from bincam.heatmap import attribute_energy
     from bincam.machine import machine_info
@@ -48,17 +45,16 @@ def write_report(options, sources, ds, out: Path, timings: dict, wall: float) ->
     figures_of = {}
     for source in sources:
         facts = describe(source)
-        cols, sums, shard_seconds = load_model_results(out, source.name, len(ds),
-                                                       options.shard_size)
         share, majority, origin = majority_from(facts, ds.list_dir, facts.attributes)
-        summary = summarise(per_attribute(cols, majority), facts.attributes, share, majority)
+        totals, sums, shard_seconds = merge_model(out, source.name, len(ds), options.shard_size,
+                                                  majority)
+        summary = summarise(figures(totals, majority), facts.attributes, share, majority)
+        write_atomic(out / "results" / source.name / "attributes.json",
+                     json.dumps(facts.attributes).encode())
         summary.update({"model": str(source.path), "sha256": source.digest,
                         "weighting": facts.weighting, "majority_from": origin,
                         "image_size": facts.image_size})
         record["models"][source.name] = summary
-        buf = io.BytesIO()
-        np.savez_compressed(buf, attributes=np.array(facts.attributes), **cols)
-        write_atomic(out / "results" / f"{source.name}.npz", buf.getvalue())
         energy = attribute_energy(tuple(facts.attributes), facts.image_size,
                                   tuple(sums.scaled.shape[-2:]))
         maps = average_maps(sums, energy)
@@ -130,8 +126,9 @@ def report_markdown(record: dict, timing: dict, files: dict, figures_of: dict) -
         lines.append(f"- {name}: " + ("no affine head, so no evidence/bias split" if spread is None
                                       else f"`b = z − e` varies by {spread:.1e} (std over images,"
                                       " mean over attributes): the head is affine as assumed"))
-    lines += ["", "Per-image results: `results/NAME.npz` (index, labels, logits, pe, empty, "
-              "evidence, pe_cue; maps with --save-maps); all figures: `aggregates.json`.", ""]
+    lines += ["", "Per-image results: `results/NAME/COLUMN.npy` (index, labels, logits, pe, empty, "
+              "evidence, pe_cue; maps with --save-maps), in the order of the split's list; "
+              "all figures: `aggregates.json`.", ""]
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bincam.analysis import store
-from bincam.analysis.compute import BatchAnalyzer, CueProjector, Sums
+from bincam.analysis.compute import BatchAnalyzer, CueProjector
 from bincam.analysis.models import ModelSource, open_model
 from bincam.analysis.stream import ImageStream
 from bincam.errors import BincamError
@@ -72,6 +72,19 @@ def join_world() -> World:
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     return World(dist.get_rank(), dist.get_world_size(), dist)
+
+
+def pin_gpu(world: World, device: str) -> None:
+    """Under torchrun with ``--device cuda``, let each process see only its own GPU (the
+    LOCAL_RANK-th visible one), whatever the engine; runs before anything initialises CUDA."""
+    if world.size == 1 or not device.startswith("cuda"):
+        return
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(local + 1)]
+    if local >= len(ids):
+        raise BincamError(f"process {local} has no GPU of its own: CUDA_VISIBLE_DEVICES={visible}")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids[local]
 
 
 def open_dataset(options: AnalyzeOptions):
@@ -146,6 +159,7 @@ def analyze(options: AnalyzeOptions, progress: Progress | None = None) -> dict |
         _check_attributes(s, ds)
     ident = identity(options, sources, ds, cues is not None)
     world = join_world()
+    pin_gpu(world, options.device)
     out = Path(options.out)
     if world.rank == 0:
         store.prepare(out, ident, options.restart)
@@ -183,10 +197,7 @@ def _run_model(options, source, ds, cues, world, progress, out) -> dict:
     progress.start(source.name, sum(b - a for a, b in mine), done)
     if not todo:
         return {"images": 0, "seconds": 0.0}
-    device = options.device
-    if device == "cuda" and world.size > 1 and options.engine == "torch":
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    model = open_model(source, options.engine, device, options.threads, out / "onnx")
+    model = open_model(source, options.engine, options.device, options.threads, out / "onnx")
     cols = [ds.attributes.index(a) for a in model.attributes]
     analyzer = BatchAnalyzer(model.attributes, options.method, model.image_size, model.factored,
                              model.mask_positive, options.save_maps)
@@ -224,29 +235,3 @@ def _stream_shards(plan, stream, model, analyzer, labels, progress, out, name) -
             images, seconds = images + shard[1] - shard[0], seconds + elapsed
             parts, sums, t0 = [], None, time.perf_counter()
     return {"images": images, "seconds": seconds}
-
-
-def load_model_results(out: Path, name: str, n: int, shard_size: int
-                       ) -> tuple[dict[str, np.ndarray], Sums, float]:
-    """All shards of one model merged in image order (refuses if any is missing), their summed
-    average-map sums and the seconds they took to compute."""
-    columns, sums, seconds = [], None, 0.0
-    for start, stop in store.shard_ranges(n, shard_size):
-        path = store.shard_path(out, name, start, stop)
-        if not path.is_file():
-            raise BincamError(f"shard {path.name} of model {name} is missing; rerun the same "
-                              "command to compute it")
-        shard = store.read_shard(path)
-        seconds += float(shard["seconds"])
-        columns.append({k: v for k, v in shard.items()
-                        if not k.startswith("sums_") and k != "seconds"})
-        part = Sums(*(shard[f"sums_{k}"] for k in ("scaled", "shift", "count", "image")))
-        if sums is None:
-            sums = part
-        else:
-            sums.add(part)
-    merged = {k: np.concatenate([c[k] for c in columns]) for k in columns[0]}
-    if not np.array_equal(merged["index"], np.arange(n)):
-        raise BincamError(f"the shards of model {name} do not cover images 0…{n - 1} in order; "
-                          "rerun with --restart")
-    return merged, sums, seconds
