@@ -316,3 +316,15 @@ def test_each_torchrun_process_sees_its_own_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
     pin_gpu(World(3, 4), "cuda")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+def test_frontal_filter_and_limit_select_the_audited_images(synth_root):
+    from bincam.analysis.runner import AnalyzeOptions, open_dataset
+    from bincam.data.celeba import CelebA
+    from bincam.data.frontal import frontal_mask
+
+    every = CelebA(synth_root, "all")
+    ds = open_dataset(AnalyzeOptions([], f"synth:{synth_root}", None, split="all", frontal=True))
+    assert ds.files == [f for f, keep in zip(every.files, frontal_mask(every.landmarks)) if keep]
+    ds = open_dataset(AnalyzeOptions([], f"synth:{synth_root}", None, split="all", limit=7))
+    assert ds.files == every.files[:7]
