@@ -263,6 +263,9 @@ def test_bad_inputs_are_refused_without_damage(tmp_path, synth_root, checkpoints
 
     r = cli("--model", "x=nowhere", *base, "--out", tmp_path / "c")
     assert r.returncode == 2 and "neither a checkpoint" in r.stderr
+    r = cli(*model, *base, "--engine", "onnx", "--out", tmp_path / "c")
+    assert r.returncode == 2 and "--engine must be one of" in r.stderr
+    assert not (tmp_path / "c").exists()
 
 
 def test_model_attributes_must_exist_in_the_dataset(tmp_path, synth_root):

@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from bincam.analysis import store
 from bincam.analysis.compute import BatchAnalyzer, CueProjector
-from bincam.analysis.models import ModelSource, open_model
+from bincam.analysis.models import ENGINES, ModelSource, open_model
 from bincam.analysis.stream import ImageStream
 from bincam.errors import BincamError
 
@@ -135,6 +135,10 @@ def check_options(options: AnalyzeOptions) -> list[ModelSource]:
 
     if options.method not in METHODS:
         raise BincamError(f"unknown method {options.method!r}; choose one of {', '.join(METHODS)}")
+    if options.engine not in ENGINES:
+        raise BincamError(f"--engine must be one of {', '.join(ENGINES)}, got {options.engine!r}")
+    if options.device not in ("cpu", "cuda"):
+        raise BincamError(f"--device must be cpu or cuda, got {options.device!r}")
     if options.batch_size < 1 or options.shard_size < 1:
         raise BincamError("--batch-size and --shard-size must be at least 1")
     if options.shard_size % options.batch_size:
@@ -143,6 +147,10 @@ def check_options(options: AnalyzeOptions) -> list[ModelSource]:
     if not options.models:
         raise BincamError("give at least one --model NAME=CHECKPOINT_OR_ONNX")
     sources = [ModelSource.parse(m) for m in options.models]
+    onnx = [s.name for s in sources if s.kind == "onnx"]
+    if options.engine == "torch" and onnx:
+        raise BincamError(f"model {onnx[0]}: the torch engine needs a checkpoint folder; use "
+                          "--engine ort for an ONNX file")
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise BincamError(f"model names must differ, got {', '.join(names)}")
