@@ -37,45 +37,38 @@ def _values(model: dict, order: list[str], key: str) -> np.ndarray:
                      else model["per_attribute"][a][key] for a in order])
 
 
-def error_bars(record: dict, order: list[str]) -> bytes:
+def _bars_per_model(record: dict, order: list[str], series, ylim, ylabel: str) -> bytes:
+    """One panel per model; ``series``: ``(figure key, label, colour, x offset, width, sign)``."""
     plt = _pyplot()
     names = list(record["models"])
     fig, axes = plt.subplots(len(names), 1, figsize=(13, 3.2 * len(names)), squeeze=False,
                              sharex=True)
     x = np.arange(len(order))
     for ax, name in zip(axes[:, 0], names):
-        model = record["models"][name]
-        ax.bar(x, _values(model, order, "minority_error"), color="tab:red",
-               label="minority-class error")
-        ax.bar(x, -_values(model, order, "majority_error"), color="tab:blue",
-               label="majority-class error (down)")
+        for key, label, colour, offset, width, sign in series:
+            ax.bar(x + offset, sign * _values(record["models"][name], order, key), width=width,
+                   color=colour, label=label)
         ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_ylim(-1, 1)
-        ax.set_ylabel("error rate")
+        ax.set_ylim(*ylim)
+        ax.set_ylabel(ylabel)
         ax.set_title(name)
         ax.legend(loc="upper right", fontsize=8)
     axes[-1, 0].set_xticks(x, order, rotation=90, fontsize=8)
     return _png(fig)
+
+
+def error_bars(record: dict, order: list[str]) -> bytes:
+    return _bars_per_model(record, order, [
+        ("minority_error", "minority-class error", "tab:red", 0, 0.8, 1),
+        ("majority_error", "majority-class error (down)", "tab:blue", 0, 0.8, -1)],
+        (-1, 1), "error rate")
 
 
 def pe_by_class(record: dict, order: list[str]) -> bytes:
-    plt = _pyplot()
-    names = list(record["models"])
-    fig, axes = plt.subplots(len(names), 1, figsize=(13, 3.2 * len(names)), squeeze=False,
-                             sharex=True)
-    x = np.arange(len(order))
-    for ax, name in zip(axes[:, 0], names):
-        model = record["models"][name]
-        ax.bar(x - 0.2, _values(model, order, "pe_minority"), width=0.4, color="tab:red",
-               label="minority-predicted")
-        ax.bar(x + 0.2, _values(model, order, "pe_majority"), width=0.4, color="tab:blue",
-               label="majority-predicted")
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("proportional energy")
-        ax.set_title(name)
-        ax.legend(loc="upper right", fontsize=8)
-    axes[-1, 0].set_xticks(x, order, rotation=90, fontsize=8)
-    return _png(fig)
+    return _bars_per_model(record, order, [
+        ("pe_minority", "minority-predicted", "tab:red", -0.2, 0.4, 1),
+        ("pe_majority", "majority-predicted", "tab:blue", 0.2, 0.4, 1)],
+        (0, 1), "proportional energy")
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
