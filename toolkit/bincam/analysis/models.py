@@ -65,9 +65,6 @@ class AnalysisModel:
     factored: bool               # affine head: outputs carry channel_weights
     mask_positive: bool          # factored gradient is W·1[A > 0] (pre-ReLU tap)
     layer: str
-    positive_counts: list[int] | None
-    negative_counts: list[int] | None
-    weighting: str | None        # from the card's training config ("none" = unbalanced)
     engine: object = field(repr=False, default=None)
 
     def feature_size(self) -> tuple[int, int]:
@@ -147,16 +144,10 @@ def open_model(source: ModelSource, engine: str, device: str = "cpu",
         card, layer = model.card, model.default_cam_layer
         head = getattr(model, "affine_heads", {}).get(layer)
         factored, mask_positive = head is not None, bool(head is not None and head.relu)
-        config = (card.training or {}).get("config") or {}
         return AnalysisModel(source.name, list(card.attributes), card.image_size, factored,
-                             mask_positive, layer, card.positive_counts, card.negative_counts,
-                             config.get("weighting"), TorchRunner(model, layer, device))
-    path, weighting = source.path, None
+                             mask_positive, layer, TorchRunner(model, layer, device))
+    path = source.path
     if source.kind == "checkpoint":
-        from bincam.checkpoint import read_card
-
-        config = (read_card(source.path).training or {}).get("config") or {}
-        weighting = config.get("weighting")
         path = _export(source, export_cache or source.path)
     if engine == "ort":
         from bincam.runtime.ort_engine import OrtEngine
@@ -171,8 +162,7 @@ def open_model(source: ModelSource, engine: str, device: str = "cpu",
         raise BincamError(f"model {source.name}: {path} has no fixed input size; export it again")
     return AnalysisModel(source.name, list(info.attributes), int(info.image_size),
                          info.gradient_layout == "factored", info.mask_positive,
-                         info.target_layer, info.positive_counts, info.negative_counts,
-                         weighting, runner)
+                         info.target_layer, runner)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from bincam.analysis import plots, tables
 from bincam.analysis.aggregate import figures, summarise
 from bincam.analysis.compute import average_maps
 from bincam.analysis.models import describe, majority_from
-from bincam.analysis.store import write_atomic
+from bincam.overlay import write_atomic
 
 PAPER_RERUN = ("| paper's AFFACT on CelebA, unbalanced (third-party re-run) | 0.282 | 0.044 | 0.60 | "
                "0.16 |\n| paper's AFFACT on CelebA, balanced (third-party re-run) | 0.100 | 0.124 "

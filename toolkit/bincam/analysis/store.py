@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from bincam.errors import BincamError
+from bincam.overlay import write_atomic
 
 RUN_FILE = "run.json"
 OWNED = (RUN_FILE, "shards", "results", "onnx", "tables", "plots", "aggregates.json",
@@ -27,13 +27,6 @@ IDENTITY_HELP = {"models": "--model (name or file contents)", "dataset": "--data
                  "method": "--method", "engine": "--engine", "device": "--device",
                  "batch_size": "--batch-size", "shard_size": "--shard-size",
                  "save_maps": "--save-maps", "cues": "--cues", "bincam": "the bincam version"}
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def prepare(out: Path, identity: dict, restart: bool = False) -> bool:
