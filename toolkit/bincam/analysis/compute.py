@@ -23,9 +23,6 @@ from bincam.data.synth_render import cue_mask
 from bincam.heatmap import EPS, attribute_energy
 from bincam.runtime.cam_np import raw_maps, signs
 
-COLUMNS = ("index", "labels", "logits", "pe", "empty", "evidence", "pe_cue")
-
-
 @dataclass
 class Sums:
     """Exact running sums for the average final map per (predicted class, attribute)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from bincam.analysis import plots, tables
 from bincam.analysis.aggregate import figures, summarise
 from bincam.analysis.compute import average_maps
-from bincam.analysis.models import describe, majority_from
+from bincam.analysis.models import majority_from
 from bincam.overlay import write_atomic
 
 PAPER_RERUN = ("| paper's AFFACT on CelebA, unbalanced (third-party re-run) | 0.282 | 0.044 | 0.60 | "
@@ -32,7 +32,9 @@ def reference_model(record: dict) -> str:
     return next((n for n in names if "unbalanced" in n.lower()), names[0])
 
 
-def write_report(options, sources, ds, out: Path, timings: dict, wall: float) -> dict:
+def write_report(options, sources, facts_of: dict, ds, out: Path, timings: dict,
+                 wall: float) -> dict:
+    """``facts_of``: ``models.describe`` of each source, by name."""
     from bincam.analysis.merge import merge_model
     from bincam.attributes import attribute_masks
     from bincam.heatmap import attribute_energy
@@ -44,7 +46,7 @@ def write_report(options, sources, ds, out: Path, timings: dict, wall: float) ->
     timing = {"machine": machine_info(), "wall_seconds": wall, "models": {}}
     figures_of = {}
     for source in sources:
-        facts = describe(source)
+        facts = facts_of[source.name]
         share, majority, origin = majority_from(facts, ds.list_dir, facts.attributes)
         totals, sums, shard_seconds = merge_model(out, source.name, len(ds), options.shard_size,
                                                   majority)

@@ -163,8 +163,7 @@ def analyze(options: AnalyzeOptions, progress: Progress | None = None) -> dict |
     sources = check_options(options)
     ds = open_dataset(options)
     cues = _cue_index(options, ds)
-    for s in sources:
-        _check_attributes(s, ds)
+    facts = {s.name: _checked_facts(s, ds) for s in sources}
     ident = identity(options, sources, ds, cues is not None)
     world = join_world()
     pin_gpu(world, options.device)
@@ -183,17 +182,21 @@ def analyze(options: AnalyzeOptions, progress: Progress | None = None) -> dict |
         return None
     from bincam.analysis.report import write_report
 
-    return write_report(options, sources, ds, out, timings, time.perf_counter() - started)
+    return write_report(options, sources, facts, ds, out, timings,
+                        time.perf_counter() - started)
 
 
-def _check_attributes(source: ModelSource, ds) -> None:
+def _checked_facts(source: ModelSource, ds):
+    """The model's card/metadata facts, once its attributes are known to be the dataset's."""
     from bincam.analysis.models import describe
 
-    unknown = [a for a in describe(source).attributes if a not in ds.attributes]
+    facts = describe(source)
+    unknown = [a for a in facts.attributes if a not in ds.attributes]
     if unknown:
         raise BincamError(f"model {source.name} has attribute(s) {', '.join(unknown[:5])} that "
                           f"the dataset's list_attr_celeba.txt lacks; analyze it on a dataset "
                           "labelled with the model's attributes")
+    return facts
 
 
 def _run_model(options, source, ds, cues, world, progress, out) -> dict:
