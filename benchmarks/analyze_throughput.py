@@ -31,7 +31,8 @@ import numpy as np
 
 from bincam.analysis import AnalyzeOptions, analyze
 from bincam.analysis.stream import ImageStream
-from bincam.bench.engines import OrtBenchEngine
+from bincam.runtime import open_engine
+from bincam.runtime.engine import Engine
 from bincam.machine import machine_info, machine_line
 from bincam.data.spec import open_split
 
@@ -62,17 +63,17 @@ def small_onnx(checkpoint: str, folder: Path) -> Path:
     return save_onnx(export_checkpoint(load_checkpoint(checkpoint)), folder / "small.onnx")
 
 
-def forward_pass(engine: OrtBenchEngine, ds, size: int, n: int, batch: int, workers: int) -> float:
+def forward_pass(engine: Engine, ds, size: int, n: int, batch: int, workers: int) -> float:
     """Images/s of streaming ``n`` images through the logits-only graph."""
     stream = ImageStream(ds, size, workers)
     batches = [np.arange(s, min(s + batch, n)) for s in range(0, n, batch)]
     t0 = time.perf_counter()
     for _, pixels, _ in stream.batches(batches):
-        engine.forward(pixels.astype(np.float32) / 255.0)
+        engine.run_forward(pixels.astype(np.float32) / 255.0)
     return n / (time.perf_counter() - t0)
 
 
-def engine_only(engine: OrtBenchEngine, ds, size: int, n: int, batch: int) -> float:
+def engine_only(engine: Engine, ds, size: int, n: int, batch: int) -> float:
     """Images/s of the logits-only graph on images already decoded."""
     from bincam.data.celeba import load_aligned
 
@@ -80,7 +81,7 @@ def engine_only(engine: OrtBenchEngine, ds, size: int, n: int, batch: int) -> fl
                   for i in range(min(n, 2 * batch))]).astype(np.float32) / 255.0
     t0, done = time.perf_counter(), 0
     while done < n:
-        engine.forward(x[done % len(x):][:batch])
+        engine.run_forward(x[done % len(x):][:batch])
         done += batch
     return done / (time.perf_counter() - t0)
 
@@ -98,7 +99,7 @@ def analyze_pass(onnx: Path, data: str, n: int, batch: int, workers: int, cues: 
 def measure(name: str, onnx: Path, args, size: int, n: int, batch: int, cues: bool,
             tmp: Path) -> dict:
     ds = open_split(args.data, args.split, size)
-    engine = OrtBenchEngine(onnx.read_bytes(), "gradcam", None)
+    engine = open_engine(onnx, "ort")
     kinds = ["forward", "analyze"] + (["analyze_cues"] if cues else [])
     runs = {k: [] for k in kinds + ["engine_forward"]}
     analyze_pass(onnx, args.data, min(n, batch * 2), batch, args.workers, "off", tmp)  # warm-up

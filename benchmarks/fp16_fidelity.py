@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bincam.bench.inputs import synthetic_faces
+from bincam.data.batches import synthetic_faces
 from bincam.checkpoint import load_checkpoint
 from bincam.export.checks import REDUCED_PRECISION_LIMITS, precision_fidelity
 from bincam.export.model import export_checkpoint

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from bincam.gpu_check import copy_bandwidth, run_fused_case, time_case
+from bincam.core.methods import METHODS
+from bincam.gpu.check import copy_bandwidth, run_fused_case, time_case
+from bincam.gpu.launcher import FusedEpilogue
 from bincam.machine import machine_info, machine_line
-from bincam.runtime.cuda_epilogue import FusedEpilogue
 
 LIMITS = {"raw rel": 1e-5, "maps max abs": 1e-5, "PE max abs": 1e-5, "uint8 maps max diff": 1,
           "fp16 maps max abs": 1e-3, "non-finite outputs": 0}
@@ -36,10 +37,9 @@ def main() -> None:
     kernel = FusedEpilogue()
     compile_s = time.perf_counter() - t0
     checks, timings = [], []
-    methods = ("gradcam", "hirescam", "gradcam-elementwise", "xgradcam", "gradcam++", "layercam")
     for layout in ("dense", "factored"):
-        for method in methods:
-            for seed in ((0, 1) if method in ("gradcam", "hirescam") else (0,)):
+        for method in METHODS:
+            for seed in (0, 1):
                 err = run_fused_case(layout, method, seed, b=args.batch, kernel=kernel)
                 ok = all(err[n] <= lim for n, lim in LIMITS.items())
                 checks.append({"layout": layout, "method": method, "seed": seed, "ok": ok, **err})

@@ -18,7 +18,7 @@ import numpy as np
 
 from bincam.checkpoint import load_checkpoint
 from bincam.machine import machine_info, machine_line
-from bincam.metrics import error_rates
+from bincam.core.metrics import error_rates
 from bincam.training.data import load_images, open_split
 from bincam.training.loop import predict_logits
 

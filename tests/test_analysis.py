@@ -17,9 +17,10 @@ from bincam.analysis.compute import BatchAnalyzer, CueProjector, average_maps
 from bincam.attributes import ATTRIBUTES
 from bincam.checkpoint import card_for, save_checkpoint
 from bincam.data.synth import cue_masks, read_cues
-from bincam.explanation import explain
-from bincam.heatmap import epilogue, proportional_energy_full
-from bincam.metrics import error_rates
+from bincam.runtime import explain
+from bincam.core.energy import proportional_energy_full
+from bincam.core.epilogue import epilogue
+from bincam.core.metrics import error_rates
 from bincam.nets import build_net
 
 SIZE = 64
@@ -148,7 +149,7 @@ def test_analyze_matches_explain_and_writes_the_report(tmp_path, synth_root, che
     ds = CelebA(synth_root, "all", image_size=SIZE)
     images = np.stack([ds.load_image(i) for i in range(40)]).transpose(0, 3, 1, 2)
     want = explain(load_checkpoint(checkpoints["unbalanced"]), images)
-    np.testing.assert_allclose(res["logits"], want.logits.numpy(), atol=1e-6)
+    np.testing.assert_allclose(res["logits"], want.logits, atol=1e-6)
     np.testing.assert_allclose(res["pe"], want.proportional_energy(), atol=1e-6)
     np.testing.assert_array_equal(res["labels"], ds.labels[:40])
     assert np.isfinite(res["pe_cue"]).sum() > 100            # synthetic: cue PE present

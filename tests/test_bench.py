@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from bincam.attributes import ATTRIBUTES
-from bincam.bench.fidelity import compare, pearson, relative_error, top_region_iou
-from bincam.bench.inputs import bench_images, to_batch
+from bincam.core.fidelity import compare, pearson, relative_error, top_region_iou
+from bincam.data.batches import bench_images, to_batch
 from bincam.bench.memory import PeakMemory
 from bincam.bench.stats import bands_overlap, latency_stats, ratio_stats, unpaired_ratio_stats
 from bincam.checkpoint import card_for, save_checkpoint
@@ -177,8 +177,9 @@ def test_bench_errors(tmp_path, checkpoint):
 
     out = tmp_path / "r.json"
     user_error(bench(str(checkpoint), "--engines", "trt", "--json", str(out)),
-               "engine trt needs TensorRT")
-    user_error(bench(str(checkpoint), "--engines", "tvm"), "unknown engine(s) tvm")
+               "the TensorRT engine needs TensorRT")
+    user_error(bench(str(checkpoint), "--engines", "tvm"),
+               "must be one of auto, torch, ort, trt, got 'tvm'")
     user_error(bench(str(checkpoint), "--batch", "1,x"), "--batch takes comma-separated integers")
     user_error(bench(str(checkpoint), "--iters", "5", "--rounds", "2"), "--iters ≥ 3 per round")
     user_error(bench(str(tmp_path / "none.onnx")), "does not exist")

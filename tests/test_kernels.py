@@ -1,7 +1,9 @@
-"""The fused CUDA epilogue: its NumPy reference equals the torch CAM path, the kernel compiles
-for sm_80 and sm_90 (NVRTC, and nvcc where present), and on a GPU it equals the reference."""
+"""The fused CUDA epilogue: its NumPy reference equals the core's methods, epilogue and PE, its
+method and mode numbers are the core's and the kernel's, the kernel compiles for sm_80 and sm_90
+(NVRTC, and nvcc where present), and on a GPU it equals the reference."""
 
 import importlib.util
+import re
 import shutil
 import subprocess
 
@@ -10,45 +12,54 @@ import pytest
 import torch
 
 from bincam.attributes import ATTRIBUTES, attribute_masks
-from bincam.cam.epilogue import epilogue as torch_epilogue
-from bincam.cam.methods import METHODS, FactoredGrad
-from bincam.heatmap import MaskEnergy
-from bincam.runtime.cam_np import signs
-from bincam.runtime.fused_reference import fused_epilogue_reference
+from bincam.core.energy import proportional_energy_full
+from bincam.core.epilogue import epilogue
+from bincam.core.methods import METHODS, Factored, raw_maps
+from bincam.core.modes import MODES, signs
+from bincam.errors import BincamError
+from bincam.gpu.reference import fused_epilogue_reference
 
 HAS_NVRTC = importlib.util.find_spec("cuda") is not None and \
     importlib.util.find_spec("cuda.bindings") is not None
+# the kernel's enum constant of each core method
+KERNEL_METHODS = {"gradcam": "BINCAM_GRADCAM", "hirescam": "BINCAM_HIRESCAM",
+                  "gradcam-elementwise": "BINCAM_ELEMENTWISE", "xgradcam": "BINCAM_XGRADCAM",
+                  "gradcam++": "BINCAM_GRADCAMPP", "layercam": "BINCAM_LAYERCAM"}
 
 
 def _inputs(seed, b=3, k=5, c=16, h=7, w=7):
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(b, c, h, w))
+    a[-1, -1] = 0.0     # an all-zero activation channel (Σ_hw A = 0 in XGrad-CAM, Grad-CAM++)
     logits = rng.normal(size=(b, k))
     logits[0, 0] = 0.0  # z = 0: an empty map in predicted mode
     return a, rng.normal(size=(b, k, c, h, w)) / 49, rng.normal(size=(k, c)) / 49, logits
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-@pytest.mark.parametrize("layout", ["dense", "factored"])
-@pytest.mark.parametrize("mode", ["predicted", "positive", "negative"])
-def test_reference_equals_the_torch_path(method, layout, mode):
+@pytest.mark.parametrize("layout", ["dense", "factored", "factored-unmasked"])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_reference_equals_the_core(method, layout, mode):
+    """Reference = core epilogue + full PE of the core's raw maps; the factored gradient
+    ``s·W[k,c]·1[A > 0]`` is expanded to the dense tensor, so the core's factored shortcuts
+    are checked too."""
     a, dense, weight, logits = _inputs(3)
-    attrs = ATTRIBUTES[:5]
-    masks = attribute_masks(attrs, 112)
-    ref = fused_epilogue_reference(a, dense if layout == "dense" else weight, logits, (112, 112),
-                                   method, layout, mode, True, masks)
-    s = torch.from_numpy(signs(logits, mode))
+    masks = attribute_masks(ATTRIBUTES[:5], 112)
+    s = signs(logits, mode)
     if layout == "dense":
-        g = s[:, :, None, None, None] * torch.from_numpy(dense)
+        grads, g = dense, s[:, :, None, None, None] * dense
     else:
-        g = FactoredGrad(s, torch.from_numpy(weight), torch.from_numpy((a > 0).astype(float)))
-    raw = METHODS[method](torch.from_numpy(a), g)
-    assert np.abs(ref["raw"] - raw.numpy()).max() < 1e-12
-    maps = torch_epilogue(raw, 112, dtype=torch.float64).numpy()
+        mask = (a > 0).astype(float) if layout == "factored" else None
+        grads, g = weight, Factored(s, weight, mask).dense(a.shape[2:])
+    ref = fused_epilogue_reference(a, grads, logits, (112, 112), method, layout.split("-")[0],
+                                   mode, layout == "factored", masks)
+    raw = raw_maps(method, a, g)
+    assert np.abs(ref["raw"] - raw).max() < 1e-12
+    maps = epilogue(raw, 112)
     assert np.abs(ref["maps"] - maps).max() < 1e-12
     assert np.array_equal(ref["maps_u8"], np.rint(maps * 255).astype(np.uint8))
-    pe = MaskEnergy(masks, (7, 7))(raw.numpy())
-    assert np.abs(ref["pe"] - pe).max() < 1e-10
+    assert np.abs(ref["pe"] - proportional_energy_full(maps, masks)).max() < 1e-12
+    assert np.allclose(ref["energy"][..., 1], maps.sum(axis=(2, 3)), rtol=1e-12)
     if mode == "predicted":
         assert ref["maps"][0, 0].max() == 0 and ref["pe"][0, 0] == 0
 
@@ -56,21 +67,53 @@ def test_reference_equals_the_torch_path(method, layout, mode):
 def test_reference_upsamples_other_shapes():
     a, dense, _, logits = _inputs(4, b=1, k=2, c=4, h=4, w=6)
     ref = fused_epilogue_reference(a, dense, logits, (50, 75))
-    s = torch.from_numpy(signs(logits, "predicted"))
-    raw = METHODS["gradcam"](torch.from_numpy(a), s[:, :, None, None, None] * torch.from_numpy(dense))
-    maps = torch_epilogue(raw, (50, 75), dtype=torch.float64).numpy()
+    raw = raw_maps("gradcam", a, signs(logits, "predicted")[:, :, None, None, None] * dense)
+    maps = epilogue(raw, (50, 75))
     assert ref["maps"].shape == (1, 2, 50, 75) and np.abs(ref["maps"] - maps).max() < 1e-12
-    with pytest.raises(ValueError, match="gradcam, hirescam"):
+    with pytest.raises(BincamError, match="unknown method 'scorecam'"):
         fused_epilogue_reference(a, dense, logits, (8, 8), method="scorecam")
+
+
+def test_check_torch_path_equals_the_reference():
+    """The GPU check's torch baseline (core methods on torch tensors, torch epilogue), here on
+    the CPU, against the float64 reference."""
+    from bincam.gpu.check import case_inputs, torch_cuda_path
+
+    for layout in ("dense", "factored"):
+        for method in METHODS:
+            x = case_inputs(layout, method, 0, b=2, k=3, c=32, h=7, size=56, device="cpu")
+            ref = fused_epilogue_reference(*(x[n].numpy() for n in ("acts", "grads", "logits")),
+                                           (56, 56), method, layout, "predicted", True,
+                                           x["masks"].numpy())
+            th = torch_cuda_path(x, layout, method, 56)
+            assert np.abs(th["raw"].numpy() - ref["raw"]).max() < 1e-12, (layout, method)
+            assert np.abs(th["maps"].numpy() - ref["maps"]).max() < 1e-5, (layout, method)
+            assert np.abs(th["pe"].numpy() - ref["pe"]).max() < 1e-5, (layout, method)
+    assert (case_inputs("dense", "xgradcam", 0, 1, 1, 4, 7, 8, device="cpu")["acts"] >= 0).all()
+
+
+def test_method_and_mode_ids_are_the_core_and_the_kernel_constants():
+    from bincam.gpu.launcher import kernel_source
+
+    code = kernel_source()
+    constants = {name: int(value) for name, value in
+                 re.findall(r"\b(BINCAM_[A-Z]+)\s*=\s*(\d+)", code)}
+    assert set(KERNEL_METHODS) == set(METHODS)
+    body = code.split("bincam_fused_epilogue(", 1)[1]
+    for name, method in METHODS.items():
+        assert constants[KERNEL_METHODS[name]] == method.id, name
+        # LayerCAM is the last branch of the per-element methods' chain, the `else`
+        branches = KERNEL_METHODS[name] in body or (name == "layercam" and "// LayerCAM" in body)
+        assert branches, f"the kernel never branches on {name}"
+    for mode, mode_id in MODES.items():
+        assert constants[f"BINCAM_{mode.upper()}"] == mode_id, mode
+    assert len(METHODS) == len({m.id for m in METHODS.values()}) == 6
 
 
 def test_launch_arguments_match_the_kernel_signature():
     """The launcher packs one argument per kernel parameter, pointers as 64-bit, ints as int32,
     in the order of the signature in the .cu file (a mismatch would corrupt every launch)."""
-    import re
-
-    from bincam.errors import BincamError
-    from bincam.runtime.cuda_epilogue import KERNEL, kernel_arguments, kernel_source
+    from bincam.gpu.launcher import KERNEL, kernel_arguments, kernel_source
 
     code = re.sub(r"//[^\n]*", "", kernel_source())
     head = re.search(KERNEL + r"\((.*?)\)\s*\{", code, re.S).group(1)
@@ -89,6 +132,11 @@ def test_launch_arguments_match_the_kernel_signature():
                       "w": 7, "H": 224, "W": 224, "method": 1, "layout": 1, "mode": 2,
                       "mask_positive": 0, "raw_out": 5, "maps_f32": 6, "maps_f16": 7,
                       "maps_u8": 8, "energy": 9}
+    for method in METHODS:
+        args = kernel_arguments(acts=1, grads=2, logits=3, shape=(1, 1, 1, 1, 1), size=(1, 1),
+                                method=method, layout="dense", mode="predicted",
+                                mask_positive=True)
+        assert int(args[names.index("method")]) == METHODS[method].id
     with pytest.raises(BincamError, match="the fused kernel takes method gradcam/hirescam"):
         kernel_arguments(acts=1, grads=2, logits=3, shape=(1, 1, 1, 1, 1), size=(1, 1),
                          method="scorecam", layout="dense", mode="predicted", mask_positive=True)
@@ -97,9 +145,9 @@ def test_launch_arguments_match_the_kernel_signature():
 @pytest.mark.skipif(not HAS_NVRTC, reason="cuda-python is not installed")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90", "compute_80"])
 def test_kernel_compiles_with_nvrtc(arch, tmp_path, monkeypatch):
-    from bincam.runtime import cuda_epilogue
+    from bincam.gpu import launcher
 
-    out = cuda_epilogue.compile_kernel(arch)
+    out = launcher.compile_kernel(arch)
     if arch.startswith("sm_"):
         assert out[:4] == b"\x7fELF" and len(out) > 1000  # a cubin is an ELF image
     else:
@@ -107,24 +155,23 @@ def test_kernel_compiles_with_nvrtc(arch, tmp_path, monkeypatch):
             .encode() in out
     monkeypatch.setenv("BINCAM_CACHE", str(tmp_path))
     if arch.startswith("sm_"):
-        first = cuda_epilogue.cached_cubin(arch)
+        first = launcher.cached_cubin(arch)
         files = list((tmp_path / "kernels").iterdir())
-        assert len(files) == 1 and cuda_epilogue.cached_cubin(arch) == first
+        assert len(files) == 1 and launcher.cached_cubin(arch) == first
 
 
 @pytest.mark.skipif(not HAS_NVRTC, reason="cuda-python is not installed")
 def test_compile_errors_are_reported_with_the_log():
-    from bincam.errors import BincamError
-    from bincam.runtime import cuda_epilogue
+    from bincam.gpu import launcher
 
     with pytest.raises(BincamError, match="compilation for sm_80 failed.*undefined"):
-        cuda_epilogue.compile_kernel("sm_80", "extern \"C\" __global__ void f() { g(); }")
+        launcher.compile_kernel("sm_80", "extern \"C\" __global__ void f() { g(); }")
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_kernel_compiles_with_nvcc(arch, tmp_path):
-    from bincam.runtime.cuda_epilogue import kernel_source
+    from bincam.gpu.launcher import kernel_source
 
     src = tmp_path / "k.cu"
     src.write_text(kernel_source())
@@ -147,10 +194,27 @@ def _has_gpu():
         return False
 
 
-@pytest.mark.skipif(not _has_gpu(), reason="no CUDA GPU")
+@pytest.mark.skipif(not _has_gpu() or not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("layout", ["dense", "factored"])
-def test_kernel_on_gpu_equals_the_reference(layout):
-    from bincam.gpu_check import run_fused_case
+def test_kernel_on_gpu_equals_the_reference(layout, method):
+    from bincam.gpu.check import run_fused_case
 
-    err = run_fused_case(layout=layout, method="gradcam", seed=11)
+    err = run_fused_case(layout=layout, method=method, seed=11)
     assert err["maps max abs"] <= 1e-5 and err["PE max abs"] <= 1e-5 and err["raw rel"] <= 1e-5
+
+
+@pytest.mark.skipif(not _has_gpu(), reason="no CUDA GPU")
+def test_launcher_refuses_bad_blocks_and_leaves_the_context():
+    from cuda.bindings import driver
+
+    from bincam.gpu.launcher import FusedEpilogue
+
+    for block in (48, 2048):
+        with pytest.raises(BincamError, match="block size"):
+            FusedEpilogue(block=block)
+    before = driver.cuCtxGetCurrent()[1]
+    kernel = FusedEpilogue(device=0)
+    assert int(driver.cuCtxGetCurrent()[1]) == int(before)
+    kernel.close()
+    kernel.close()

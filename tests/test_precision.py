@@ -7,7 +7,7 @@ import sys
 import onnx
 import pytest
 
-from bincam.bench.inputs import synthetic_faces
+from bincam.data.batches import synthetic_faces
 from bincam.checkpoint import load_checkpoint
 from bincam.errors import BincamError
 from bincam.export.checks import REDUCED_PRECISION_LIMITS, precision_fidelity, structural_checks

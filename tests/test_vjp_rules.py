@@ -1,4 +1,5 @@
-"""The VJP pass, rule by rule: each op's exported gradient equals autograd on random inputs."""
+"""The VJP pass, rule by rule: each op's exported gradient equals autograd on random inputs, and
+every op the gradient pass emits passes the TensorRT lint."""
 
 import io
 import warnings
@@ -9,11 +10,14 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from bincam.errors import BincamError
 from bincam.export.forward import fold_constants
-from bincam.export.vjp import GRADIENTS, append_gradients
+from bincam.export.lint import SUPPORTED, lint_tensorrt
+from bincam.export.rules import RULES, vjp_rule
+from bincam.export.vjp import GRADIENTS, append_gradients, path_nodes
 
 K = 3
 
@@ -63,46 +67,62 @@ def bn():
     return m
 
 
-CASES = {  # name: (op module, ONNX op that must appear, input shape)
-    "Conv": (nn.Conv2d(4, 6, 3, stride=2, padding=1), "Conv", (4, 9, 9)),
-    "Conv-groups-dilation": (nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2), "Conv", (4, 8, 8)),
-    "Relu": (nn.ReLU(), "Relu", (4, 5, 5)),
-    "Sigmoid": (nn.Sigmoid(), "Sigmoid", (4, 5, 5)),
-    "Add": (Lambda(lambda x, p: x + p, nn.Parameter(torch.randn(4, 1, 1))), "Add", (4, 5, 5)),
-    "Sub": (Lambda(lambda x, p: p - x, nn.Parameter(torch.randn(4, 5, 5))), "Sub", (4, 5, 5)),
-    "Sub-both": (Lambda(lambda x: x - torch.sigmoid(x)), "Sub", (4, 5, 5)),
-    "Mul": (Lambda(lambda x, p: x * p, nn.Parameter(torch.randn(4, 1, 5))), "Mul", (4, 5, 5)),
-    "Mul-square": (Lambda(lambda x: x * x), "Mul", (4, 5, 5)),
-    "BatchNormalization": (bn(), "BatchNormalization", (4, 5, 5)),
-    "Gemm": (Lambda(lambda x, w: F.linear(torch.flatten(x, 1), w), nn.Parameter(torch.randn(7, 100))),
-             "Gemm", (4, 5, 5)),
-    "MatMul": (Lambda(lambda x, w: x @ w, nn.Parameter(torch.randn(5, 6))), "MatMul", (4, 5, 5)),
-    "Reshape": (Lambda(lambda x: x.reshape(-1, 20, 5)), "Reshape", (4, 5, 5)),
-    "Transpose": (Lambda(lambda x: x.permute(0, 2, 3, 1)), "Transpose", (4, 5, 6)),
-    "ReduceMean": (Lambda(lambda x: x.mean(dim=(2, 3))), "ReduceMean", (4, 5, 5)),
-    "GlobalAveragePool": (nn.AdaptiveAvgPool2d(1), "GlobalAveragePool", (4, 5, 5)),
-    "AveragePool": (nn.AvgPool2d(2), "AveragePool", (4, 6, 6)),
-    "AveragePool-stride": (nn.AvgPool2d(3, stride=2), "AveragePool", (4, 9, 9)),
-    "MaxPool": (nn.MaxPool2d(2), "MaxPool", (4, 6, 6)),
-    "Identity": (Lambda(lambda x: x), None, (4, 5, 5)),
-    "Concat": (Lambda(lambda x: torch.cat([x, 2 * x[:, :2]], 1)), "Concat", (4, 5, 5)),
-    "Slice": (Lambda(lambda x: x[:, 1:3, 1:4, 2:]), "Slice", (4, 5, 5)),
-    "Unsqueeze": (Lambda(lambda x: x.unsqueeze(2)), "Unsqueeze", (4, 5, 5)),
+CASES = {  # name: (op module, op types it covers, input shape)
+    "Conv": (nn.Conv2d(4, 6, 3, stride=2, padding=1), {"Conv"}, (4, 9, 9)),
+    "Conv-groups-dilation": (nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2), {"Conv"},
+                             (4, 8, 8)),
+    "Relu": (nn.ReLU(), {"Relu"}, (4, 5, 5)),
+    "Sigmoid": (nn.Sigmoid(), {"Sigmoid"}, (4, 5, 5)),
+    "Add": (Lambda(lambda x, p: x + p, nn.Parameter(torch.randn(4, 1, 1))), {"Add"}, (4, 5, 5)),
+    "Sub": (Lambda(lambda x, p: p - x, nn.Parameter(torch.randn(4, 5, 5))), {"Sub"}, (4, 5, 5)),
+    "Sub-both": (Lambda(lambda x: x - torch.sigmoid(x)), {"Sub"}, (4, 5, 5)),
+    "Mul": (Lambda(lambda x, p: x * p, nn.Parameter(torch.randn(4, 1, 5))), {"Mul"}, (4, 5, 5)),
+    "Mul-square": (Lambda(lambda x: x * x), {"Mul"}, (4, 5, 5)),
+    "BatchNormalization": (bn(), {"BatchNormalization"}, (4, 5, 5)),
+    "MatMul-flattened": (Lambda(lambda x, w: F.linear(torch.flatten(x, 1), w),
+                                nn.Parameter(torch.randn(7, 100))), {"MatMul"}, (4, 5, 5)),
+    "MatMul": (Lambda(lambda x, w: x @ w, nn.Parameter(torch.randn(5, 6))), {"MatMul"}, (4, 5, 5)),
+    "Reshape": (Lambda(lambda x: x.reshape(-1, 20, 5)), {"Reshape"}, (4, 5, 5)),
+    "Transpose": (Lambda(lambda x: x.permute(0, 2, 3, 1)), {"Transpose"}, (4, 5, 6)),
+    "ReduceMean": (Lambda(lambda x: x.mean(dim=(2, 3))), {"ReduceMean"}, (4, 5, 5)),
+    "GlobalAveragePool": (nn.AdaptiveAvgPool2d(1), {"GlobalAveragePool"}, (4, 5, 5)),
+    "AveragePool": (nn.AvgPool2d(2), {"AveragePool"}, (4, 6, 6)),
+    "AveragePool-stride": (nn.AvgPool2d(3, stride=2), {"AveragePool"}, (4, 9, 9)),
+    "MaxPool": (nn.MaxPool2d(2), {"MaxPool"}, (4, 6, 6)),
+    "Concat": (Lambda(lambda x: torch.cat([x, 2 * x[:, :2]], 1)), {"Concat", "Slice", "Mul"},
+               (4, 5, 5)),
+    "Slice": (Lambda(lambda x: x[:, 1:3, 1:4, 2:]), {"Slice"}, (4, 5, 5)),
+    "Unsqueeze": (Lambda(lambda x: x.unsqueeze(2)), {"Unsqueeze"}, (4, 5, 5)),
+    "Squeeze": (Lambda(lambda x: x.squeeze(2)), {"Squeeze"}, (4, 1, 5)),
 }
 
+_rng = np.random.default_rng(0)
+HAND_BUILT = {  # name: (ONNX node x → y, its constant inputs, torch equivalent, covers, input shape)
+    "Pad": (helper.make_node("Pad", ["x", "pads"], ["y"], mode="constant"),
+            {"pads": np.array([0, 0, 1, 2, 0, 0, 1, 0], dtype=np.int64)},
+            lambda x, c: F.pad(x, (2, 0, 1, 1)), {"Pad"}, (4, 5, 5)),
+    "Flatten": (helper.make_node("Flatten", ["x"], ["y"], axis=1), {},
+                lambda x, c: torch.flatten(x, 1), {"Flatten"}, (4, 5, 5)),
+    "Identity": (helper.make_node("Identity", ["x"], ["y"]), {}, lambda x, c: x, {"Identity"},
+                 (4, 5, 5)),
+    "Gemm-alpha-transB0": (
+        helper.make_node("Gemm", ["x", "W", "C"], ["y"], alpha=0.5, beta=2.0),
+        {"W": _rng.normal(size=(20, 6)).astype(np.float32),
+         "C": _rng.normal(size=6).astype(np.float32)},
+        lambda x, c: 0.5 * x @ c["W"] + 2.0 * c["C"], {"Gemm"}, (20,)),
+}
+COVERED = set().union(*(case[1] for case in CASES.values()),
+                      *(case[3] for case in HAND_BUILT.values()))
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_rule_matches_autograd(name):
-    torch.manual_seed(hash(name) % 1000)
-    op, op_type, shape = CASES[name]
-    x = torch.randn(3, *shape)
-    features = torch.flatten(op(x), 1).shape[1]
-    module = Probe(op, features).eval()
-    graph = export(module, x)
-    if op_type:
-        assert op_type in {n.op_type for n in graph.graph.node}, name
+
+def check_gradients(name, graph, module, shape, covers):
+    """The exported gradients of ``graph`` pass the lint and equal autograd of ``module``."""
+    assert covers <= {n.op_type for n in path_nodes(graph.graph, "x", "logits")}, name
     extended = append_gradients(graph, "x", "logits")
     onnx.checker.check_model(extended, full_check=True)
+    added = {n.op_type for n in extended.graph.node[len(graph.graph.node):]}
+    assert added <= set(SUPPORTED), f"{name}: {sorted(added - set(SUPPORTED))}"
+    assert lint_tensorrt(extended) == []
     sess = ort.InferenceSession(extended.SerializeToString(), providers=["CPUExecutionProvider"])
     x2 = torch.randn(5, *shape)  # a fresh input and another batch size
     got = sess.run([GRADIENTS], {"x": x2.numpy()})[0]
@@ -112,41 +132,48 @@ def test_rule_matches_autograd(name):
     assert rel <= 1e-5, f"{name}: relative L2 {rel:.2e}"
 
 
-def hand_built(op_node, extra_inits, x_shape, out_features, seed=0):
-    """``x → op_node → 'y' → Flatten → Gemm(K) → logits`` written with onnx.helper."""
-    from onnx import TensorProto, helper, numpy_helper
+@pytest.mark.parametrize("name", list(CASES))
+def test_rule_matches_autograd(name):
+    torch.manual_seed(hash(name) % 1000)
+    op, covers, shape = CASES[name]
+    x = torch.randn(3, *shape)
+    module = Probe(op, torch.flatten(op(x), 1).shape[1]).eval()
+    check_gradients(name, export(module, x), module, shape, covers)
 
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=(K, out_features)).astype(np.float32)
+
+def hand_built(op_node, consts, x_shape, head):
+    """``x → op_node → 'y' → Flatten → Gemm(head) → logits`` written with onnx.helper."""
+    inits = {**consts, "w": head.weight.detach().numpy(), "bias": head.bias.detach().numpy()}
     nodes = [op_node, helper.make_node("Flatten", ["y"], ["f"], axis=1),
-             helper.make_node("Gemm", ["f", "w"], ["logits"], transB=1)]
+             helper.make_node("Gemm", ["f", "w", "bias"], ["logits"], transB=1)]
     graph = helper.make_graph(
         nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *x_shape])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", K])],
-        [numpy_helper.from_array(w, "w"), *extra_inits])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    return model, w
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-def test_pad_and_flatten_rules_on_hand_built_graphs():
-    from onnx import helper, numpy_helper
+@pytest.mark.parametrize("name", list(HAND_BUILT))
+def test_hand_built_rule_matches_autograd(name):
+    torch.manual_seed(hash(name) % 1000)
+    op_node, consts, fn, covers, shape = HAND_BUILT[name]
+    tensors = {k: torch.from_numpy(v) for k, v in consts.items()}
+    op = Lambda(lambda x: fn(x, tensors))
+    module = Probe(op, torch.flatten(op(torch.randn(1, *shape)), 1).shape[1]).eval()
+    check_gradients(name, hand_built(op_node, consts, shape, module.head), module, shape, covers)
 
-    pads = numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 1, 0], dtype=np.int64), "pads")
-    pad = helper.make_node("Pad", ["x", "pads"], ["y"], mode="constant")
-    model, w = hand_built(pad, [pads], (4, 5, 5), 4 * 7 * 7)
-    sess = ort.InferenceSession(append_gradients(model, "x", "logits").SerializeToString(),
-                                providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(1).normal(size=(3, 4, 5, 5)).astype(np.float32)
-    got = sess.run([GRADIENTS], {"x": x})[0]
-    expected = w.reshape(K, 4, 7, 7)[:, :, 1:6, 2:7]          # the interior of the padded map
-    assert np.allclose(got, np.broadcast_to(expected, got.shape), atol=1e-6)
 
-    flatten = helper.make_node("Flatten", ["x"], ["y"], axis=1)
-    model, w = hand_built(flatten, [], (4, 5, 5), 100)
-    sess = ort.InferenceSession(append_gradients(model, "x", "logits").SerializeToString(),
-                                providers=["CPUExecutionProvider"])
-    got = sess.run([GRADIENTS], {"x": x})[0]
-    assert np.allclose(got, np.broadcast_to(w.reshape(K, 4, 5, 5), got.shape), atol=1e-6)
+def test_every_rule_has_a_case():
+    assert set(RULES) <= COVERED, f"no test case for {sorted(set(RULES) - COVERED)}"
+
+
+def test_registering_an_op_type_twice_raises():
+    before = dict(RULES)
+    with pytest.raises(ValueError, match="two VJP rules for op Relu: relu and"):
+        vjp_rule("Elu", "Relu")(lambda b, node, dys, wanted: {})
+    with pytest.raises(ValueError, match="two VJP rules for op Elu"):
+        vjp_rule("Elu", "Elu")(lambda b, node, dys, wanted: {})
+    assert RULES == before
 
 
 def test_selected_logits_only():

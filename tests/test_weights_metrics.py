@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bincam.metrics import error_rates
+from bincam.core.metrics import error_rates
 from bincam.training.weights import class_weights
 
 

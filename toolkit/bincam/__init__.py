@@ -12,8 +12,9 @@ _LAZY = {
     "load_checkpoint": "bincam.checkpoint",
     "save_checkpoint": "bincam.checkpoint",
     "build_net": "bincam.nets",
-    "explain": "bincam.explanation",
-    "Explanation": "bincam.explanation",
+    "explain": "bincam.runtime",
+    "open_engine": "bincam.runtime",
+    "Explanation": "bincam.core.explanation",
     "analyze": "bincam.analysis",
     "AnalyzeOptions": "bincam.analysis",
 }

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bincam.data.synth_render import cue_mask
-from bincam.heatmap import EPS, attribute_energy
-from bincam.runtime.cam_np import raw_maps, signs
+from bincam.core.energy import attribute_energy
+from bincam.core.epilogue import EPS
+from bincam.core.explanation import raw_from_outputs
 
 @dataclass
 class Sums:
@@ -86,13 +87,8 @@ class BatchAnalyzer:
         """Columns for images ``index``; ``cues``: ``CueProjector`` results stacked over the
         batch (``[B, K, h, w]``, ``[B, K]``), or None."""
         logits = np.asarray(out["logits"], dtype=np.float32)
-        a = out["activations"]
-        s = signs(logits, "predicted")
-        if "gradients" in out:
-            raw = raw_maps(self.method, a, s, grads=out["gradients"])
-        else:
-            raw = raw_maps(self.method, a, s, weight=out["channel_weights"],
-                           mask_positive=self.mask_positive)
+        _, raw = raw_from_outputs(dict(out, logits=logits), self.method, "predicted",
+                                  self.mask_positive)
         energy = self.energy(tuple(raw.shape[-2:]))
         x, low, high = energy.normalised(raw)
         cols = {"index": np.asarray(index, np.int64), "labels": np.asarray(labels, np.uint8),

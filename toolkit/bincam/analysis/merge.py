@@ -6,8 +6,6 @@ loading), the aggregate sums and the average-map sums are added up shard by shar
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +14,14 @@ from bincam.analysis import store
 from bincam.analysis.aggregate import add_sums, shard_sums
 from bincam.analysis.compute import Sums
 from bincam.errors import BincamError
+from bincam.files import atomic_folder
 
 
 def merge_model(out: Path, name: str, n: int, shard_size: int, majority: np.ndarray
                 ) -> tuple[dict, Sums, float]:
     """``(aggregate sums, average-map sums, seconds the shards took)``; writes the columns."""
-    final = out / "results" / name
-    tmp = out / "results" / f".{name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     columns, totals, maps, seconds = {}, None, None, 0.0
-    try:
+    with atomic_folder(out / "results" / name) as tmp:
         for start, stop in store.shard_ranges(n, shard_size):
             path = store.shard_path(out, name, start, stop)
             if not path.is_file():
@@ -53,12 +48,5 @@ def merge_model(out: Path, name: str, n: int, shard_size: int, majority: np.ndar
                 maps.add(part)
         for column in columns.values():
             column.flush()
-        columns.clear()
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        columns.clear()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        columns.clear()  # the memory maps close before the folder is renamed
     return totals, maps, seconds

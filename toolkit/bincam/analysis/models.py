@@ -1,6 +1,7 @@
-"""The models an audit runs: a checkpoint or an exported ONNX file behind one small interface.
+"""The models an audit runs: a checkpoint or an exported ONNX file, opened through the engine
+contract (``bincam.runtime.open_engine``), plus the facts the report needs from each.
 
-Every engine hands the analysis the same NumPy outputs as ``OrtEngine.run``: ``logits [B, K]``,
+Every engine hands the analysis the same NumPy outputs (``Engine.run``): ``logits [B, K]``,
 ``activations [B, C, h, w]`` and either ``gradients [B, K, C, h, w]`` (dense) or
 ``channel_weights [K, C]`` (an affine head: ``∂z_k/∂A = W[k, c]·1[A > 0]``). torch is imported only
 for the torch engine, and for exporting a checkpoint when ``--engine ort|trt`` is given one.
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bincam.core.model_info import ModelInfo, read_model_info
 from bincam.errors import BincamError
-
-ENGINES = ("torch", "ort", "trt")
+from bincam.runtime.engine import Engine
 
 
 def file_digest(paths: list[Path]) -> str:
@@ -57,15 +58,35 @@ class ModelSource:
 
 @dataclass
 class AnalysisModel:
-    """What the audit needs from a model, whatever the engine."""
+    """What the audit needs from a model, whatever the engine: its name, description and engine."""
 
     name: str
-    attributes: list[str]
-    image_size: int
-    factored: bool               # affine head: outputs carry channel_weights
-    mask_positive: bool          # factored gradient is W·1[A > 0] (pre-ReLU tap)
-    layer: str
-    engine: object = field(repr=False, default=None)
+    engine: Engine = field(repr=False)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.engine.info
+
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.info.attributes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.info.image_size)
+
+    @property
+    def factored(self) -> bool:
+        """Affine head: the outputs carry ``channel_weights``."""
+        return self.info.gradient_layout == "factored"
+
+    @property
+    def mask_positive(self) -> bool:
+        return self.info.mask_positive
+
+    @property
+    def layer(self) -> str:
+        return self.info.target_layer
 
     def feature_size(self) -> tuple[int, int]:
         """``(h, w)`` of the CAM layer, from one run on a mid-grey image."""
@@ -78,128 +99,40 @@ class AnalysisModel:
 
     def run_forward(self, x: np.ndarray) -> np.ndarray:
         """Logits only: the inference an audit is compared with."""
-        forward = getattr(self.engine, "run_forward", None)
-        return forward(x) if forward else self.engine.run(x)["logits"]
+        return self.engine.run_forward(x)
 
-
-class TorchRunner:
-    """The eager torch engine: one forward, closed-form or autograd gradients of every logit."""
-
-    def __init__(self, model, layer: str, device: str):
-        import torch
-
-        self.torch, self.model, self.layer = torch, model.to(device).eval(), layer
-        self.device = device
-        self.indices = list(range(len(model.card.attributes)))
-
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        from bincam.cam.gradients import layer_gradients
-        from bincam.cam.methods import FactoredGrad
-
-        lg = layer_gradients(self.model, self._input(x), self.layer, self.indices, None)
-        out = {"logits": lg.logits.float().cpu().numpy(),
-               "activations": lg.activations.detach().float().cpu().numpy()}
-        if isinstance(lg.grads, FactoredGrad):
-            out["channel_weights"] = lg.grads.weight.cpu().numpy()
-        else:
-            out["gradients"] = lg.grads.float().cpu().numpy()
-        return out
-
-    def _input(self, x: np.ndarray):
-        t = self.torch.from_numpy(x).to(self.device)
-        return t.float().div_(255.0) if t.dtype == self.torch.uint8 else t
-
-    def run_forward(self, x: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
-            return self.model(self._input(x)).float().cpu().numpy()
-
-
-def _export(source: ModelSource, cache: Path) -> Path:
-    """The checkpoint's gradient graph, exported once into ``cache`` (keyed by its digest)."""
-    path = cache / f"{source.name}-{source.digest[:16]}.onnx"
-    if not path.is_file():
-        from bincam.checkpoint import load_checkpoint
-        from bincam.export.model import export_checkpoint, save_onnx
-
-        save_onnx(export_checkpoint(load_checkpoint(source.path)), path)
-    return path
+    def close(self) -> None:
+        self.engine.close()
 
 
 def open_model(source: ModelSource, engine: str, device: str = "cpu",
                threads: int | None = None, export_cache: Path | None = None) -> AnalysisModel:
-    """Open ``source`` on ``engine``; a checkpoint given to ort/trt is exported first."""
-    if engine not in ENGINES:
-        raise BincamError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "torch":
-        if source.kind != "checkpoint":
-            raise BincamError(f"model {source.name}: the torch engine needs a checkpoint folder; "
-                              "use --engine ort for an ONNX file")
-        from bincam.checkpoint import load_checkpoint
-
-        model = load_checkpoint(source.path, device)
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        card, layer = model.card, model.default_cam_layer
-        head = getattr(model, "affine_heads", {}).get(layer)
-        factored, mask_positive = head is not None, bool(head is not None and head.relu)
-        return AnalysisModel(source.name, list(card.attributes), card.image_size, factored,
-                             mask_positive, layer, TorchRunner(model, layer, device))
-    path = source.path
-    if source.kind == "checkpoint":
-        path = _export(source, export_cache or source.path)
-    if engine == "ort":
-        from bincam.runtime.ort_engine import OrtEngine
-
-        runner = OrtEngine(path, device=device, threads=threads)
-    else:
-        from bincam.runtime.trt_engine import TrtEngine
-
-        runner = TrtEngine(path)
-    info = runner.info
-    if info.image_size is None:
-        raise BincamError(f"model {source.name}: {path} has no fixed input size; export it again")
-    return AnalysisModel(source.name, list(info.attributes), int(info.image_size),
-                         info.gradient_layout == "factored", info.mask_positive,
-                         info.target_layer, runner)
-
-
-@dataclass
-class ModelFacts:
-    """What the report needs from a model file, read without opening an engine."""
-
-    attributes: list[str]
-    image_size: int | None
-    positive_counts: list[int] | None
-    negative_counts: list[int] | None
-    weighting: str | None
-
-
-def describe(source: ModelSource) -> ModelFacts:
-    """Attributes, input size, training class counts and weighting from the card or metadata."""
-    if source.kind == "checkpoint":
-        from bincam.checkpoint import read_card
-
-        card = read_card(source.path)
-        config = (card.training or {}).get("config") or {}
-        return ModelFacts(list(card.attributes), card.image_size, card.positive_counts,
-                          card.negative_counts, config.get("weighting"))
-    import onnx
-
-    from bincam.export.metadata import read_metadata
+    """Open ``source`` on ``engine``; a checkpoint given to ort/trt is exported first (once, into
+    ``export_cache``)."""
+    from bincam.runtime import open_engine
 
     try:
-        proto = onnx.load(str(source.path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
-        raise BincamError(f"model {source.name}: {source.path} is not a loadable ONNX model "
-                          f"({str(exc).splitlines()[0][:120]})") from None
-    info = read_metadata({p.key: p.value for p in proto.metadata_props}, str(source.path))
-    return ModelFacts(list(info.attributes), info.image_size, info.positive_counts,
-                      info.negative_counts, None)
+        opened = open_engine(source.path, engine, device, export_cache=export_cache,
+                             **({"threads": threads} if threads else {}))
+    except BincamError as exc:
+        raise BincamError(f"model {source.name}: {exc}") from None
+    if opened.info.image_size is None:
+        opened.close()
+        raise BincamError(f"model {source.name}: {source.path} has no fixed input size; export "
+                          "it again")
+    return AnalysisModel(source.name, opened)
 
 
-def majority_from(facts: ModelFacts, ds_root, attributes: list[str]
+def describe(source: ModelSource) -> ModelInfo:
+    """Attributes, input size, training class counts and weighting from the card or metadata,
+    read without opening an engine."""
+    try:
+        return read_model_info(source.path)
+    except BincamError as exc:
+        raise BincamError(f"model {source.name}: {exc}") from None
+
+
+def majority_from(facts: ModelInfo, ds_root, attributes: list[str]
                   ) -> tuple[np.ndarray, np.ndarray, str]:
     """``(positive share [K], majority is positive [K], where from)``: the model's training
     counts, else the dataset's training split, else CelebA's published training shares."""

@@ -16,7 +16,7 @@ from bincam.analysis import plots, tables
 from bincam.analysis.aggregate import figures, summarise
 from bincam.analysis.compute import average_maps
 from bincam.analysis.models import majority_from
-from bincam.overlay import write_atomic
+from bincam.files import write_atomic
 
 PAPER_RERUN = ("| paper's AFFACT on CelebA, unbalanced (third-party re-run) | 0.282 | 0.044 | 0.60 | "
                "0.16 |\n| paper's AFFACT on CelebA, balanced (third-party re-run) | 0.100 | 0.124 "
@@ -37,7 +37,7 @@ def write_report(options, sources, facts_of: dict, ds, out: Path, timings: dict,
     """``facts_of``: ``models.describe`` of each source, by name."""
     from bincam.analysis.merge import merge_model
     from bincam.attributes import attribute_masks
-    from bincam.heatmap import attribute_energy
+    from bincam.core.energy import attribute_energy
     from bincam.machine import machine_info
 
     record = {"format": "bincam.analyze/1", "data": options.data, "split": options.split,

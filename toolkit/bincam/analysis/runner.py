@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from bincam.analysis import store
 from bincam.analysis.compute import BatchAnalyzer, CueProjector
-from bincam.analysis.models import ENGINES, ModelSource, open_model
+from bincam.analysis.models import ModelSource, open_model
 from bincam.analysis.stream import ImageStream
 from bincam.errors import BincamError
 
@@ -131,10 +131,10 @@ def identity(options: AnalyzeOptions, sources: list[ModelSource], ds, cues: bool
 
 
 def check_options(options: AnalyzeOptions) -> list[ModelSource]:
-    from bincam.runtime.cam_np import METHODS
+    from bincam.core.methods import cam_method
+    from bincam.runtime import ENGINES, resolve_engine
 
-    if options.method not in METHODS:
-        raise BincamError(f"unknown method {options.method!r}; choose one of {', '.join(METHODS)}")
+    cam_method(options.method)
     if options.engine not in ENGINES:
         raise BincamError(f"--engine must be one of {', '.join(ENGINES)}, got {options.engine!r}")
     if options.device not in ("cpu", "cuda"):
@@ -147,10 +147,11 @@ def check_options(options: AnalyzeOptions) -> list[ModelSource]:
     if not options.models:
         raise BincamError("give at least one --model NAME=CHECKPOINT_OR_ONNX")
     sources = [ModelSource.parse(m) for m in options.models]
-    onnx = [s.name for s in sources if s.kind == "onnx"]
-    if options.engine == "torch" and onnx:
-        raise BincamError(f"model {onnx[0]}: the torch engine needs a checkpoint folder; use "
-                          "--engine ort for an ONNX file")
+    for source in sources:
+        try:
+            resolve_engine(source.path, options.engine)
+        except BincamError as exc:
+            raise BincamError(f"model {source.name}: {exc}") from None
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise BincamError(f"model names must differ, got {', '.join(names)}")
@@ -209,17 +210,20 @@ def _run_model(options, source, ds, cues, world, progress, out) -> dict:
     if not todo:
         return {"images": 0, "seconds": 0.0}
     model = open_model(source, options.engine, options.device, options.threads, out / "onnx")
-    cols = [ds.attributes.index(a) for a in model.attributes]
-    analyzer = BatchAnalyzer(model.attributes, options.method, model.image_size, model.factored,
-                             model.mask_positive, options.save_maps)
-    project = CueProjector(model.attributes, model.image_size,
-                           analyzer.energy(model.feature_size())) if cues else None
-    stream = ImageStream(ds, model.image_size, options.workers, cues=cues, project=project)
-    plan = [(shard, np.arange(s, min(s + options.batch_size, shard[1])))
-            for shard in todo for s in range(shard[0], shard[1], options.batch_size)]
-    with threadpool_limits(1, user_api="blas"):
-        return _stream_shards(plan, stream, model, analyzer, ds.labels[:, cols], progress,
-                              out, source.name)
+    try:
+        cols = [ds.attributes.index(a) for a in model.attributes]
+        analyzer = BatchAnalyzer(model.attributes, options.method, model.image_size,
+                                 model.factored, model.mask_positive, options.save_maps)
+        project = CueProjector(model.attributes, model.image_size,
+                               analyzer.energy(model.feature_size())) if cues else None
+        stream = ImageStream(ds, model.image_size, options.workers, cues=cues, project=project)
+        plan = [(shard, np.arange(s, min(s + options.batch_size, shard[1])))
+                for shard in todo for s in range(shard[0], shard[1], options.batch_size)]
+        with threadpool_limits(1, user_api="blas"):
+            return _stream_shards(plan, stream, model, analyzer, ds.labels[:, cols], progress,
+                                  out, source.name)
+    finally:
+        model.close()
 
 
 def _stream_shards(plan, stream, model, analyzer, labels, progress, out, name) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bincam.errors import BincamError
-from bincam.overlay import write_atomic
+from bincam.files import write_atomic
 
 RUN_FILE = "run.json"
 OWNED = (RUN_FILE, "shards", "results", "onnx", "tables", "plots", "aggregates.json",

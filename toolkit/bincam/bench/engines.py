@@ -1,6 +1,6 @@
-"""The engines a benchmark compares, behind one small interface.
+"""What a benchmark times: every engine through the contract, and the baseline tools.
 
-Each engine takes decoded ``uint8 [B,S,S,3]`` images and offers three timed scopes:
+Each takes decoded ``uint8 [B,S,S,3]`` images; an engine offers three timed scopes:
 
 - ``forward(x)``: the engine's forward pass only (logits), on a preprocessed float batch — the
   baseline that makes the CAM overhead a ratio;
@@ -17,132 +17,44 @@ import copy
 
 import numpy as np
 
-from bincam.bench.inputs import to_batch
+from bincam.data.batches import to_batch
 from bincam.errors import BincamError
 
-ENGINES = ("torch", "ort", "trt")
+class TimedEngine:
+    """An engine of the contract (``bincam.runtime``) with a benchmark's three timed scopes; the
+    end-to-end scope uses the fused GPU epilogue where the engine offers one."""
 
-
-class TorchEngine:
-    """Eager PyTorch: ``bincam.explain`` (closed form where the head allows) on CPU or CUDA."""
-
-    name = "torch"
-
-    def __init__(self, model, method: str, attributes: list[str], device: str = "cpu"):
-        self.model, self.method, self.attributes = model.to(device).eval(), method, attributes
-        self.device = device
-
-    def _tensor(self, x: np.ndarray):
-        import torch
-
-        return torch.from_numpy(x).to(self.device)
-
-    def sync(self) -> None:
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
+    def __init__(self, engine, method: str, attributes: list[str]):
+        self.engine, self.method, self.attributes = engine, method, attributes
+        self.name = engine.kind
 
     def forward(self, x: np.ndarray) -> None:
-        import torch
-
-        with torch.no_grad():
-            self.model(self._tensor(x))
-        self.sync()
+        self.engine.run_forward(x)
 
     def _explain(self, x: np.ndarray):
-        from bincam.explanation import explain
-
-        return explain(self.model, self._tensor(x), method=self.method, attributes=self.attributes)
+        return self.engine.explain(x, method=self.method, attributes=self.attributes)
 
     def cam(self, x: np.ndarray) -> None:
         self._explain(x)
-        self.sync()
 
     def end_to_end(self, images: np.ndarray) -> None:
-        e = self._explain(to_batch(images))
-        e.heatmaps().cpu()
-        e.proportional_energy()
-        self.sync()
-
-    def outputs(self, images: np.ndarray) -> dict:
-        e = self._explain(to_batch(images))
-        return {"logits": e.logits.cpu().numpy(), "raw": e.raw.cpu().numpy(),
-                "maps": e.heatmaps().cpu().numpy(), "pe": e.proportional_energy()}
-
-
-class OrtBenchEngine:
-    """ONNX Runtime: the exported gradient graph, and its logits-only subgraph as the baseline
-    (extracted from the same file with ``onnx.utils.Extractor``, run with the same options)."""
-
-    name = "ort"
-
-    def __init__(self, model_bytes: bytes, method: str, attributes: list[str], device: str = "cpu",
-                 threads: int | None = None):
-        import onnx
-        import onnxruntime as ort
-
-        from bincam.runtime.ort_engine import OrtEngine, session_options
-
-        self.engine = OrtEngine(model_bytes, device=device, threads=threads)
-        self.method, self.attributes = method, attributes
-        proto = onnx.load_model_from_string(model_bytes)
-        inputs = [i.name for i in proto.graph.input]
-        forward = onnx.utils.Extractor(proto).extract_model(inputs, ["logits"])
-        options = session_options(threads)
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                                   self.engine.optimization_level)
-        self.forward_session = ort.InferenceSession(forward.SerializeToString(), options,
-                                                    providers=self.engine.session.get_providers())
-        self.input_name = self.engine.info.input_name
-
-    def forward(self, x: np.ndarray) -> None:
-        self.forward_session.run(["logits"], {self.input_name: x})
-
-    def cam(self, x: np.ndarray) -> None:
-        self.engine.explain(x, method=self.method, attributes=self.attributes)
-
-    def end_to_end(self, images: np.ndarray) -> None:
-        e = self.engine.explain(to_batch(images), method=self.method, attributes=self.attributes)
+        x = to_batch(images)
+        if self.engine.supports("fused_epilogue"):
+            self.engine.fused(x, method=self.method, maps="f32")
+            return
+        e = self._explain(x)
         e.heatmaps()
         e.proportional_energy()
 
     def outputs(self, images: np.ndarray) -> dict:
-        e = self.engine.explain(to_batch(images), method=self.method, attributes=self.attributes)
+        e = self._explain(to_batch(images))
         return {"logits": e.logits, "raw": e.raw, "maps": e.heatmaps(), "pe": e.proportional_energy()}
 
-
-class TrtBenchEngine(OrtBenchEngine):
-    """TensorRT: the exported gradient graph's plan, and the plan of its logits-only subgraph
-    as the baseline; CAMs from the engine's outputs as for ORT."""
-
-    name = "trt"
-
-    def __init__(self, model_bytes: bytes, method: str, attributes: list[str]):
-        import onnx
-
-        from bincam.runtime.trt_engine import TrtEngine
-
-        self.engine = TrtEngine(model_bytes)
-        self.method, self.attributes = method, attributes
-        proto = onnx.load_model_from_string(model_bytes)
-        forward = onnx.utils.Extractor(proto).extract_model([i.name for i in proto.graph.input],
-                                                            ["logits"])
-        forward.metadata_props.extend(proto.metadata_props)
-        self.forward_engine = TrtEngine(forward.SerializeToString())
-
-    def forward(self, x: np.ndarray) -> None:
-        self.forward_engine.run(x)
-
-    def end_to_end(self, images: np.ndarray) -> None:
-        """Engine + fused CUDA epilogue (final maps + PE on the GPU, one copy back)."""
-        if self.method in ("gradcam", "hirescam"):
-            self.engine.fused(to_batch(images), method=self.method)
-        else:
-            super().end_to_end(images)
+    def close(self) -> None:
+        self.engine.close()
 
 
-class ReferenceApproach:
+class PytorchGradCamBaseline:
     """What the paper's code does: pytorch-grad-cam with a ``|z|`` target, one call per attribute,
     one image per call; final maps at the input size. Timed per image, end to end only."""
 
@@ -178,7 +90,7 @@ class ReferenceApproach:
 
     def _pe(self, maps: np.ndarray) -> np.ndarray:
         from bincam.attributes import attribute_masks
-        from bincam.heatmap import proportional_energy_full
+        from bincam.core.energy import proportional_energy_full
 
         return proportional_energy_full(maps, attribute_masks(self.attributes, maps.shape[-1]))
 
@@ -197,7 +109,7 @@ class ReferenceApproach:
         return {"logits": logits, "raw": None, "maps": maps, "pe": self._pe(maps)}
 
 
-class TorchCamApproach(ReferenceApproach):
+class TorchCamBaseline(PytorchGradCamBaseline):
     """torch-cam (``torchcam``) the same way: one forward and one backward per attribute and
     image, the ``|z|`` target given as a per-sample callable; its low-resolution maps (ReLU,
     min-max) resized bilinearly to the input size, as its ``overlay_mask`` does."""
@@ -228,8 +140,8 @@ class TorchCamApproach(ReferenceApproach):
 
 
 BASELINES = {  # name: (class, module, pip package)
-    "pytorch-grad-cam": (ReferenceApproach, "pytorch_grad_cam", "grad-cam"),
-    "torch-cam": (TorchCamApproach, "torchcam", "torchcam")}
+    "pytorch-grad-cam": (PytorchGradCamBaseline, "pytorch_grad_cam", "grad-cam"),
+    "torch-cam": (TorchCamBaseline, "torchcam", "torchcam")}
 
 
 def available_baselines(names: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -245,17 +157,3 @@ def available_baselines(names: list[str]) -> tuple[list[str], dict[str, str]]:
         else:
             usable.append(name)
     return usable, skipped
-
-
-def check_engines(names: list[str]) -> list[str]:
-    if "trt" in names:
-        import importlib.util
-
-        if importlib.util.find_spec("tensorrt") is None:
-            raise BincamError("engine trt needs TensorRT: pip install 'bincam[trt]' on a machine "
-                              "with an NVIDIA GPU")
-    unknown = [n for n in names if n not in ENGINES]
-    if unknown or not names:
-        raise BincamError(f"unknown engine(s) {', '.join(unknown) or '(none)'}; choose from "
-                          f"{', '.join(ENGINES)}")
-    return names

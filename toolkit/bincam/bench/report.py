@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from rich.table import Table
 
+from bincam.files import write_atomic
 from bincam.machine import machine_line
 
 
@@ -115,18 +115,12 @@ def markdown(record: dict) -> str:
 
 
 def write_json(record: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, json.dumps(record, indent=1).encode())
     return path
 
 
 HEADLINE_HEADER = ["model", "engine", "batch", "e2e ms/image", "CAM / forward", "e2e / forward",
-                   "torch / ORT (CAM)", "pytorch-grad-cam / engine per image (e2e)"]
+                   "torch / engine (CAM)", "pytorch-grad-cam / engine per image (e2e)"]
 
 
 def headline_markdown(records: list[dict]) -> str:
@@ -137,14 +131,14 @@ def headline_markdown(records: list[dict]) -> str:
         m = r["model"]
         vs = r.get("baselines", {}).get("pytorch-grad-cam", {}).get("vs", {})
         for b, t in r["timing"].items():
-            cross = t["cross"].get("torch / ort CAM")
             for row in t["rows"]:
+                cross = t["cross"].get(f"torch / {row['engine']} CAM")
                 e2e = row["scopes"]["end_to_end"]["p50_s"] / int(b)
                 ref = vs.get(f"pytorch-grad-cam / {row['engine']} e2e batch {b}")
                 rows.append([f"{m['described']} @{m['image_size']}", row["engine"], b,
                              f"{e2e * 1e3:.1f}", _band(row["ratios"]["CAM / forward"]),
                              _band(row["ratios"]["e2e / forward"]),
-                             _band(cross) if cross and row["engine"] == "ort" else "",
+                             _band(cross) if cross else "",
                              _band(ref) if ref else ""])
         for name, baseline in r.get("baselines", {}).items():
             notes.append(f"{name} (`|z|` target, one call per attribute) on {m['described']}: "

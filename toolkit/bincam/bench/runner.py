@@ -21,16 +21,16 @@ from typing import Callable
 
 import numpy as np
 
-from bincam.bench.engines import (BASELINES, OrtBenchEngine, TorchEngine, TrtBenchEngine,
-                                  available_baselines, check_engines)
-from bincam.bench.fidelity import compare
-from bincam.bench.inputs import bench_images, to_batch
+from bincam.bench.engines import BASELINES, TimedEngine, available_baselines
+from bincam.core.fidelity import compare
+from bincam.data.batches import bench_images, to_batch
 from bincam.bench.memory import PeakMemory
 from bincam.bench.stats import latency_stats, ratio_stats, unpaired_ratio_stats
 from bincam.errors import BincamError
 
 SCHEMA = "bincam.bench/1"
 SCOPES = ("forward", "cam", "end_to_end")
+REFERENCE = "torch"  # fidelity is measured against the eager fp32 torch engine
 
 
 @dataclass
@@ -76,38 +76,28 @@ def _load(config: BenchConfig):
     return load_checkpoint(path), None, path.name
 
 
-def _engines(config: BenchConfig, model, onnx_bytes, attributes):
-    engines = {}
-    for name in check_engines(config.engines):
-        if name == "torch":
-            if model is None:
-                raise BincamError("engine torch needs the checkpoint of this ONNX model: pass "
-                                  "--checkpoint DIR (or bench ort alone)")
-            engines[name] = TorchEngine(model, config.method, attributes, config.device)
-        else:
-            if onnx_bytes is None:
-                from bincam.export.model import export_checkpoint
-
-                onnx_bytes = export_checkpoint(model).SerializeToString()
-            engines[name] = (OrtBenchEngine(onnx_bytes, config.method, attributes, config.device,
-                                            config.threads) if name == "ort" else
-                             TrtBenchEngine(onnx_bytes, config.method, attributes))
-    return engines
-
-
-def _attributes(config: BenchConfig, model, onnx_bytes) -> tuple[list[str], int]:
+def _engines(config: BenchConfig, model, onnx_bytes) -> dict[str, TimedEngine]:
+    """Every engine of the run, opened through the contract: the torch net where there is one,
+    else the ONNX file (ort and trt take the file when given one, else export the net)."""
     from bincam.attributes import resolve_attributes
+    from bincam.runtime import open_engine
 
-    if model is not None:
-        from bincam.explanation import model_attributes
-
-        card = getattr(model, "card", None)
-        return resolve_attributes(config.attributes, model_attributes(model)), \
-            card.image_size if card else 224
-    from bincam.runtime.ort_engine import OrtEngine
-
-    info = OrtEngine(onnx_bytes).info
-    return resolve_attributes(config.attributes, info.attributes), info.image_size
+    if not config.engines or len(set(config.engines)) != len(config.engines):
+        raise BincamError("--engines needs distinct engine names, e.g. torch,ort")
+    engines, attributes = {}, None
+    try:
+        for name in config.engines:
+            engine = open_engine(model if model is not None else onnx_bytes, name,
+                                 config.device, onnx=onnx_bytes, threads=config.threads)
+            attributes = attributes or resolve_attributes(config.attributes,
+                                                          engine.info.attributes)
+            engines[name] = TimedEngine(engine, config.method, attributes)
+    except BincamError as exc:
+        for opened in engines.values():
+            opened.close()
+        hint = " (an ONNX MODEL runs on torch with --checkpoint DIR)" if model is None else ""
+        raise BincamError(f"{exc}{hint}") from None
+    return engines
 
 
 def _time_block(engine, images: np.ndarray, iters: int, config: BenchConfig, rng,
@@ -163,7 +153,7 @@ def _timing(engines: dict, timed: dict, images: np.ndarray, config: BenchConfig)
         rows = []
         for name, engine in engines.items():
             s = {scope: timed[(b, name, scope)] for scope in SCOPES}
-            with PeakMemory(cuda=config.device == "cuda" and name == "torch") as peak:
+            with PeakMemory(cuda=engine.engine.supports("torch_cuda_memory")) as peak:
                 engine.end_to_end(images[:b])
             rows.append({
                 "engine": name, "batch": b,
@@ -197,11 +187,14 @@ def _baselines(base: dict, timed: dict, config: BenchConfig, engines: dict) -> d
 
 
 def _fidelity(engines, model, config, attributes, images, baselines, advance) -> dict:
-    truth = engines.get("torch") or TorchEngine(model, config.method, attributes, config.device)
+    from bincam.runtime import open_engine
+
+    truth = engines.get(REFERENCE) or TimedEngine(open_engine(model, REFERENCE, config.device),
+                                                  config.method, attributes)
     expected = truth.outputs(images)
     out = {}
     for name, engine in engines.items():
-        if name != "torch":
+        if engine is not truth:
             out[name] = compare(engine.outputs(images), expected, attributes)
             out[name]["images"] = len(images)
         advance(f"fidelity: {name}")
@@ -222,8 +215,6 @@ def total_steps(config: BenchConfig) -> int:
 
 def run_bench(config: BenchConfig, advance: Callable[[str], None] = lambda _d: None) -> dict:
     """The benchmark record (see ``SCHEMA``); ``advance(description)`` is called after each step."""
-    from bincam.machine import machine_info
-
     if config.rounds < 1 or config.iters < 3 * config.rounds or config.warmup < 0 \
             or not config.batches or min(config.batches) < 1:
         raise BincamError("need --rounds ≥ 1, --iters ≥ 3 per round, --warmup ≥ 0 and batch "
@@ -231,11 +222,22 @@ def run_bench(config: BenchConfig, advance: Callable[[str], None] = lambda _d: N
     if config.device not in ("cpu", "cuda"):
         raise BincamError(f"--device must be cpu or cuda, got {config.device!r}")
     model, onnx_bytes, described = _load(config)
-    attributes, size = _attributes(config, model, onnx_bytes)
+    engines = _engines(config, model, onnx_bytes)
+    try:
+        return _record(config, model, engines, described, advance)
+    finally:
+        for engine in engines.values():
+            engine.close()
+
+
+def _record(config: BenchConfig, model, engines: dict, described: str, advance) -> dict:
+    from bincam.machine import machine_info
+
+    first = next(iter(engines.values()))
+    attributes, size = first.attributes, first.engine.info.image_size or 224
     usable, skipped = available_baselines(config.baselines) if config.reference_images and \
         model is not None else ([], {})
     baselines = {name: BASELINES[name][0](model, config.method, attributes) for name in usable}
-    engines = _engines(config, model, onnx_bytes, attributes)
     n = max(max(config.batches), config.fidelity_images, config.reference_images)
     images = bench_images(config.images, n, size, config.seed)
     timed, base = _measure(engines, baselines, images, config, advance)

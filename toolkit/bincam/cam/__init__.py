@@ -1,6 +1,3 @@
-"""Binary CAMs in PyTorch: sign modes, CAM methods, gradients at a target layer, the epilogue."""
-
-from bincam.cam.methods import METHODS, FactoredGrad
-from bincam.cam.modes import MODES, signs
-
-__all__ = ["METHODS", "MODES", "FactoredGrad", "signs"]
+"""Binary CAMs in PyTorch: logits, activations and the gradients of every selected logit at a
+target layer (``gradients``), and the paper's rule as a pytorch-grad-cam target (``targets``).
+The CAM methods, modes and epilogue are the torch-free core's (``bincam.core``)."""

@@ -1,4 +1,4 @@
-"""The CAM epilogue in torch (same algorithm as ``bincam.heatmap``, on any device).
+"""The CAM epilogue in torch (same algorithm as ``bincam.core.epilogue``, on any device).
 
 ``ReLU → min-max → bilinear resize (half-pixel centres, clamped edges) → ReLU → min-max``; the
 resize uses the same interpolation matrices as the NumPy version.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from bincam.heatmap import EPS, resize_matrix
+from bincam.core.epilogue import EPS, resize_matrix
 
 
 def min_max(x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ Two ways, same result:
 
 - **closed form** for an affine head (``[ReLU →] average pool → Linear → … → Linear``): with
   ``W_eff = W_L ⋯ W_1``, ``∂z_k/∂A[c,i,j] = W_eff[k,c]/(h·w) · 1[A[c,i,j] > 0]`` (the indicator only
-  when the head starts with ReLU). No backward at all; returned factored (``FactoredGrad``).
+  when the head starts with ReLU). No backward at all; returned factored, as the channel weights
+  ``W_eff[k]/(h·w)`` (float64).
 - **autograd** for anything else: the forward runs with frozen parameters and the target layer's
   output replaced by a leaf, so the graph spans only the target layer → logits slice; all K
   cotangents go through one batched backward (``is_grads_batched``). Returned dense.
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bincam.cam.methods import FactoredGrad
 from bincam.errors import BincamError
 from bincam.nets import cam_module
 
@@ -27,7 +27,8 @@ from bincam.nets import cam_module
 class LayerGradients:
     logits: torch.Tensor           # [B, K_all] all logits of the net
     activations: torch.Tensor      # [B, C, h, w]
-    grads: torch.Tensor | FactoredGrad  # ∂z_k/∂A for the selected k, sign NOT yet applied
+    grads: torch.Tensor | None     # dense ∂z_k/∂A [B, K, C, h, w] for the selected k (autograd)
+    channel_weights: torch.Tensor | None = None  # [K, C] W_eff/(h·w) (closed form), float64
 
 
 def effective_head(model: nn.Module, layer: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -96,12 +97,10 @@ def layer_gradients(model: nn.Module, x: torch.Tensor, layer: str, indices: list
         finally:
             handle.remove()
         a = captured["a"].detach()
-        w_eff, _, relu = effective_head(model, layer)
+        w_eff, _, _ = effective_head(model, layer)
         h, w = a.shape[-2:]
         weight = w_eff[indices] / (h * w)  # float64, like the CAM arithmetic downstream
-        mask = (a > 0).to(a.dtype) if relu else None
-        sign = torch.ones(a.shape[0], len(indices), dtype=a.dtype, device=a.device)
-        return LayerGradients(logits.detach(), a, FactoredGrad(sign, weight, mask))
+        return LayerGradients(logits.detach(), a, None, weight)
 
     def leaf(_m, _i, out):
         captured["a"] = out.detach().requires_grad_(True)

@@ -8,7 +8,7 @@ a model output row ``[K]`` or a batch ``[B, K]``; a one-logit model uses index 0
 
 from __future__ import annotations
 
-from bincam.cam.modes import MODES
+from bincam.core.modes import MODES
 
 
 class BinaryLogitTarget:

@@ -50,9 +50,9 @@ def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .on
     """Time forward-only, CAM and end-to-end scopes of each engine, and compare their maps."""
     from bincam.bench.report import markdown, rich_tables, skipped_lines, write_json
     from bincam.bench.runner import BenchConfig, run_bench, total_steps
-    from bincam.cam.methods import method as check_method
+    from bincam.core.methods import cam_method
 
-    check_method(method)
+    cam_method(method)
     config = BenchConfig(model=model, engines=[e.strip() for e in engines.split(",") if e.strip()],
                          batches=_ints(batch, "--batch"), method=method, attributes=attributes,
                          device=device, warmup=warmup, iters=iters, rounds=rounds, images=images,
@@ -71,7 +71,7 @@ def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .on
         write_json(record, json_out)
         console.print(f"wrote {json_out}")
     if markdown_out:
-        from bincam.overlay import write_atomic
+        from bincam.files import write_atomic
 
         write_atomic(markdown_out, markdown(record).encode())
         console.print(f"wrote {markdown_out}")

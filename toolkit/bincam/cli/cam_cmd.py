@@ -51,7 +51,8 @@ def _read_all(files: list[Path], model_size: int, size: int, on_error: str):
 def _write_pictures(out: Path, stem: str, shown: np.ndarray, maps: np.ndarray, names: list[str],
                     probs: np.ndarray) -> None:
     """One overlay per attribute and the image's grid figure."""
-    from bincam.overlay import grid_figure, overlay, png_bytes, write_atomic
+    from bincam.core.overlay import grid_figure, overlay, png_bytes
+    from bincam.files import write_atomic
 
     pictures, titles = [], []
     for k, attr in enumerate(names):
@@ -74,47 +75,40 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
         layer: str = typer.Option(None, help="CAM layer (default: the net's final tap)."),
         size: int = typer.Option(224, help="Side of overlays and grids in pixels."),
         batch_size: int = typer.Option(16),
-        engine: str = typer.Option("torch", help="torch (checkpoint), or ort / trt (exported "
-                                   "ONNX; trt needs TensorRT and an NVIDIA GPU)."),
+        engine: str = typer.Option("auto", help="auto (torch for a checkpoint, ort for ONNX), "
+                                   "torch, ort or trt (trt needs TensorRT and an NVIDIA GPU); a "
+                                   "checkpoint on ort/trt is exported first."),
         on_error: str = typer.Option("skip", help="skip or fail on unreadable inputs.")) -> None:
     """Explain every selected attribute of each image for its predicted class."""
     from bincam.attributes import resolve_attributes
-    from bincam.cam.methods import method as check_method
-    from bincam.cam.modes import MODES
-    from bincam.overlay import write_atomic
+    from bincam.core.methods import cam_method
+    from bincam.core.modes import check_mode
+    from bincam.files import write_atomic
+    from bincam.runtime import open_engine
 
     if on_error not in ("skip", "fail"):
         raise BincamError(f"--on-error must be skip or fail, got {on_error!r}")
-    check_method(method)
-    if mode not in MODES:
-        raise BincamError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if engine == "torch":
-        from bincam.checkpoint import load_checkpoint
-        from bincam.explanation import explain, model_attributes
-
-        model = load_checkpoint(checkpoint)
-        names = resolve_attributes(attributes, model_attributes(model))
-        image_size, layer = model.card.image_size, layer or model.default_cam_layer
-
-        def run(x):
-            return explain(model, x, method=method, mode=mode, attributes=names, layer=layer)
-    elif engine in ("ort", "trt"):
-        if engine == "ort":
-            from bincam.runtime.ort_engine import OrtEngine as Engine
-        else:
-            from bincam.runtime.trt_engine import TrtEngine as Engine
-        session = Engine(checkpoint)
-        if layer and layer != session.info.target_layer:
-            raise BincamError(f"{checkpoint} was exported for layer {session.info.target_layer!r}; "
-                              "export again for another layer")
+    cam_method(method), check_mode(mode)
+    with open_engine(checkpoint, engine, layer=layer) as session:
         names = resolve_attributes(attributes, session.attributes)
-        image_size, layer = session.info.image_size, session.info.target_layer
+        summary = {"model": str(checkpoint), "engine": session.kind, "method": method,
+                   "mode": mode, "layer": session.info.target_layer, "attributes": names}
+        readable, pixels = _read_all(_expand(inputs), session.info.image_size, size, on_error)
+        records, arrays = _explain_all(session, readable, pixels, out, size, batch_size,
+                                       method=method, mode=mode, attributes=names)
+    write_atomic(out / "predictions.json", json.dumps(summary | {"images": records},
+                                                      indent=2).encode())
+    buf = io.BytesIO()
+    np.savez_compressed(buf, files=np.array([str(p) for p in readable]), attributes=np.array(names),
+                        **arrays, method=method, mode=mode)
+    write_atomic(out / "cams.npz", buf.getvalue())
+    console.print(f"explained {len(records)} image(s) × {len(names)} attribute(s) → {out}")
 
-        def run(x):
-            return session.explain(x, method=method, mode=mode, attributes=names)
-    else:
-        raise BincamError(f"--engine must be torch, ort or trt, got {engine!r}")
-    readable, pixels = _read_all(_expand(inputs), image_size, size, on_error)
+
+def _explain_all(session, readable: list[Path], pixels: list, out: Path, size: int,
+                 batch_size: int, **explain) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Explain the decoded images batch by batch, writing each image's pictures; return the
+    per-image records and the stacked ``logits``, ``raw`` and ``proportional_energy``."""
     records, raws, logits, energies = [], [], [], []
     with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
@@ -122,25 +116,18 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
         for start in range(0, len(readable), batch_size):
             chunk = pixels[start:start + batch_size]
             x = np.stack([p[0] for p in chunk]).transpose(0, 3, 1, 2)
-            result = run(x)
-            maps, pe = np.asarray(result.heatmaps(size)), result.proportional_energy()
-            probs = np.asarray(result.probabilities)
+            result = session.explain(x, **explain)
+            maps, pe, probs = result.heatmaps(size), result.proportional_energy(), \
+                result.probabilities
             for i, path in enumerate(readable[start:start + batch_size]):
-                _write_pictures(out, path.stem, chunk[i][1], maps[i], names, probs[i])
-                records.append({"file": str(path), "logits": np.asarray(result.logits[i]).tolist(),
+                _write_pictures(out, path.stem, chunk[i][1], maps[i], result.attributes, probs[i])
+                records.append({"file": str(path), "logits": result.logits[i].tolist(),
                                 "probabilities": probs[i].tolist(),
                                 "predicted": [int(v) for v in (probs[i] >= 0.5)],
                                 "proportional_energy": pe[i].tolist()})
                 bar.advance(task)
-            raws.append(np.asarray(result.raw, dtype=np.float32))
-            logits.append(np.asarray(result.logits))
+            raws.append(result.raw.astype(np.float32))
+            logits.append(result.logits)
             energies.append(pe)
-    summary = {"model": str(checkpoint), "engine": engine, "method": method, "mode": mode,
-               "layer": layer, "attributes": names, "images": records}
-    write_atomic(out / "predictions.json", json.dumps(summary, indent=2).encode())
-    buf = io.BytesIO()
-    np.savez_compressed(buf, files=np.array([str(p) for p in readable]), attributes=np.array(names),
-                        logits=np.concatenate(logits), raw=np.concatenate(raws),
-                        proportional_energy=np.concatenate(energies), method=method, mode=mode)
-    write_atomic(out / "cams.npz", buf.getvalue())
-    console.print(f"explained {len(records)} image(s) × {len(names)} attribute(s) → {out}")
+    return records, {"logits": np.concatenate(logits), "raw": np.concatenate(raws),
+                     "proportional_energy": np.concatenate(energies)}

@@ -9,7 +9,6 @@ Formats (as CelebA ships them):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from bincam.errors import BincamError
+from bincam.files import write_atomic
 
 
 @dataclass
@@ -93,7 +93,5 @@ def write_table(path: Path, names: Sequence[str], values: np.ndarray, *, columns
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` (UTF-8) under a temporary name, then rename it over ``path``."""
+    write_atomic(path, text.encode())

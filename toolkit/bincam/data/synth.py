@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,6 +24,7 @@ from bincam.data.listfiles import atomic_write_text, write_table
 from bincam.data.synth_labels import sample_labels
 from bincam.data.synth_render import cue_mask, render_face
 from bincam.errors import BincamError
+from bincam.files import atomic_folder
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SPLIT_CHOICES = ("all", "train", "valid", "test")
@@ -68,10 +67,8 @@ def synthesize(out: Path | str, n: int, seed: int = 0, size: int = FRAME, worker
     if final.exists() and not overwrite:
         raise BincamError(f"{final} already exists; choose another --out or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".celeba.partial{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "img_align_celeba").mkdir(parents=True)
-    try:
+    with atomic_folder(final) as tmp:
+        (tmp / "img_align_celeba").mkdir()
         labels = sample_labels(n, np.random.default_rng(seed))
         landmarks = np.zeros((n, 10))
         names = [image_name(i) for i in range(n)]
@@ -91,12 +88,6 @@ def synthesize(out: Path | str, n: int, seed: int = 0, size: int = FRAME, worker
                     "cues": "per image: attribute -> primitives [kind, coords, width] drawn as "
                             "evidence of its label (width 0 = filled), in the 224 frame"}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -50,11 +50,15 @@ def structural_checks(model: onnx.ModelProto) -> list[Check]:
 
 
 def _engine_gradients(engine, out) -> np.ndarray:
-    from bincam.runtime.cam_np import dense_from_factored
+    """Dense ``∂z/∂A [B,K,C,h,w]`` from an engine's outputs (the factored form expanded)."""
+    from bincam.core.methods import factored_gradients
 
     if "gradients" in out:
         return out["gradients"]
-    return dense_from_factored(out["activations"], out["channel_weights"], engine.info.mask_positive)
+    a = out["activations"]
+    ones = np.ones(out["logits"].shape)
+    return factored_gradients(a, ones, out["channel_weights"],
+                              engine.info.mask_positive).dense(a.shape[-2:])
 
 
 def replayed_gradients(torch_model, layer: str, x: np.ndarray, activations: np.ndarray,
@@ -92,8 +96,8 @@ def parity(engine, torch_model, batch: int = 4, runs: int = 2, seed: int | None 
     """
     import torch
 
-    from bincam import explain
     from bincam.cam.gradients import layer_gradients
+    from bincam.runtime import open_engine
 
     def rel_l2(a, b):
         a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
@@ -103,6 +107,7 @@ def parity(engine, torch_model, batch: int = 4, runs: int = 2, seed: int | None 
     rng = np.random.default_rng(seed)
     idx = list(range(len(engine.attributes)))
     per_image: dict[str, list] = {}
+    reference = open_engine(torch_model, "torch", layer=layer)
     for _ in range(runs):
         x = rng.random((batch, 3, size, size), dtype=np.float32)
         out = engine.run(x)
@@ -110,16 +115,16 @@ def parity(engine, torch_model, batch: int = 4, runs: int = 2, seed: int | None 
         g_ort = _engine_gradients(engine, out)
         g_own = replayed_gradients(torch_model, layer, x, out["activations"], idx)
         ours = engine.explain(x, method=method)
-        theirs = explain(torch_model, torch.from_numpy(x), method=method, layer=layer)
+        theirs = reference.explain(x, method=method)
         figures = {
             "logits max abs": np.abs(out["logits"] - ref.logits.numpy()).max(axis=1),
             "gradients rel L2": rel_l2(g_ort, ref.grads.numpy()),
             "gradients rel L2 (own activations)": rel_l2(g_ort, g_own),
-            "final maps max abs": np.abs(ours.heatmaps() - theirs.heatmaps().numpy()).reshape(
+            "final maps max abs": np.abs(ours.heatmaps() - theirs.heatmaps()).reshape(
                 batch, -1).max(axis=1),
             "PE max abs": np.abs(ours.proportional_energy()
                                  - theirs.proportional_energy()).max(axis=1),
-            "prediction flips": (ours.predictions != theirs.predictions.numpy()).sum(axis=1),
+            "prediction flips": (ours.predictions != theirs.predictions).sum(axis=1),
         }
         for name, values in figures.items():
             per_image.setdefault(name, []).extend(values.tolist())
@@ -172,18 +177,16 @@ def precision_fidelity(engine, torch_model, images: np.ndarray) -> dict[str, flo
     """A reduced-precision graph (ONNX Runtime) against the float32 torch engine on ``images``
     (uint8 ``[N,S,S,3]``): prediction flip rate, and over the maps whose prediction agrees,
     Pearson of raw maps and PE differences."""
-    import torch
-
-    from bincam import explain
-    from bincam.bench.fidelity import pearson
-    from bincam.bench.inputs import to_batch
+    from bincam.core.fidelity import pearson
+    from bincam.data.batches import to_batch
+    from bincam.runtime import explain
 
     x = to_batch(images)
     ours = engine.explain(x)
-    theirs = explain(torch_model, torch.from_numpy(x), layer=engine.info.target_layer)
-    flipped = ours.predictions != theirs.predictions.numpy()
+    theirs = explain(torch_model, x, layer=engine.info.target_layer)
+    flipped = ours.predictions != theirs.predictions
     same = ~flipped  # a flipped prediction explains the other class: its map is not comparable
-    r = pearson(ours.raw, theirs.raw.numpy())[same]
+    r = pearson(ours.raw, theirs.raw)[same]
     pe = np.abs(ours.proportional_energy() - theirs.proportional_energy())[same]
     return {"raw-map Pearson (mean)": float(r.mean()), "raw-map Pearson (min)": float(r.min()),
             "PE max abs": float(pe.max()), "PE mean abs": float(pe.mean()),
@@ -193,12 +196,18 @@ def precision_fidelity(engine, torch_model, images: np.ndarray) -> dict[str, flo
 def run_checks(model: onnx.ModelProto, torch_model=None) -> list[Check]:
     """All checks; parity (or, for a reduced-precision graph, fidelity on synthetic faces) only
     when the torch net is at hand."""
-    from bincam.runtime.ort_engine import OrtEngine
+    from bincam.runtime import open_engine
 
     checks = structural_checks(model)
-    engine = OrtEngine(model.SerializeToString())
+    with open_engine(model.SerializeToString(), "ort") as engine:
+        return checks + _engine_checks(engine, torch_model)
+
+
+def _engine_checks(engine, torch_model) -> list[Check]:
+    """Parity or reduced-precision fidelity, then input dependence, on the ORT engine."""
+    checks = []
     if torch_model is not None and engine.info.precision != "fp32":
-        from bincam.bench.inputs import synthetic_faces
+        from bincam.data.batches import synthetic_faces
 
         faces = synthetic_faces(16, engine.info.image_size, seed=1)
         for name, value in precision_fidelity(engine, torch_model, faces).items():

@@ -7,7 +7,6 @@ consumers re-apply ``1[A > 0]``), so the K-fold tensor is not materialised.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bincam.errors import BincamError
-from bincam.export.metadata import ModelInfo, write_metadata
+from bincam.core.model_info import ModelInfo, write_metadata
+from bincam.files import atomic_path
 from bincam.export.vjp import append_gradients
 
 LAYOUTS = ("auto", "dense", "factored")
@@ -33,7 +33,7 @@ def _add_factored(model: onnx.ModelProto, weights: np.ndarray) -> None:
 def export_checkpoint(model, layer: str | None = None, gradients: str = "auto") -> onnx.ModelProto:
     """The ONNX model (forward + gradients + metadata) of a bincam net (``model.card`` used)."""
     from bincam.cam.gradients import effective_head
-    from bincam.explanation import model_attributes
+    from bincam.runtime.torch_engine import model_attributes
     from bincam.export.forward import ACTIVATIONS, LOGITS, export_forward
     from bincam.nets import cam_module
 
@@ -108,9 +108,6 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
 
 def save_onnx(model: onnx.ModelProto, path: Path | str) -> Path:
     """Write atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(path)

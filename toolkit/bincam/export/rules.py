@@ -1,15 +1,33 @@
 """VJP rules, one per ONNX op type: ``rule(builder, node, {output: dY}, wanted) → {input: dX}``.
 
 Cotangents are ``[K, *forward shape]``; forward tensors ``[B, …]`` broadcast against them. Only
-inputs on the activation→logits path (``wanted``) get gradients; weights are constants.
+inputs on the activation→logits path (``wanted``) get gradients; weights are constants. A rule is
+registered in ``RULES`` by ``@vjp_rule(op_type, …)`` on its definition.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from onnx import helper
 
 from bincam.errors import BincamError
+
+Rule = Callable[..., dict[str, str]]
+RULES: dict[str, Rule] = {}
+
+
+def vjp_rule(*op_types: str) -> Callable[[Rule], Rule]:
+    """Register the decorated function as the rule of ``op_types``; a second rule for one raises."""
+    def register(rule: Rule) -> Rule:
+        for op in op_types:
+            if op in RULES or op_types.count(op) > 1:
+                raise ValueError(f"two VJP rules for op {op}: {RULES.get(op, rule).__name__} and "
+                                 f"{rule.__name__}")
+        RULES.update(dict.fromkeys(op_types, rule))
+        return rule
+    return register
 
 
 def _attrs(node) -> dict:
@@ -30,10 +48,13 @@ def _only(node, wanted, index=0):
                           f"{bad[0]!r} is not supported")
 
 
+@vjp_rule("Identity")
 def identity(b, node, dys, wanted):
+    """``dX = dY``."""
     return {node.input[0]: dys[node.output[0]]}
 
 
+@vjp_rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def reshape_back(b, node, dys, wanted):
     """Flatten, Reshape, Squeeze, Unsqueeze: reshape the cotangent to the input's shape."""
     _only(node, wanted)
@@ -41,6 +62,7 @@ def reshape_back(b, node, dys, wanted):
     return {x: b.node("Reshape", [dys[node.output[0]], b.k_shape(x)], "reshape")}
 
 
+@vjp_rule("Relu")
 def relu(b, node, dys, wanted):
     """``dX = dY · 1[Y > 0]``."""
     y = node.output[0]
@@ -48,6 +70,7 @@ def relu(b, node, dys, wanted):
     return {node.input[0]: b.node("Where", [positive, dys[y], b.const(0.0, "zero")], "relu")}
 
 
+@vjp_rule("Sigmoid")
 def sigmoid(b, node, dys, wanted):
     """``dX = dY · Y · (1 − Y)``."""
     y = node.output[0]
@@ -63,12 +86,16 @@ def _collect(b, pairs) -> dict:
     return out
 
 
+@vjp_rule("Add")
 def add(b, node, dys, wanted):
+    """``dA = dY`` and ``dB = dY`` (summed over broadcast axes)."""
     dy, y = dys[node.output[0]], node.output[0]
     return _collect(b, [(x, b.unbroadcast(dy, x, y)) for x in node.input if x in wanted])
 
 
+@vjp_rule("Sub")
 def sub(b, node, dys, wanted):
+    """``dA = dY`` and ``dB = −dY`` (summed over broadcast axes)."""
     dy, y = dys[node.output[0]], node.output[0]
     pairs = []
     for i, x in enumerate(node.input):
@@ -77,6 +104,7 @@ def sub(b, node, dys, wanted):
     return _collect(b, pairs)
 
 
+@vjp_rule("Mul")
 def mul(b, node, dys, wanted):
     """``dA = dY · B`` and ``dB = dY · A`` (summed over broadcast axes)."""
     dy, y = dys[node.output[0]], node.output[0]
@@ -88,6 +116,7 @@ def mul(b, node, dys, wanted):
     return _collect(b, pairs)
 
 
+@vjp_rule("BatchNormalization")
 def batchnorm(b, node, dys, wanted):
     """Inference BatchNorm is affine per channel: ``dX = dY · γ/√(σ² + ε)``."""
     _only(node, wanted)
@@ -99,6 +128,7 @@ def batchnorm(b, node, dys, wanted):
     return {node.input[0]: b.node("Mul", [dys[node.output[0]], b.const(factor, "bn_scale")], "bn")}
 
 
+@vjp_rule("Gemm")
 def gemm(b, node, dys, wanted):
     """``Y = α·A'·B' + βC``: ``dA = α·dY·B'ᵀ`` (B constant, no transA)."""
     _only(node, wanted)
@@ -112,6 +142,7 @@ def gemm(b, node, dys, wanted):
                                   "gemm")}
 
 
+@vjp_rule("MatMul")
 def matmul(b, node, dys, wanted):
     """``Y = A·W`` with constant 2-D ``W``: ``dA = dY·Wᵀ``."""
     _only(node, wanted)
@@ -122,7 +153,9 @@ def matmul(b, node, dys, wanted):
                                   "matmul")}
 
 
+@vjp_rule("Transpose")
 def transpose(b, node, dys, wanted):
+    """``dX = dY`` transposed by the inverse permutation (the K axis stays first)."""
     perm = _attrs(node)["perm"]
     inverse = list(np.argsort(perm))
     return {node.input[0]: b.node("Transpose", [dys[node.output[0]]], "transpose",
@@ -140,12 +173,16 @@ def _spread_mean(b, node, dy, axes: list[int], keepdims: bool):
     return {x: b.node("Expand", [scaled, b.k_shape(x)], "spread")}
 
 
+@vjp_rule("GlobalAveragePool")
 def global_average_pool(b, node, dys, wanted):
+    """``dX = dY / n`` broadcast over the ``n`` spatial positions."""
     rank = len(b.shape(node.input[0]))
     return _spread_mean(b, node, dys[node.output[0]], list(range(2, rank)), True)
 
 
+@vjp_rule("ReduceMean")
 def reduce_mean(b, node, dys, wanted):
+    """``dX = dY / n`` broadcast over the ``n`` reduced elements."""
     _only(node, wanted)
     a = _attrs(node)
     rank = len(b.shape(node.input[0]))
@@ -180,6 +217,7 @@ def _transpose_conv(b, node, dy, x, weight: str, kernel, group: int):
     return b.back_to(out, x)
 
 
+@vjp_rule("Conv")
 def conv(b, node, dys, wanted):
     """``dX = ConvTranspose(dY, W)`` with the same strides, pads, dilations and groups."""
     _only(node, wanted)
@@ -189,6 +227,7 @@ def conv(b, node, dys, wanted):
                                            node.input[1], w.shape[2:], group)}
 
 
+@vjp_rule("AveragePool")
 def average_pool(b, node, dys, wanted):
     """AveragePool is a depth-wise convolution with weights ``1/|kernel|``."""
     _only(node, wanted)
@@ -203,6 +242,7 @@ def average_pool(b, node, dys, wanted):
                                            b.const(w, "avg_w"), kernel, channels)}
 
 
+@vjp_rule("MaxPool")
 def max_pool(b, node, dys, wanted):
     """Non-overlapping MaxPool (kernel = stride, no padding): route dY to the maxima."""
     _only(node, wanted)
@@ -223,7 +263,9 @@ def max_pool(b, node, dys, wanted):
     return {x: b.node("Where", [is_max, up_dy, b.const(0.0, "zero")], "maxpool")}
 
 
+@vjp_rule("Concat")
 def concat(b, node, dys, wanted):
+    """``dXᵢ`` is the slice of ``dY`` that ``Xᵢ`` occupies along the axis."""
     rank = len(b.shape(node.output[0]))
     axis = _attrs(node)["axis"] % rank
     if axis == 0:
@@ -239,6 +281,7 @@ def concat(b, node, dys, wanted):
     return out
 
 
+@vjp_rule("Slice")
 def slice_(b, node, dys, wanted):
     """``dX`` is ``dY`` zero-padded back to the input's extent (steps of 1)."""
     _only(node, wanted)
@@ -262,6 +305,7 @@ def slice_(b, node, dys, wanted):
                       mode="constant")}
 
 
+@vjp_rule("Pad")
 def pad(b, node, dys, wanted):
     """``dX`` is the interior of ``dY`` (constant-mode, non-negative pads)."""
     _only(node, wanted)
@@ -286,12 +330,3 @@ def pad(b, node, dys, wanted):
                                 b.const(ends, "e", np.int64), b.const(axes, "ax", np.int64)],
                       "pad")}
 
-
-RULES = {
-    "Identity": identity, "Flatten": reshape_back, "Reshape": reshape_back,
-    "Squeeze": reshape_back, "Unsqueeze": reshape_back, "Relu": relu, "Sigmoid": sigmoid,
-    "Add": add, "Sub": sub, "Mul": mul, "BatchNormalization": batchnorm, "Gemm": gemm,
-    "MatMul": matmul, "Transpose": transpose, "GlobalAveragePool": global_average_pool,
-    "ReduceMean": reduce_mean, "Conv": conv, "AveragePool": average_pool, "MaxPool": max_pool,
-    "Concat": concat, "Slice": slice_, "Pad": pad,
-}

@@ -1,1 +1,115 @@
-"""The serving runtime: ONNX Runtime sessions and NumPy CAMs. Never imports torch."""
+"""Engines behind one contract (``engine.Engine``), opened by ``open_engine``: the only place that
+decides which engine a model runs on.
+
+    from bincam.runtime import open_engine
+    with open_engine("models/synth-small-balanced", engine="ort") as engine:
+        result = engine.explain(images, method="gradcam", mode="predicted")
+
+``model``: a checkpoint folder, an exported ``.onnx`` file (or its bytes), or a torch net.
+``engine``: ``auto`` (torch for a checkpoint or net, ort for ONNX), ``torch``, ``ort`` or ``trt``;
+a checkpoint or net given to ort/trt is exported first (that step needs torch). Options go to the
+engine: torch ``closed_form``; ort ``optimize``, ``spin``; trt ``max_batch``, ``opt_batch``,
+``cache``, ``cuda_graphs``; ``export_cache`` (a folder) keeps the export of a checkpoint for later
+runs. Importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from bincam.core.model_info import CARD, WEIGHTS, is_checkpoint
+from bincam.errors import BincamError
+from bincam.runtime.engine import Engine
+
+ENGINES = ("auto", "torch", "ort", "trt")
+
+
+def _is_torch_module(model) -> bool:
+    return type(model).__module__.startswith("torch") or hasattr(model, "state_dict")
+
+
+def _exported(model, cache: Path | None) -> bytes:
+    """The gradient graph of a net or checkpoint folder (kept in ``cache`` per checkpoint digest)."""
+    from bincam.checkpoint import load_checkpoint
+    from bincam.export.model import export_checkpoint, save_onnx
+
+    if not isinstance(model, (str, Path)):
+        return export_checkpoint(model).SerializeToString()
+    if cache is None:
+        return export_checkpoint(load_checkpoint(model)).SerializeToString()
+    folder = Path(model)
+    digest = hashlib.sha256((folder / CARD).read_bytes() + (folder / WEIGHTS).read_bytes())
+    path = Path(cache) / f"{folder.name}-{digest.hexdigest()[:16]}.onnx"
+    if not path.is_file():
+        save_onnx(export_checkpoint(load_checkpoint(folder)), path)
+    return path.read_bytes()
+
+
+def resolve_engine(model, engine: str = "auto") -> str:
+    """The engine kind ``open_engine`` will use for ``model`` (checked without opening anything):
+    a clear error for an unknown kind, a missing file or a torch engine asked to run ONNX."""
+    if engine not in ENGINES:
+        raise BincamError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    is_net = not isinstance(model, (str, Path, bytes)) and _is_torch_module(model)
+    is_card = isinstance(model, (str, Path)) and is_checkpoint(model)
+    if isinstance(model, (str, Path)) and not is_card:
+        if not Path(model).exists():
+            raise BincamError(f"model {model} does not exist")
+        if Path(model).is_dir():
+            raise BincamError(f"{model} is not a checkpoint folder (no {CARD}); give a "
+                              "checkpoint folder or an exported .onnx file")
+    if engine == "auto":
+        return "torch" if is_net or is_card else "ort"
+    if engine == "torch" and not (is_net or is_card):
+        raise BincamError(f"the torch engine needs a checkpoint folder; "
+                          f"{model if isinstance(model, (str, Path)) else 'the model'} is an ONNX "
+                          "file: use --engine ort (or trt)")
+    return engine
+
+
+def open_engine(model, engine: str = "auto", device: str | None = None,
+                threads: int | None = None, layer: str | None = None, onnx=None,
+                export_cache: str | Path | None = None, **options) -> Engine:
+    """An engine for ``model`` (see the module's docstring); close it, or use ``with``.
+    ``threads``: intra-op threads of the torch and ort engines; ``onnx``: the exported file (path
+    or bytes) of a net or checkpoint, which ort and trt then run instead of exporting it."""
+    engine = resolve_engine(model, engine)
+    if engine == "torch":
+        from bincam.runtime.torch_engine import TorchEngine
+
+        if isinstance(model, (str, Path)):
+            from bincam.checkpoint import load_checkpoint
+
+            model = load_checkpoint(model, device or "cpu")
+        return TorchEngine(model, device, layer, threads=threads, **options)
+    exported = not isinstance(model, bytes) and (not isinstance(model, (str, Path))
+                                                 or is_checkpoint(model))
+    if onnx is None:
+        onnx = _exported(model, export_cache) if exported else model
+    if engine == "ort":
+        from bincam.runtime.ort_engine import OrtEngine
+
+        opened = OrtEngine(onnx, device=device or "cpu", threads=threads, **options)
+    else:
+        from bincam.runtime.trt_engine import TrtEngine
+
+        opened = TrtEngine(onnx, device=device or "cuda", **options)
+    if layer and layer != opened.info.target_layer:
+        opened.close()
+        raise BincamError(f"{model if isinstance(model, (str, Path)) else 'the model'} was "
+                          f"exported for layer {opened.info.target_layer!r}; export again for "
+                          "another layer")
+    return opened
+
+
+def explain(model, images, method: str = "gradcam", mode: str = "predicted", attributes=None,
+            layer: str | None = None, closed_form: bool | None = None):
+    """Binary CAMs of ``images`` for the selected attributes (default: all) from one forward:
+    ``open_engine(model)`` (a net or checkpoint: the torch engine), then ``explain``."""
+    options = {} if closed_form is None else {"closed_form": closed_form}
+    with open_engine(model, layer=layer, **options) as engine:
+        return engine.explain(images, method, mode, attributes)
+
+
+__all__ = ["ENGINES", "Engine", "explain", "open_engine", "resolve_engine"]

@@ -1,311 +1,352 @@
-"""The TensorRT engine (extra ``trt``; imported lazily, no torch): a plan built from an exported
-bincam ONNX file, cached, and run through cuda-python with device buffers that the fused
-epilogue kernel reads in place.
+"""The TensorRT engine (extra ``trt``; imported lazily, no torch): plans of an exported bincam
+ONNX file (built and cached by ``trt_plan``) run through cuda-python, with device buffers that
+the fused epilogue kernel (``gpu.launcher``) reads in place.
 
-- Build: ``OnnxParser`` into a strongly typed network (precision comes from the file's own types:
-  TensorRT 11 has no other mode; TensorRT 10 gets ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``),
-  one optimisation profile for the dynamic batch (min 1, opt, max), a persistent timing cache,
-  ``build_serialized_network``.
-- Cache: ``<cache>/trt/<key>.plan`` + ``.json``; the key hashes the ONNX bytes, the TensorRT
-  version, the GPU name and compute capability, the precision and the profile. Loading checks
-  the JSON beside the plan against the current key and refuses a stale or foreign plan.
 - Run: ``set_input_shape``, ``set_tensor_address`` for every I/O tensor, ``execute_async_v3`` on
-  a stream; optional CUDA-graph capture and replay per batch size. ``fused`` launches the fused
-  epilogue kernel on the same stream, reading the output buffers in place.
+  the engine's stream (both checked); optional CUDA-graph capture and replay per batch size.
+  Host copies go through page-locked staging buffers, kept per tensor and reused.
+- Outputs are checked, not assumed: float32 or float16 each, and ``logits [B,K]``,
+  ``activations [B,C,h,w]``, ``gradients [B,K,C,h,w]`` or ``channel_weights [K,C]`` as the
+  file's ``ModelInfo`` implies.
+- ``run_forward``: a second plan, of the file's logits-only subgraph (``onnx.utils.Extractor``),
+  built on first use. ``fused``: the fused kernel on the engine's stream after the engine.
+- Every call makes the engine's device current and restores the caller's afterwards.
 
-API used (TensorRT 10/11 Python): Logger, Builder.create_network / create_builder_config /
-create_optimization_profile / build_serialized_network, OnnxParser.parse / num_errors / get_error,
-IBuilderConfig.add_optimization_profile / create_timing_cache / set_timing_cache /
-get_timing_cache, ITimingCache.serialize, IOptimizationProfile.set_shape, Runtime.
-deserialize_cuda_engine, ICudaEngine.num_io_tensors / get_tensor_name / get_tensor_mode /
-get_tensor_dtype, IExecutionContext.set_input_shape / get_tensor_shape / set_tensor_address /
-execute_async_v3, nptype.
+API used (TensorRT 10/11 Python): Runtime.deserialize_cuda_engine, ICudaEngine.num_io_tensors /
+get_tensor_name / get_tensor_mode / get_tensor_dtype / create_execution_context,
+IExecutionContext.set_input_shape / get_tensor_shape / set_tensor_address / execute_async_v3;
+``cuda.bindings.runtime``: cudaGetDevice / cudaSetDevice, cudaStreamCreate / Synchronize /
+Destroy, cudaMalloc / cudaFree, cudaMallocHost / cudaFreeHost, cudaMemcpy(Async),
+cudaStreamBeginCapture / EndCapture, cudaGraphInstantiate / Launch / ExecDestroy / Destroy.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+import ctypes
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from bincam.core.methods import cam_method
+from bincam.core.model_info import load_onnx, onnx_info
+from bincam.core.modes import check_mode
 from bincam.errors import BincamError
-from bincam.export.metadata import read_metadata
-from bincam.runtime.cuda_epilogue import cache_dir as kernel_cache_dir
+from bincam.runtime.engine import Engine, select
+from bincam.runtime.trt_plan import _cuda_check, _trt, cached_plan, logger
+
+MAP_TYPES = {"f32": np.float32, "f16": np.float16, "u8": np.uint8}
 
 
-def _trt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise BincamError("the TensorRT engine needs TensorRT: pip install 'bincam[trt]' on a "
-                          "machine with an NVIDIA GPU") from None
-    return trt
+def device_index(device: str) -> int:
+    """``"cuda"`` → 0, ``"cuda:N"`` → N."""
+    name, _, index = str(device).partition(":")
+    if name != "cuda" or not (index.isdigit() or not index):
+        raise BincamError(f"the TensorRT engine runs on cuda or cuda:N, got {device!r}")
+    return int(index or 0)
 
 
-def _cuda_check(result):
-    from cuda.bindings import runtime
+class _Plan:
+    """One deserialized plan on a given stream: its execution context, device buffers,
+    page-locked host staging buffers and (optional) CUDA graphs per batch size."""
 
-    err, *values = result
-    if err != runtime.cudaError_t.cudaSuccess:
-        raise BincamError(f"CUDA runtime call failed: {err.name}")
-    return values[0] if len(values) == 1 else (values or None)
-
-
-def gpu_identity(device: int = 0) -> dict:
-    from cuda.bindings import runtime
-
-    props = _cuda_check(runtime.cudaGetDeviceProperties(device))
-    name = props.name.decode(errors="replace").rstrip("\0") if isinstance(props.name, bytes) \
-        else str(props.name)
-    return {"gpu": name, "compute_capability": f"{props.major}.{props.minor}"}
-
-
-def plan_key(onnx_bytes: bytes, trt_version: str, gpu: dict, precision: str,
-             profile: tuple[int, int, int]) -> dict:
-    """Everything a plan depends on; its hash names the cache file."""
-    fields = {"onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(), "tensorrt": trt_version,
-              **gpu, "precision": precision, "profile": list(profile)}
-    fields["key"] = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
-    return fields
-
-
-def check_plan_record(record: dict, key: dict, plan_path: Path) -> None:
-    """Refuse a cached plan whose record differs from what this setup would build."""
-    if record != key:
-        differs = sorted(f for f in key if record.get(f) != key[f] and f != "key")
-        raise BincamError(f"cached TensorRT plan {plan_path} does not match this setup "
-                          f"({', '.join(differs) or 'record'} differ: built for "
-                          f"{record.get('gpu')}, TensorRT {record.get('tensorrt')}); delete it "
-                          "to rebuild")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def build_plan(onnx_bytes: bytes, profile: tuple[int, int, int], image_size: int,
-               timing_cache: Path | None = None, workspace_bytes: int = 4 << 30) -> bytes:
-    """A serialized engine for batch sizes ``profile = (min, opt, max)``."""
-    trt = _trt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    network = builder.create_network(0 if flag is None else 1 << int(flag))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_bytes):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BincamError(f"TensorRT cannot parse the ONNX model: {errors[:300]}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    opt = builder.create_optimization_profile()
-    name = network.get_input(0).name
-    lo, mid, hi = profile
-    opt.set_shape(name, (lo, 3, image_size, image_size), (mid, 3, image_size, image_size),
-                  (hi, 3, image_size, image_size))
-    config.add_optimization_profile(opt)
-    blob = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, False)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise BincamError("TensorRT could not build an engine from this model (see its log)")
-    if timing_cache:
-        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
-    return bytes(plan)
-
-
-def cached_plan(onnx_bytes: bytes, precision: str, profile: tuple[int, int, int],
-                image_size: int, cache: Path | None = None, device: int = 0) -> tuple[bytes, dict]:
-    """The plan for this model, GPU, TensorRT version, precision and profile: from the cache if
-    its record matches, else built and stored."""
-    trt = _trt()
-    key = plan_key(onnx_bytes, trt.__version__, gpu_identity(device), precision, profile)
-    root = (cache or kernel_cache_dir().parent) / "trt"
-    plan_path, record_path = root / f"{key['key']}.plan", root / f"{key['key']}.json"
-    if plan_path.is_file() and record_path.is_file():
-        check_plan_record(json.loads(record_path.read_text()), key, plan_path)
-        return plan_path.read_bytes(), key
-    plan = build_plan(onnx_bytes, profile, image_size, timing_cache=root / "timing.cache")
-    _atomic_write(plan_path, plan)
-    _atomic_write(record_path, json.dumps(key, sort_keys=True).encode())
-    return plan, key
-
-
-class TrtEngine:
-    """Logits, activations and gradients (dense or factored) from a TensorRT plan, in device
-    buffers (``self.outputs``: name → (pointer, shape, dtype)) or copied to the host by ``run``."""
-
-    def __init__(self, model: str | Path | bytes, max_batch: int = 32, opt_batch: int = 8,
-                 cache: Path | None = None, device: int = 0, cuda_graphs: bool = False):
-        import onnx
-
-        trt = _trt()
+    def __init__(self, plan: bytes, stream, cuda_graphs: bool):
         from cuda.bindings import runtime
 
-        self.runtime_api = runtime
-        source = "the model" if isinstance(model, bytes) else str(model)
-        if not isinstance(model, bytes):
-            if not Path(model).is_file():
-                raise BincamError(f"ONNX model {model} does not exist")
-            model = Path(model).read_bytes()
-        proto = onnx.load_model_from_string(model)
-        self.info = read_metadata({p.key: p.value for p in proto.metadata_props}, source)
-        _cuda_check(runtime.cudaSetDevice(device))
-        profile = (1, min(opt_batch, max_batch), max_batch)
-        plan, self.key = cached_plan(model, self.info.precision, profile, self.info.image_size,
-                                     cache, device)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(plan)
+        trt = _trt()
+        self.rt, self.stream, self.cuda_graphs = runtime, stream, cuda_graphs
+        self.device_buffers: dict[str, tuple[int, int]] = {}  # name → (pointer, bytes)
+        self.host_buffers: dict[str, tuple[int, int]] = {}
+        self.graphs: dict[int, tuple] = {}                    # batch → (graph, instance)
+        self.outputs: dict[str, tuple[int, tuple, np.dtype]] = {}  # → (pointer, shape, dtype)
+        self.runtime = trt.Runtime(logger())
+        self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise BincamError("TensorRT refused the cached plan; delete the cache entry "
-                              f"{self.key['key']} to rebuild")
+            raise BincamError("TensorRT refused the cached plan; delete the cache entry to "
+                              "rebuild it")
         self.context = self.engine.create_execution_context()
-        self.stream = _cuda_check(runtime.cudaStreamCreate())
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_name = next(n for n in names
-                               if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if len(inputs) != 1:
+            raise BincamError(f"the plan has inputs {inputs}; a bincam model has one")
+        self.input_name = inputs[0]
         self.output_names = [n for n in names if n != self.input_name]
-        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
-        self.max_batch, self.cuda_graphs = max_batch, cuda_graphs
-        self.buffers: dict[str, tuple[int, int]] = {}  # name → (pointer, bytes)
-        self.graphs: dict[int, object] = {}
-        self.outputs: dict[str, tuple[int, tuple, np.dtype]] = {}
+        types = {trt.DataType.FLOAT: np.dtype(np.float32), trt.DataType.HALF: np.dtype(np.float16)}
+        self.dtypes = {}
+        for name in names:
+            dtype = types.get(self.engine.get_tensor_dtype(name))
+            if dtype is None or (name == self.input_name and dtype != np.float32):
+                raise BincamError(f"tensor {name} of the plan is "
+                                  f"{self.engine.get_tensor_dtype(name)}; bincam models take "
+                                  "float32 images and give float32 or float16 outputs")
+            self.dtypes[name] = dtype
 
-    @property
-    def attributes(self) -> list[str]:
-        return self.info.attributes
-
-    def _buffer(self, name: str, nbytes: int) -> int:
-        ptr, size = self.buffers.get(name, (0, 0))
+    def buffer(self, name: str, nbytes: int) -> int:
+        """A device buffer of at least ``nbytes``, reused (grown when too small) per ``name``."""
+        ptr, size = self.device_buffers.get(name, (0, 0))
         if size < nbytes:
             if ptr:
-                _cuda_check(self.runtime_api.cudaFree(ptr))
-            ptr = _cuda_check(self.runtime_api.cudaMalloc(nbytes))
-            self.buffers[name] = (ptr, nbytes)
-            self.graphs.clear()  # captured graphs hold the old addresses
+                _cuda_check(self.rt.cudaFree(ptr))
+                if name in self.dtypes:
+                    self._drop_graphs()  # captured graphs hold the old I/O addresses
+            ptr = _cuda_check(self.rt.cudaMalloc(nbytes))
+            self.device_buffers[name] = (ptr, nbytes)
         return ptr
 
-    def enqueue(self, images: np.ndarray) -> None:
-        """Copy a float32 batch ``[B,3,S,S]`` in and run the engine on its stream (no sync)."""
-        rt = self.runtime_api
-        x = np.ascontiguousarray(images, dtype=np.float32)
-        b = len(x)
-        if not 1 <= b <= self.max_batch:
-            raise BincamError(f"batch {b} is outside this engine's profile 1..{self.max_batch}")
-        self.context.set_input_shape(self.input_name, tuple(x.shape))
-        ptr = self._buffer(self.input_name, x.nbytes)
-        _cuda_check(rt.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes,
+    def staging(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        """A page-locked host array of ``shape``, reused (grown when too small) per ``name``."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        ptr, size = self.host_buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                _cuda_check(self.rt.cudaFreeHost(ptr))
+            ptr = _cuda_check(self.rt.cudaMallocHost(max(nbytes, 1)))
+            self.host_buffers[name] = (ptr, max(nbytes, 1))
+        raw = np.ctypeslib.as_array((ctypes.c_uint8 * max(nbytes, 1)).from_address(ptr))
+        return raw[:nbytes].view(dtype).reshape(shape)
+
+    def enqueue(self, x: np.ndarray) -> dict[str, tuple[int, tuple, np.dtype]]:
+        """Copy a float32 batch in and run the plan on the stream (no sync); the outputs'
+        ``(pointer, shape, dtype)``."""
+        rt = self.rt
+        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+            raise BincamError(f"TensorRT refused input shape {list(x.shape)} for this plan")
+        staged = self.staging(self.input_name, x.shape, np.float32)
+        staged[...] = x
+        ptr = self.buffer(self.input_name, x.nbytes)
+        _cuda_check(rt.cudaMemcpyAsync(ptr, staged.ctypes.data, x.nbytes,
                                        rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
         self.context.set_tensor_address(self.input_name, ptr)
         for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
-            nbytes = int(np.prod(shape)) * self.dtypes[name].itemsize
-            out = self._buffer(name, nbytes)
+            out = self.buffer(name, int(np.prod(shape)) * self.dtypes[name].itemsize)
             self.context.set_tensor_address(name, out)
             self.outputs[name] = (out, shape, self.dtypes[name])
         if self.cuda_graphs:
-            self._replay(b)
-        elif not self.context.execute_async_v3(int(self.stream)):
-            raise BincamError("TensorRT execution failed")
+            self._replay(len(x))
+        else:
+            self._execute()
+        return self.outputs
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise BincamError("TensorRT execution failed (see its log)")
 
     def _replay(self, batch: int) -> None:
-        rt = self.runtime_api
+        rt = self.rt
         if batch not in self.graphs:
-            self.context.execute_async_v3(int(self.stream))  # a first run outside the capture
+            self._execute()  # a first run outside the capture
             _cuda_check(rt.cudaStreamBeginCapture(
                 self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-            self.context.execute_async_v3(int(self.stream))
-            graph = _cuda_check(rt.cudaStreamEndCapture(self.stream))
-            self.graphs[batch] = _cuda_check(rt.cudaGraphInstantiate(graph, 0))
-        _cuda_check(rt.cudaGraphLaunch(self.graphs[batch], self.stream))
+            try:
+                self._execute()
+            finally:
+                graph = _cuda_check(rt.cudaStreamEndCapture(self.stream))
+            try:
+                self.graphs[batch] = (graph, _cuda_check(rt.cudaGraphInstantiate(graph, 0)))
+            except BincamError:
+                rt.cudaGraphDestroy(graph)
+                raise
+        _cuda_check(rt.cudaGraphLaunch(self.graphs[batch][1], self.stream))
 
-    def run(self, images) -> dict[str, np.ndarray]:
-        """The same tensors as ``OrtEngine.run``, copied to the host."""
-        from bincam.runtime.ort_engine import check_batch
-
-        rt = self.runtime_api
-        self.enqueue(check_batch(images, self.info.image_size))
-        out = {}
-        for name, (ptr, shape, dtype) in self.outputs.items():
-            host = np.empty(shape, dtype=dtype)
-            _cuda_check(rt.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes,
+    def download(self, items: dict[str, tuple[int, tuple, np.dtype]]) -> dict[str, np.ndarray]:
+        """Device arrays ``name → (pointer, shape, dtype)`` copied to the host through the
+        staging buffers (one sync); the results are the caller's own arrays."""
+        rt = self.rt
+        staged = {}
+        for name, (ptr, shape, dtype) in items.items():
+            staged[name] = self.staging(name, shape, dtype)
+            _cuda_check(rt.cudaMemcpyAsync(staged[name].ctypes.data, ptr, staged[name].nbytes,
                                            rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
-            out[name] = host
         _cuda_check(rt.cudaStreamSynchronize(self.stream))
-        return {n: (v.astype(np.float32) if v.dtype != np.float32 else v) for n, v in out.items()}
+        return {name: host.copy() for name, host in staged.items()}
 
-    def explain(self, images, method: str = "gradcam", mode: str = "predicted", attributes=None):
-        from bincam.runtime.explanation_np import explain_outputs
+    def _drop_graphs(self) -> None:
+        for graph, instance in self.graphs.values():
+            self.rt.cudaGraphExecDestroy(instance)
+            self.rt.cudaGraphDestroy(graph)
+        self.graphs.clear()
 
-        return explain_outputs(self.info, self.run(images), np.shape(images)[-1], method, mode,
-                               attributes)
+    def close(self) -> None:
+        """Free graphs and buffers (after the stream's work is done); idempotent."""
+        self.rt.cudaStreamSynchronize(self.stream)
+        self._drop_graphs()
+        for ptr, _ in self.device_buffers.values():
+            self.rt.cudaFree(ptr)
+        for ptr, _ in self.host_buffers.values():
+            self.rt.cudaFreeHost(ptr)
+        self.device_buffers.clear(), self.host_buffers.clear(), self.outputs.clear()
+        self.context = self.engine = None
+
+
+class TrtEngine(Engine):
+    """Logits, activations and gradients (dense or factored) from a TensorRT plan of an exported
+    bincam ONNX file; ``fused`` adds the final maps and PE on the GPU."""
+
+    kind = "trt"
+    capabilities = frozenset({"fused_epilogue"})
+
+    def __init__(self, model: str | Path | bytes, device: str = "cuda", max_batch: int = 32,
+                 opt_batch: int = 8, cache: str | Path | None = None, cuda_graphs: bool = False):
+        """``device``: ``cuda`` or ``cuda:N``; ``max_batch``/``opt_batch``: the plan's batch
+        profile ``(1, opt, max)``; ``cache``: the plan cache folder (default ``$BINCAM_CACHE``
+        or ``~/.cache/bincam``); ``cuda_graphs``: replay each batch size's captured CUDA graph
+        instead of enqueueing the plan."""
+        self._plan = self._forward = self._kernel = self.stream = None
+        _trt()  # a clear error first where TensorRT is missing
+        self.device = device_index(device)
+        if not 1 <= opt_batch <= max_batch:
+            raise BincamError(f"the batch profile needs 1 <= opt_batch <= max_batch; got "
+                              f"{opt_batch} and {max_batch}")
+        proto, self.model_bytes, self.source = load_onnx(model)
+        self.info = onnx_info(proto, self.source)
+        del proto
+        from cuda.bindings import runtime
+
+        self.rt, self.cache, self.cuda_graphs = runtime, cache, cuda_graphs
+        self.profile = (1, opt_batch, max_batch)
+        self.grad_output = ("gradients" if self.info.gradient_layout == "dense"
+                            else "channel_weights")
+        try:
+            with self._on_device():
+                plan, self.key = cached_plan(self.model_bytes, self.info.precision, self.profile,
+                                             cache, self.device)
+                self.stream = _cuda_check(runtime.cudaStreamCreate())
+                self._plan = _Plan(plan, self.stream, cuda_graphs)
+        except BaseException:
+            self.close()
+            raise
+        missing = {"logits", "activations", self.grad_output} - set(self._plan.output_names)
+        if missing:
+            self.close()
+            raise BincamError(f"{self.source} lacks output(s) {', '.join(sorted(missing))}")
+
+    @contextmanager
+    def _on_device(self):
+        """The engine's device current in this thread; the caller's restored afterwards."""
+        previous = _cuda_check(self.rt.cudaGetDevice())
+        if previous != self.device:
+            _cuda_check(self.rt.cudaSetDevice(self.device))
+        try:
+            yield
+        finally:
+            if previous != self.device:
+                self.rt.cudaSetDevice(previous)
+
+    def _batch(self, images) -> np.ndarray:
+        x = self.check_images(images)
+        if not 1 <= len(x) <= self.profile[2]:
+            raise BincamError(f"batch {len(x)} is outside this engine's profile "
+                              f"1..{self.profile[2]}")
+        return np.ascontiguousarray(x)
+
+    def _checked(self, outputs: dict, b: int) -> dict:
+        """The outputs, after checking their shapes against ``ModelInfo``."""
+        k = len(self.info.attributes)
+        act = outputs["activations"][1]
+        c, h, w = act[1:] if len(act) == 4 else (None, None, None)
+        expected = {"logits": (b, k), "activations": (b, c, h, w),
+                    "gradients": (b, k, c, h, w), "channel_weights": (k, c)}
+        for name in ("logits", "activations", self.grad_output):
+            if outputs[name][1] != expected[name]:
+                raise BincamError(f"{self.source}: output {name} has shape "
+                                  f"{list(outputs[name][1])}, not {list(expected[name])} as its "
+                                  f"metadata ({k} attributes, {self.info.gradient_layout} "
+                                  f"gradients) and a batch of {b} imply")
+        return outputs
+
+    def _run(self, images, indices: list[int]) -> dict[str, np.ndarray]:
+        x = self._batch(images)
+        names = ("logits", "activations", self.grad_output)
+        with self._on_device():
+            outputs = self._checked(self._plan.enqueue(x), len(x))
+            host = self._plan.download({n: outputs[n] for n in names})
+        out = {n: v.astype(np.float32, copy=False) for n, v in host.items()}
+        return select(out, indices, len(self.info.attributes))
+
+    def run_forward(self, images) -> np.ndarray:
+        x = self._batch(images)
+        with self._on_device():
+            if self._forward is None:
+                import onnx
+
+                proto = onnx.load_model_from_string(self.model_bytes)
+                forward = onnx.utils.Extractor(proto).extract_model(
+                    [i.name for i in proto.graph.input], ["logits"])
+                plan, _ = cached_plan(forward.SerializeToString(), self.info.precision,
+                                      self.profile, self.cache, self.device)
+                self._forward = _Plan(plan, self.stream, self.cuda_graphs)
+            logits = self._forward.enqueue(x)["logits"]
+            if logits[1] != (len(x), len(self.info.attributes)):
+                raise BincamError(f"{self.source}: the forward plan's logits have shape "
+                                  f"{list(logits[1])}")
+            return self._forward.download({"logits": logits})["logits"].astype(np.float32,
+                                                                               copy=False)
 
     def _device_masks(self, size: int) -> int:
         """The attributes' masks ``uint8 [K,S,S]`` on the device, uploaded once per size."""
         from bincam.attributes import attribute_masks
 
         name = f"masks{size}"
-        if name not in self.buffers:
+        if name not in self._plan.device_buffers:
             mask = np.ascontiguousarray(attribute_masks(self.attributes, size), dtype=np.uint8)
-            ptr = self._buffer(name, mask.nbytes)
-            _cuda_check(self.runtime_api.cudaMemcpy(ptr, mask.ctypes.data, mask.nbytes,
-                        self.runtime_api.cudaMemcpyKind.cudaMemcpyHostToDevice))
-        return self.buffers[name][0]
+            ptr = self._plan.buffer(name, mask.nbytes)
+            _cuda_check(self.rt.cudaMemcpy(ptr, mask.ctypes.data, mask.nbytes,
+                                           self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice))
+        return self._plan.device_buffers[name][0]
 
     def fused(self, images, method: str = "gradcam", mode: str = "predicted",
               size: int | None = None, maps: str | None = "f32") -> dict[str, np.ndarray]:
         """Engine and fused epilogue kernel on one stream, the kernel reading the engine's output
         buffers in place: ``logits [B,K]``, ``pe [B,K]`` and (``maps`` = f32 | f16 | u8, or None)
         the final maps ``[B,K,S,S]``, copied to the host once at the end."""
-        from bincam.runtime.cuda_epilogue import FusedEpilogue
-        from bincam.runtime.ort_engine import check_batch
+        from bincam.gpu.launcher import FusedEpilogue
 
-        rt = self.runtime_api
-        size = size or self.info.image_size
-        if maps not in (None, "f32", "f16", "u8"):
+        cam_method(method), check_mode(mode)
+        if maps is not None and maps not in MAP_TYPES:
             raise BincamError(f"maps must be f32, f16, u8 or None, got {maps!r}")
-        x = check_batch(images, self.info.image_size)
-        self.enqueue(x)
-        if not hasattr(self, "_kernel"):
-            self._kernel = FusedEpilogue()
-        k = len(self.attributes)
-        mask_ptr = self._device_masks(size)
-        acts, (_, c, h, w) = self.outputs["activations"][0], self.outputs["activations"][1]
-        grads = self.outputs.get("gradients", self.outputs.get("channel_weights"))[0]
-        b = len(x)
-        item = {"f32": 4, "f16": 2, "u8": 1}.get(maps, 0)
-        maps_ptr = self._buffer("fused_maps", max(1, b * k * size * size * item))
-        energy_ptr = self._buffer("fused_energy", b * k * 2 * 4)
-        self._kernel.launch(acts=acts, grads=grads, logits=self.outputs["logits"][0],
-                            shape=(b, k, c, h, w), size=(size, size), method=method,
-                            layout=self.info.gradient_layout, mode=mode,
-                            mask_positive=self.info.mask_positive, masks=mask_ptr,
-                            maps_f32=maps_ptr if maps == "f32" else 0,
-                            maps_f16=maps_ptr if maps == "f16" else 0,
-                            maps_u8=maps_ptr if maps == "u8" else 0, energy=energy_ptr,
-                            stream=int(self.stream))
-        out = {"logits": np.empty((b, k), np.float32), "energy": np.empty((b, k, 2), np.float32)}
-        if maps:
-            out["maps"] = np.empty((b, k, size, size),
-                                   {"f32": np.float32, "f16": np.float16, "u8": np.uint8}[maps])
-        for name, ptr in (("logits", self.outputs["logits"][0]), ("energy", energy_ptr),
-                          ("maps", maps_ptr)):
-            if name in out:
-                _cuda_check(rt.cudaMemcpyAsync(out[name].ctypes.data, ptr, out[name].nbytes,
-                                               rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                                               self.stream))
-        _cuda_check(rt.cudaStreamSynchronize(self.stream))
+        size = size or self.info.image_size
+        x = self._batch(images)
+        b, k = len(x), len(self.attributes)
+        with self._on_device():
+            outputs = self._checked(self._plan.enqueue(x), b)
+            inputs = ("logits", "activations", self.grad_output)
+            if any(outputs[n][2] != np.float32 for n in inputs):
+                raise BincamError("the fused kernel reads float32 outputs; this plan gives "
+                                  + ", ".join(f"{n} {outputs[n][2]}" for n in inputs))
+            if self._kernel is None:
+                self._kernel = FusedEpilogue(device=self.device)
+            (acts, (_, c, h, w), _), grads = outputs["activations"], outputs[self.grad_output][0]
+            fetch = {"logits": outputs["logits"],
+                     "energy": (self._plan.buffer("fused_energy", b * k * 2 * 4), (b, k, 2),
+                                np.dtype(np.float32))}
+            pointers = {}
+            if maps:
+                dtype = np.dtype(MAP_TYPES[maps])
+                ptr = self._plan.buffer("fused_maps", b * k * size * size * dtype.itemsize)
+                fetch["maps"], pointers[f"maps_{maps}"] = (ptr, (b, k, size, size), dtype), ptr
+            self._kernel.launch(acts=acts, grads=grads, logits=outputs["logits"][0],
+                                shape=(b, k, c, h, w), size=(size, size), method=method,
+                                layout=self.info.gradient_layout, mode=mode,
+                                mask_positive=self.info.mask_positive,
+                                masks=self._device_masks(size), energy=fetch["energy"][0],
+                                stream=int(self.stream), **pointers)
+            out = self._plan.download(fetch)
         inside, total = out.pop("energy").astype(np.float64).transpose(2, 0, 1)
         out["pe"] = np.where(total > 0, inside / np.where(total > 0, total, 1), 0.0)
         return out
 
     def close(self) -> None:
-        for ptr, _ in self.buffers.values():
-            self.runtime_api.cudaFree(ptr)
-        self.buffers.clear()
+        """Free buffers, CUDA graphs, the stream, the kernel and both plans; idempotent."""
+        if self._plan is None and self._forward is None and self.stream is None \
+                and self._kernel is None:
+            return
+        with self._on_device():
+            for plan in (self._forward, self._plan):
+                if plan is not None:
+                    plan.close()
+            if self._kernel is not None:
+                self._kernel.close()
+            if self.stream is not None:
+                self.rt.cudaStreamDestroy(self.stream)
+        self._plan = self._forward = self._kernel = self.stream = None

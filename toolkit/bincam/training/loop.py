@@ -23,7 +23,7 @@ from torch import nn
 from bincam.checkpoint import card_for, save_checkpoint
 from bincam.data.listfiles import atomic_write_text
 from bincam.errors import BincamError
-from bincam.metrics import error_rates
+from bincam.core.metrics import error_rates
 from bincam.nets import build_net
 from bincam.training.config import TrainConfig
 from bincam.training.data import load_images, open_split, to_input

@@ -8,7 +8,6 @@ the epoch the tensors carry, so a half-written state is detected.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bincam.data.listfiles import atomic_write_text
+from bincam.files import atomic_path
 from bincam.errors import BincamError
 
 STATE_DIR = "last"
@@ -42,9 +42,8 @@ def save_train_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                 tensors[f"optim.{idx}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(idx), {})[name] = value
-    tmp = folder / f".{TENSORS}.tmp{os.getpid()}"
-    save_file(tensors, str(tmp), metadata={"epoch": str(epoch)})
-    os.replace(tmp, folder / TENSORS)
+    with atomic_path(folder / TENSORS) as tmp:
+        save_file(tensors, str(tmp), metadata={"epoch": str(epoch)})
     meta = {"epoch": epoch, "config": config, "history": history, "best_loss": best_loss,
             "param_groups": opt["param_groups"], "optimizer_scalars": scalars,
             "scaler": scaler.state_dict(), "rng": torch.get_rng_state().tolist()}

@@ -1,7 +1,9 @@
 """GPU checks of the fused epilogue kernel (used by ``benchmarks/gpu_check.py`` and the GPU
 tests): the kernel on fresh random inputs against the NumPy float64 reference and the torch CUDA
-path, its time against the memory-bandwidth floor of the bytes it must move, and the time of
-bincam's torch CUDA epilogue. Needs a CUDA GPU, torch with CUDA and cuda-python."""
+path (the core's array-API methods on torch tensors, then ``cam.epilogue``), its time against the
+memory-bandwidth floor of the bytes it must move, and the time of the torch CUDA path. Needs a
+CUDA GPU, torch with CUDA and cuda-python (the functions take any torch device, so the torch path
+also runs on the CPU)."""
 
 from __future__ import annotations
 
@@ -10,20 +12,26 @@ import torch
 
 from bincam.attributes import ATTRIBUTES, attribute_masks
 from bincam.cam.epilogue import epilogue as torch_epilogue
-from bincam.cam.methods import METHODS, FactoredGrad
-from bincam.runtime.cuda_epilogue import FusedEpilogue
-from bincam.runtime.fused_reference import fused_epilogue_reference
+from bincam.core.methods import Factored, raw_maps
+from bincam.gpu.launcher import FusedEpilogue
+from bincam.gpu.reference import fused_epilogue_reference
 
 
-def case_inputs(layout: str, seed: int, b: int, k: int, c: int, h: int, size: int) -> dict:
-    """Random float32 CUDA inputs (never zeros) and the masks of the first ``k`` attributes."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    cuda = {"device": "cuda", "generator": g}
-    acts = torch.randn(b, c, h, h, **cuda)
-    grads = (torch.randn(b, k, c, h, h, **cuda) if layout == "dense"
-             else torch.randn(k, c, **cuda)) / (h * h)
-    masks = torch.from_numpy(attribute_masks(ATTRIBUTES[:k], size).astype(np.uint8)).cuda()
-    return {"acts": acts, "grads": grads, "logits": torch.randn(b, k, **cuda), "masks": masks}
+def case_inputs(layout: str, method: str, seed: int, b: int, k: int, c: int, h: int, size: int,
+                device: str = "cuda") -> dict:
+    """Random float32 inputs and the masks of the first ``k`` attributes. XGrad-CAM gets
+    post-ReLU activations ``max(N(0,1), 0)``: its weights divide by ``Σ_hw A_c``, which signed
+    random activations bring near 0 for some channels, so that a float32 kernel would differ
+    from float64 by the conditioning, not by a bug (as XGrad-CAM assumes, real maps are ≥ 0)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    rand = {"device": device, "generator": g}
+    acts = torch.randn(b, c, h, h, **rand)
+    if method == "xgradcam":
+        acts = acts.clamp_min(0)
+    grads = (torch.randn(b, k, c, h, h, **rand) if layout == "dense"
+             else torch.randn(k, c, **rand)) / (h * h)
+    masks = torch.from_numpy(attribute_masks(ATTRIBUTES[:k], size).astype(np.uint8)).to(device)
+    return {"acts": acts, "grads": grads, "logits": torch.randn(b, k, **rand), "masks": masks}
 
 
 def launch_fused(kernel: FusedEpilogue, x: dict, layout: str, method: str, size: int) -> dict:
@@ -46,14 +54,15 @@ def launch_fused(kernel: FusedEpilogue, x: dict, layout: str, method: str, size:
 
 
 def torch_cuda_path(x: dict, layout: str, method: str, size: int) -> dict:
-    """bincam's torch epilogue on the GPU: methods in float64, upsample in float32, full PE."""
+    """bincam's torch path on ``x``'s device (predicted mode): the core's methods on float64
+    tensors, the torch epilogue (upsampling in float32), full PE ``Σ_mask F / Σ F``."""
     a = x["acts"].double()
     s = torch.sign(x["logits"]).double()
     if layout == "dense":
         g = s[:, :, None, None, None] * x["grads"].double()
     else:
-        g = FactoredGrad(s, x["grads"].double(), (a > 0).double())
-    raw = METHODS[method](a, g)
+        g = Factored(s, x["grads"].double(), (a > 0).double())
+    raw = raw_maps(method, a, g)
     maps = torch_epilogue(raw, size)
     m = x["masks"].to(maps.dtype)
     total = maps.sum((2, 3))
@@ -65,8 +74,8 @@ def run_fused_case(layout: str = "dense", method: str = "gradcam", seed: int = 0
                    k: int = 40, c: int = 2048, h: int = 7, size: int = 224,
                    kernel: FusedEpilogue | None = None) -> dict:
     """Errors of the kernel against the float64 NumPy reference and the torch CUDA path."""
-    kernel = kernel or FusedEpilogue()
-    x = case_inputs(layout, seed, b, k, c, h, size)
+    kernel = kernel or FusedEpilogue(torch.cuda.current_device())
+    x = case_inputs(layout, method, seed, b, k, c, h, size)
     got = launch_fused(kernel, x, layout, method, size)
     ref = fused_epilogue_reference(x["acts"].cpu().numpy(), x["grads"].cpu().numpy(),
                                    x["logits"].cpu().numpy(), (size, size), method, layout,
@@ -124,9 +133,10 @@ def kernel_bytes(layout: str, b: int, k: int, c: int, h: int, size: int, map_byt
 def time_case(layout: str, method: str, bandwidth: float, b: int = 8, k: int = 40,
               c: int = 2048, h: int = 7, size: int = 224, kernel: FusedEpilogue | None = None,
               seed: int = 1) -> dict:
-    """Kernel time (float32 maps, and uint8 maps only) vs its bandwidth floor and vs torch."""
-    kernel = kernel or FusedEpilogue()
-    x = case_inputs(layout, seed, b, k, c, h, size)
+    """Kernel time (float32 maps, and uint8 maps only) vs its bandwidth floor and vs torch. The
+    kernel's arguments are packed once (``FusedEpilogue.prepare``), outside the timed region."""
+    kernel = kernel or FusedEpilogue(torch.cuda.current_device())
+    x = case_inputs(layout, method, seed, b, k, c, h, size)
     maps = torch.empty(b, k, size, size, device="cuda")
     maps_u8 = torch.empty(b, k, size, size, dtype=torch.uint8, device="cuda")
     energy = torch.empty(b, k, 2, device="cuda")
@@ -135,8 +145,8 @@ def time_case(layout: str, method: str, bandwidth: float, b: int = 8, k: int = 4
                   logits=x["logits"].data_ptr(), shape=(b, k, c, h, h), size=(size, size),
                   method=method, layout=layout, masks=x["masks"].data_ptr(),
                   energy=energy.data_ptr(), stream=stream)
-    t32 = cuda_time(lambda: kernel.launch(maps_f32=maps.data_ptr(), **common))
-    t8 = cuda_time(lambda: kernel.launch(maps_u8=maps_u8.data_ptr(), **common))
+    t32 = cuda_time(kernel.prepare(maps_f32=maps.data_ptr(), **common))
+    t8 = cuda_time(kernel.prepare(maps_u8=maps_u8.data_ptr(), **common))
     t_torch = cuda_time(lambda: torch_cuda_path(x, layout, method, size), iters=20)
     floor32 = kernel_bytes(layout, b, k, c, h, size, 4) / bandwidth
     floor8 = kernel_bytes(layout, b, k, c, h, size, 1) / bandwidth

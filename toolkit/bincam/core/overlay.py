@@ -1,14 +1,12 @@
 """Pictures of CAMs: JET overlays (pytorch-grad-cam's look) and per-image grid figures.
 
 Overlay: ``c = 0.5·JET(h) + 0.5·image``, then ``c / max c`` (image and colour map in [0, 1]).
-NumPy, Pillow and matplotlib only; files are written under a temporary name, then renamed.
+NumPy, Pillow and matplotlib only.
 """
 
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 from typing import Sequence
 
 import matplotlib
@@ -26,13 +24,6 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, image_weight: float = IMAGE_
     heat = matplotlib.colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]
     cam = (1 - image_weight) * heat + image_weight * (image.astype(np.float64) / 255.0)
     return np.uint8(255 * cam / cam.max())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

@@ -1,11 +1,12 @@
 """NumPy reference of the fused CUDA epilogue (``kernels/binary_cam_epilogue.cu``), step for step,
 in float64: what the kernel must compute, and the CPU side of its tests. No torch.
 
-Per (image b, attribute k) map, with sign ``s`` from the mode:
+Per (image b, attribute k) map, with sign ``s`` from the mode (``core.modes.signs``):
 
-- gradients: dense ``G = grads[b,k]``, or factored ``G[c,p] = W[k,c]·1[A[b,c,p] > 0]``;
-- Grad-CAM ``raw = Σ_c (s·mean_p G[c]) A[c]``; HiResCAM ``raw = Σ_c s·G[c]·A[c]``; the other
-  four methods with ``bincam.runtime.cam_np``'s formulas (the kernel's header lists them);
+- gradients: dense ``G = s·grads[b,k]``, or factored ``G[c,p] = s·W[k,c]·1[A[b,c,p] > 0]``
+  (``core.methods.factored_gradients``);
+- ``raw`` = the method's weighted sum, from ``core.methods.raw_maps`` (all six methods; the
+  kernel's header lists the same formulas);
 - ``x = ReLU(raw)``, ``x = (x − lo)/((hi − lo) + 1e-7)`` over ``h×w``;
 - ``U`` = bilinear ``x`` at ``H×W`` (half-pixel centres, clamped), gathered per output pixel
   from its four source cells as the kernel does; ``U = ReLU(U)``;
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bincam.runtime.cam_np import raw_maps, signs
-
-EPS = 1e-7
-METHODS = ("gradcam", "hirescam", "gradcam-elementwise", "xgradcam", "gradcam++", "layercam")
+from bincam.core.epilogue import EPS
+from bincam.core.methods import cam_method, factored_gradients, raw_maps
+from bincam.core.modes import signs
+from bincam.errors import BincamError
 
 
 def source_cells(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -30,30 +31,22 @@ def source_cells(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, n
     return i0, np.minimum(i0 + 1, in_size - 1), src - i0
 
 
-def _gradients(a, grads, layout, mask_positive):
-    if layout == "dense":
-        return grads.astype(np.float64)
-    weight = grads.astype(np.float64)[None, :, :, None, None]
-    return weight * ((a > 0) if mask_positive else np.ones(a.shape, bool))[:, None]
-
-
 def fused_epilogue_reference(acts, grads, logits, size: tuple[int, int], method: str = "gradcam",
                              layout: str = "dense", mode: str = "predicted",
                              mask_positive: bool = True, masks=None) -> dict[str, np.ndarray]:
     """``raw [B,K,h,w]``, ``maps [B,K,H,W]``, ``maps_u8``, ``energy [B,K,2]`` and ``pe [B,K]``
-    (``energy`` and ``pe`` only with ``masks [K,H,W]``)."""
-    if method not in METHODS:
-        raise ValueError(f"the fused kernel implements {', '.join(METHODS)}, not {method!r}")
+    (``energy`` and ``pe`` only with ``masks [K,H,W]``) for the kernel's inputs: ``acts``,
+    ``grads`` (dense ``[B,K,C,h,w]`` or factored ``[K,C]``) and ``logits [B,K]``."""
+    cam_method(method)
     a = np.asarray(acts, dtype=np.float64)
     s = signs(np.asarray(logits, dtype=np.float64), mode)
-    unsigned = _gradients(a, np.asarray(grads), layout, mask_positive)
-    g = s[:, :, None, None, None] * unsigned
-    if method == "gradcam":
-        raw = np.einsum("bkc,bchw->bkhw", g.mean(axis=(3, 4)), a)
-    elif method == "hirescam":
-        raw = (g * a[:, None]).sum(axis=2)
+    if layout == "dense":
+        g = s[:, :, None, None, None] * np.asarray(grads, dtype=np.float64)
+    elif layout == "factored":
+        g = factored_gradients(a, s, grads, mask_positive)
     else:
-        raw = raw_maps(method, a, s, grads=unsigned)
+        raise BincamError(f"layout must be dense or factored, got {layout!r}")
+    raw = raw_maps(method, a, g)
     x = np.maximum(raw, 0)
     lo, hi = x.min(axis=(2, 3), keepdims=True), x.max(axis=(2, 3), keepdims=True)
     x = (x - lo) / ((hi - lo) + EPS)

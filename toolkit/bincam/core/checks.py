@@ -1,11 +1,14 @@
-"""Validation of image batches, shared by the torch and ONNX Runtime engines (no torch here).
+"""Validation of image batches, shared by every engine: the rules and their messages live here once.
 
-Each engine computes the facts with its own arrays; the rules and their messages live here once.
+``check_batch`` validates a NumPy batch; the torch engine computes the same facts on its tensors
+and calls the rule functions.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
+
+import numpy as np
 
 from bincam.errors import BincamError
 
@@ -36,3 +39,16 @@ def check_float_values(nonfinite_images: list[int], lo: float, hi: float) -> Non
 
 def wrong_dtype(dtype) -> BincamError:
     return BincamError(f"images must be uint8 or float; got {dtype}")
+
+
+def check_batch(images, size: int | None) -> np.ndarray:
+    """Validate ``[B, 3, S, S]`` uint8 or float in [0, 1]; return float32 (NaN/Inf: which images)."""
+    x = np.asarray(images)
+    check_shape(x.shape, size)
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    if x.dtype.kind != "f":
+        raise wrong_dtype(x.dtype)
+    finite = np.isfinite(x).reshape(len(x), -1).all(1)
+    check_float_values(np.flatnonzero(~finite).tolist(), float(x.min()), float(x.max()))
+    return x.astype(np.float32)

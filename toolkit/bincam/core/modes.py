@@ -3,22 +3,28 @@
 Target score per (image, attribute): ``predicted`` → ``|z|`` (the paper's rule; explains the
 predicted class, so the gradient is ``sign(z)·∂z/∂A``, and ``z = 0`` gives an empty map);
 ``positive`` → ``z`` (pytorch-grad-cam's ``ClassifierOutputTarget``); ``negative`` → ``−z``.
+``id`` of each mode is its number in the fused CUDA kernel.
 """
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from bincam.errors import BincamError
-from bincam.runtime.cam_np import MODES  # one definition, in the torch-free runtime
+
+MODES = {"predicted": 0, "positive": 1, "negative": 2}  # name → kernel id
 
 
-def signs(logits: torch.Tensor, mode: str) -> torch.Tensor:
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise BincamError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    return mode
+
+
+def signs(logits: np.ndarray, mode: str) -> np.ndarray:
     """The sign ``s ∈ {−1, 0, +1}`` per logit that turns ``∂z/∂A`` into the target's gradient."""
+    check_mode(mode)
+    logits = np.asarray(logits)
     if mode == "predicted":
-        return torch.sign(logits)
-    if mode == "positive":
-        return torch.ones_like(logits)
-    if mode == "negative":
-        return -torch.ones_like(logits)
-    raise BincamError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        return np.sign(logits)
+    return np.full(logits.shape, 1.0 if mode == "positive" else -1.0)

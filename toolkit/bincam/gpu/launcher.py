@@ -5,26 +5,28 @@ device pointers — an engine's output buffers, read in place.
 A cubin for the device's own architecture is preferred to PTX: PTX from an NVRTC newer than the
 driver is refused, cubins keep CUDA's minor-version compatibility. Cache key: SHA-256 of the
 source, the architecture and the NVRTC version; files under ``$BINCAM_CACHE`` or
-``~/.cache/bincam/kernels``.
+``~/.cache/bincam/kernels``. The kernel's method and mode numbers are the core's
+(``core.methods.METHODS[name].id``, ``core.modes.MODES[name]``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from bincam.core.methods import METHODS
+from bincam.core.modes import MODES
 from bincam.errors import BincamError
+from bincam.files import write_atomic
 
 KERNEL = "bincam_fused_epilogue"
 SOURCE_NAME = "binary_cam_epilogue.cu"
-METHOD_IDS = {"gradcam": 0, "hirescam": 1, "gradcam-elementwise": 2, "xgradcam": 3,
-              "gradcam++": 4, "layercam": 5}
 LAYOUT_IDS = {"dense": 0, "factored": 1}
-MODE_IDS = {"predicted": 0, "positive": 1, "negative": 2}
 
 
 def kernel_source() -> str:
@@ -100,10 +102,7 @@ def cached_cubin(arch: str) -> bytes:
     if path.is_file():
         return path.read_bytes()
     cubin = compile_kernel(arch, source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(cubin)
-    os.replace(tmp, path)
+    write_atomic(path, cubin)
     return cubin
 
 
@@ -118,19 +117,37 @@ def kernel_arguments(*, acts: int, grads: int, logits: int, shape, size, method:
                      energy: int = 0) -> list:
     """The kernel's parameters in signature order: pointers as ``uint64``, ints as ``int32``."""
     _, k, c, h, w = shape
-    if method not in METHOD_IDS or layout not in LAYOUT_IDS or mode not in MODE_IDS:
-        raise BincamError(f"the fused kernel takes method {'/'.join(METHOD_IDS)}, layout "
-                          f"{'/'.join(LAYOUT_IDS)}, mode {'/'.join(MODE_IDS)}")
+    if method not in METHODS or layout not in LAYOUT_IDS or mode not in MODES:
+        raise BincamError(f"the fused kernel takes method {'/'.join(METHODS)}, layout "
+                          f"{'/'.join(LAYOUT_IDS)}, mode {'/'.join(MODES)}")
     pointer, integer = np.uint64, np.int32
     return [pointer(acts), pointer(grads), pointer(logits), pointer(masks),
-            *(integer(v) for v in (k, c, h, w, size[0], size[1], METHOD_IDS[method],
-                                   LAYOUT_IDS[layout], MODE_IDS[mode], int(mask_positive))),
+            *(integer(v) for v in (k, c, h, w, size[0], size[1], METHODS[method].id,
+                                   LAYOUT_IDS[layout], MODES[mode], int(mask_positive))),
             pointer(raw), pointer(maps_f32), pointer(maps_f16), pointer(maps_u8),
             pointer(energy)]
 
 
+class Launch:
+    """One launch with its arguments packed once; each call enqueues it again (for timing)."""
+
+    def __init__(self, kernel: "FusedEpilogue", values: list, blocks: int, smem: int,
+                 stream: int):
+        self.kernel, self.blocks, self.smem, self.stream = kernel, blocks, smem, stream
+        self._holders = [np.array([v], dtype=type(v)) for v in values]
+        self._params = np.array([h.ctypes.data for h in self._holders], dtype=np.uint64)
+
+    def __call__(self) -> None:
+        k = self.kernel
+        with k.current():
+            k._check(k.driver.cuLaunchKernel(k.function, self.blocks, 1, 1, k.block, 1, 1,
+                                             self.smem, self.stream, self._params.ctypes.data, 0))
+
+
 class FusedEpilogue:
-    """The compiled kernel on one device. ``launch`` takes device pointers (ints; 0 = none)."""
+    """The compiled kernel on device ``device``, in that device's primary context (the one the
+    CUDA runtime, TensorRT and torch use), made current only around each call so the caller's
+    current context is left as it was. ``launch`` takes device pointers (ints; 0 = none)."""
 
     def __init__(self, device: int = 0, block: int = 256):
         try:
@@ -138,23 +155,34 @@ class FusedEpilogue:
         except ImportError:
             raise BincamError("the fused epilogue needs cuda-python: pip install 'bincam[gpu]'") \
                 from None
-        if block % 32 or not 32 <= block <= 1024:
-            raise BincamError("the block size must be a multiple of 32 in [32, 1024]")
-        self.driver, self.block = driver, block
+        if block < 32 or block % 32:
+            raise BincamError(f"the block size must be a positive multiple of 32, got {block}")
+        self.driver, self.block, self.module, self.context = driver, block, None, None
         self._check(driver.cuInit(0))
-        dev = self._check(driver.cuDeviceGet(device))
+        self.device = self._check(driver.cuDeviceGet(device))
         attr = driver.CUdevice_attribute
-        major = self._check(driver.cuDeviceGetAttribute(
-            attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev))
-        minor = self._check(driver.cuDeviceGetAttribute(
-            attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev))
+        major, minor, self.max_shared = (
+            self._check(driver.cuDeviceGetAttribute(getattr(attr, f"CU_DEVICE_ATTRIBUTE_{a}"),
+                                                    self.device))
+            for a in ("COMPUTE_CAPABILITY_MAJOR", "COMPUTE_CAPABILITY_MINOR",
+                      "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN"))
         self.arch = f"sm_{major}{minor}"
-        self.context = self._check(driver.cuDevicePrimaryCtxRetain(dev))
-        self._check(driver.cuCtxSetCurrent(self.context))
-        self.module = self._check(driver.cuModuleLoadData(cached_cubin(self.arch)))
-        self.function = self._check(driver.cuModuleGetFunction(self.module, KERNEL.encode()))
-        self.max_shared = self._check(driver.cuDeviceGetAttribute(
-            attr.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, dev))
+        self.context = self._check(driver.cuDevicePrimaryCtxRetain(self.device))
+        try:
+            with self.current():
+                self.module = self._check(driver.cuModuleLoadData(cached_cubin(self.arch)))
+                self.function = self._check(driver.cuModuleGetFunction(self.module,
+                                                                       KERNEL.encode()))
+                max_threads = self._check(driver.cuFuncGetAttribute(
+                    driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
+                    self.function))
+            if block > max_threads:
+                raise BincamError(f"block size {block} exceeds the {max_threads} threads per "
+                                  f"block the kernel allows on {self.arch}")
+        except BaseException:
+            self.close()
+            raise
+        self._smem_limit = 48 * 1024  # dynamic shared memory allowed without opting in
 
     def _check(self, result):
         err, *values = result
@@ -162,15 +190,21 @@ class FusedEpilogue:
             raise BincamError(f"CUDA driver call failed: {err.name}")
         return values[0] if len(values) == 1 else (values or None)
 
-    def launch(self, *, acts: int, grads: int, logits: int, shape: tuple[int, int, int, int, int],
-               size: tuple[int, int], method: str = "gradcam", layout: str = "dense",
-               mode: str = "predicted", mask_positive: bool = True, masks: int = 0, raw: int = 0,
-               maps_f32: int = 0, maps_f16: int = 0, maps_u8: int = 0, energy: int = 0,
-               stream: int = 0) -> None:
-        """Enqueue the kernel on ``stream`` for float32 ``acts [B,C,h,w]``, ``grads``
-        (``[B,K,C,h,w]`` dense or ``[K,C]`` factored) and ``logits [B,K]``; ``masks`` is uint8
-        ``[K,H,W]``; outputs ``raw [B,K,h,w]``, maps ``[B,K,H,W]`` (float32, binary16 bits,
-        uint8) and ``energy [B,K,2]``."""
+    @contextmanager
+    def current(self):
+        """This device's context current in the calling thread, the previous one restored."""
+        self._check(self.driver.cuCtxPushCurrent(self.context))
+        try:
+            yield
+        finally:
+            self._check(self.driver.cuCtxPopCurrent())
+
+    def prepare(self, *, acts: int, grads: int, logits: int,
+                shape: tuple[int, int, int, int, int], size: tuple[int, int],
+                method: str = "gradcam", layout: str = "dense", mode: str = "predicted",
+                mask_positive: bool = True, masks: int = 0, raw: int = 0, maps_f32: int = 0,
+                maps_f16: int = 0, maps_u8: int = 0, energy: int = 0, stream: int = 0) -> Launch:
+        """The launch of ``launch``'s arguments, packed, checked and ready to enqueue."""
         b, k, c, h, w = shape
         values = kernel_arguments(acts=acts, grads=grads, logits=logits, shape=shape, size=size,
                                   method=method, layout=layout, mode=mode,
@@ -181,11 +215,26 @@ class FusedEpilogue:
         if smem > self.max_shared:
             raise BincamError(f"{c} channels × {h}×{w} cells need {smem} bytes of shared memory; "
                               f"this GPU allows {self.max_shared}")
-        if smem > 48 * 1024:
-            attr = self.driver.CUfunction_attribute
-            self._check(self.driver.cuFuncSetAttribute(
-                self.function, attr.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem))
-        holders = [np.array([v], dtype=type(v)) for v in values]
-        params = np.array([holder.ctypes.data for holder in holders], dtype=np.uint64)
-        self._check(self.driver.cuLaunchKernel(self.function, b * k, 1, 1, self.block, 1, 1, smem,
-                                               stream, params.ctypes.data, 0))
+        if smem > self._smem_limit:
+            attr = self.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            with self.current():
+                self._check(self.driver.cuFuncSetAttribute(self.function, attr, smem))
+            self._smem_limit = smem
+        return Launch(self, values, b * k, smem, stream)
+
+    def launch(self, **arguments) -> None:
+        """Enqueue the kernel on ``stream`` for float32 ``acts [B,C,h,w]``, ``grads``
+        (``[B,K,C,h,w]`` dense or ``[K,C]`` factored) and ``logits [B,K]``; ``masks`` is uint8
+        ``[K,H,W]``; outputs ``raw [B,K,h,w]``, maps ``[B,K,H,W]`` (float32, binary16 bits,
+        uint8) and ``energy [B,K,2]``. Arguments as for ``prepare``."""
+        self.prepare(**arguments)()
+
+    def close(self) -> None:
+        """Unload the module and release the primary context; idempotent."""
+        if self.module is not None:
+            with self.current():
+                self.driver.cuModuleUnload(self.module)
+            self.module = None
+        if self.context is not None:
+            self.driver.cuDevicePrimaryCtxRelease(self.device)
+            self.context = None

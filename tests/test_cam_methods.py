@@ -1,0 +1,68 @@
+"""The core CAM method registry: each method's factored form equals its dense form, on NumPy
+arrays and on torch tensors alike; names and kernel ids are unique; modes give the right signs."""
+
+import numpy as np
+import pytest
+import torch
+
+from bincam.core.methods import METHODS, CamMethod, Factored, factored_gradients, raw_maps
+from bincam.core.modes import MODES, signs
+from bincam.errors import BincamError
+
+
+def _case(mask_positive: bool):
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(3, 12, 5, 5))
+    a[1, 4] = 0.0                                       # an all-zero channel
+    weight = rng.normal(size=(4, 12)) / 25
+    logits = np.array([[1.0, -2.0, 0.0, 0.5]] * 2 + [[-1.0, 2.0, 3.0, -0.5]])  # one z = 0
+    return a, factored_gradients(a, signs(logits, "predicted"), weight, mask_positive)
+
+
+def test_registry_names_and_kernel_ids():
+    assert list(METHODS) == ["gradcam", "hirescam", "gradcam-elementwise", "xgradcam",
+                             "gradcam++", "layercam"]
+    assert sorted(m.id for m in METHODS.values()) == list(range(6))
+    assert all(m.__doc__ and "map" in m.__doc__ for m in METHODS.values())  # formula documented
+    assert MODES == {"predicted": 0, "positive": 1, "negative": 2}
+
+
+def test_a_method_cannot_be_registered_twice():
+    with pytest.raises(ValueError, match="registered twice"):
+        type("Again", (CamMethod,), {"name": "gradcam", "id": 99})
+    assert METHODS["gradcam"].__name__ == "GradCAM"
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("mask_positive", [True, False])
+def test_factored_equals_dense(name, mask_positive):
+    a, g = _case(mask_positive)
+    dense = g.dense(a.shape[-2:])
+    factored = raw_maps(name, a, g)
+    expected = raw_maps(name, a, dense)
+    assert factored.shape == (3, 4, 5, 5)
+    assert np.allclose(factored, expected, rtol=1e-10, atol=1e-12)
+    assert np.all(factored[0, 2] == 0) and np.all(factored[1, 2] == 0)  # z = 0: an empty map
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_the_same_code_runs_on_torch_tensors(name):
+    a, g = _case(True)
+    t = Factored(*(torch.from_numpy(v) for v in (g.sign, g.weight, g.mask)))
+    on_torch = raw_maps(name, torch.from_numpy(a), t)
+    assert isinstance(on_torch, torch.Tensor)
+    assert np.allclose(on_torch.numpy(), raw_maps(name, a, g), rtol=1e-12, atol=1e-14)
+    dense = raw_maps(name, torch.from_numpy(a), torch.from_numpy(g.dense(a.shape[-2:])))
+    assert np.allclose(dense.numpy(), raw_maps(name, a, g), rtol=1e-10, atol=1e-12)
+
+
+def test_modes_and_unknown_names():
+    z = np.array([[2.0, -0.5, 0.0]])
+    assert signs(z, "predicted").tolist() == [[1.0, -1.0, 0.0]]
+    assert signs(z, "positive").tolist() == [[1.0, 1.0, 1.0]]
+    assert signs(z, "negative").tolist() == [[-1.0, -1.0, -1.0]]
+    with pytest.raises(BincamError, match="unknown mode 'both'; choose one of predicted"):
+        signs(z, "both")
+    a, g = _case(True)
+    with pytest.raises(BincamError, match="unknown method 'scorecam'; choose one of gradcam"):
+        raw_maps("scorecam", a, g)

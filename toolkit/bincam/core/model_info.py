@@ -1,0 +1,211 @@
+"""The model description, read and written in one place: checkpoint cards (``card.json``), ONNX
+metadata (``metadata_props``) and ``ModelInfo``, what every engine, export and report read.
+
+ONNX keys: ``bincam.version``, ``bincam.attributes`` (list), ``bincam.target_layer``,
+``bincam.gradient_layout`` (``dense``: output ``gradients [B,K,C,h,w]``; ``factored``: output
+``channel_weights [K,C]`` with ``bincam.mask_positive``), ``bincam.modes``, ``bincam.image_size``,
+``bincam.class_counts`` ({positive, negative}), ``bincam.precision`` (fp32 | fp16),
+``bincam.input``, and the ONNX image keys ``Image.BitmapPixelFormat`` (Rgb8),
+``Image.ColorSpaceGamma`` (SRGB), ``Image.NominalPixelRange`` (Normalized_0_1) plus
+``bincam.mean`` / ``bincam.std``. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bincam import __version__
+from bincam.core.modes import MODES
+from bincam.errors import BincamError
+
+HOW_TO_EXPORT = ("export one with `bincam export CHECKPOINT --out MODEL.onnx` or "
+                 "`bincam export --onnx MODEL.onnx --activation TENSOR --logits TENSOR`")
+
+WEIGHTS = "model.safetensors"
+CARD = "card.json"
+CARD_FORMAT = "bincam-model-card/1"
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to rebuild, feed and interpret a trained net."""
+
+    arch: dict[str, Any]
+    attributes: list[str]
+    image_size: int
+    pixel_range: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    cam_layers: list[str] = field(default_factory=list)
+    default_cam_layer: str = ""
+    positive_counts: list[int] | None = None
+    negative_counts: list[int] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    bincam_version: str = __version__
+    format: str = CARD_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "card") -> "ModelCard":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BincamError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
+            raise BincamError(f"{source} is not a bincam model card (format {CARD_FORMAT})")
+        known = set(cls.__dataclass_fields__)
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise BincamError(f"{source} lacks a field: {exc}") from None
+
+    def majority_is_positive(self) -> list[bool]:
+        """Per attribute: is the positive class the majority of the training labels?"""
+        if self.positive_counts is None or self.negative_counts is None:
+            raise BincamError("this model card has no training class counts")
+        return [p > n for p, n in zip(self.positive_counts, self.negative_counts)]
+
+
+def read_card(path: Path | str) -> ModelCard:
+    """The card of a checkpoint folder (or of the folder holding a given ``model.safetensors``)."""
+    folder = checkpoint_folder(path)
+    card_path = folder / CARD
+    if not card_path.is_file():
+        raise BincamError(f"no {CARD} in {folder}: a bincam checkpoint is a folder with {WEIGHTS} "
+                          f"and {CARD} (make one with `bincam train` or `bincam convert-affact`)")
+    return ModelCard.from_json(card_path.read_text(), str(card_path))
+
+
+def checkpoint_folder(path: Path | str) -> Path:
+    path = Path(path)
+    if path.is_file():
+        return path.parent
+    if not path.exists():
+        raise BincamError(f"checkpoint {path} does not exist")
+    return path
+
+
+@dataclass
+class ModelInfo:
+    """What a model predicts, takes and explains, whatever file or engine it comes from."""
+
+    attributes: list[str]
+    target_layer: str                # the CAM layer (activation tensor of an ONNX file)
+    gradient_layout: str | None      # dense | factored (None: not known before a net is opened)
+    image_size: int | None
+    mask_positive: bool = True       # factored gradient is W·1[A > 0] (pre-ReLU tap)
+    mean: tuple = (0.0, 0.0, 0.0)
+    std: tuple = (1.0, 1.0, 1.0)
+    positive_counts: list[int] | None = None
+    negative_counts: list[int] | None = None
+    input_name: str = "images"
+    version: str = ""
+    precision: str = "fp32"          # compute type of the graph's bulk (inputs/outputs: float32)
+    weighting: str | None = None     # training class weighting (cards only)
+
+    def majority_is_positive(self) -> list[bool]:
+        if self.positive_counts is None or self.negative_counts is None:
+            raise BincamError("the model's metadata has no training class counts")
+        return [p > n for p, n in zip(self.positive_counts, self.negative_counts)]
+
+    @classmethod
+    def from_card(cls, card: ModelCard, layer: str | None = None,
+                  gradient_layout: str | None = None, mask_positive: bool = True) -> "ModelInfo":
+        config = (card.training or {}).get("config") or {}
+        return cls(list(card.attributes), layer or card.default_cam_layer, gradient_layout,
+                   card.image_size, mask_positive, tuple(card.mean), tuple(card.std),
+                   card.positive_counts, card.negative_counts, version=card.bincam_version,
+                   weighting=config.get("weighting"))
+
+    def to_metadata(self) -> dict[str, str]:
+        """``metadata_props`` of an exported model."""
+        return {
+            "bincam.version": __version__, "bincam.attributes": json.dumps(self.attributes),
+            "bincam.target_layer": self.target_layer, "bincam.gradient_layout": self.gradient_layout,
+            "bincam.mask_positive": json.dumps(self.mask_positive),
+            "bincam.modes": json.dumps(list(MODES)),
+            "bincam.image_size": json.dumps(self.image_size), "bincam.input": self.input_name,
+            "bincam.precision": self.precision,
+            "bincam.mean": json.dumps(list(self.mean)), "bincam.std": json.dumps(list(self.std)),
+            "bincam.class_counts": json.dumps({"positive": self.positive_counts,
+                                               "negative": self.negative_counts}),
+            "Image.BitmapPixelFormat": "Rgb8", "Image.ColorSpaceGamma": "SRGB",
+            "Image.NominalPixelRange": "Normalized_0_1",
+        }
+
+    @classmethod
+    def from_metadata(cls, props: dict[str, str], source: str) -> "ModelInfo":
+        """From a model's metadata map; a clear error if it was not made by bincam."""
+        if "bincam.attributes" not in props:
+            raise BincamError(f"{source} has no bincam metadata; {HOW_TO_EXPORT}")
+        try:
+            counts = json.loads(props.get("bincam.class_counts", "{}"))
+            return cls(
+                attributes=json.loads(props["bincam.attributes"]),
+                target_layer=props["bincam.target_layer"],
+                gradient_layout=props["bincam.gradient_layout"],
+                image_size=json.loads(props.get("bincam.image_size", "null")),
+                mask_positive=json.loads(props.get("bincam.mask_positive", "true")),
+                mean=tuple(json.loads(props.get("bincam.mean", "[0, 0, 0]"))),
+                std=tuple(json.loads(props.get("bincam.std", "[1, 1, 1]"))),
+                positive_counts=counts.get("positive"), negative_counts=counts.get("negative"),
+                input_name=props.get("bincam.input", "images"),
+                version=props.get("bincam.version", ""),
+                precision=props.get("bincam.precision", "fp32"))
+        except (KeyError, ValueError) as exc:
+            raise BincamError(f"{source} has broken bincam metadata ({exc}); "
+                              f"{HOW_TO_EXPORT}") from None
+
+
+def write_metadata(model, info: ModelInfo) -> None:
+    """Replace an ``onnx.ModelProto``'s ``metadata_props`` with ``info``'s."""
+    del model.metadata_props[:]
+    for key, value in info.to_metadata().items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def load_onnx(model: str | Path | bytes, source: str | None = None):
+    """``(ModelProto, serialized bytes, source name)`` of an ONNX file or its bytes; one clear
+    error for a missing or unparsable file."""
+    import onnx
+
+    if isinstance(model, bytes):
+        data, source = model, source or "the model"
+    else:
+        path = Path(model)
+        source = source or str(path)
+        if not path.is_file():
+            raise BincamError(f"ONNX model {path} does not exist")
+        data = path.read_bytes()
+    try:
+        return onnx.load_model_from_string(data), data, source
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for a bad file
+        raise BincamError(f"{source} is not a loadable ONNX model "
+                          f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
+                          ) from None
+
+
+def onnx_info(proto, source: str) -> ModelInfo:
+    """``ModelInfo`` from an ``onnx.ModelProto``'s metadata."""
+    return ModelInfo.from_metadata({p.key: p.value for p in proto.metadata_props}, source)
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / CARD).is_file()
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """The description of a checkpoint folder (its card; layout not yet known) or an ONNX file
+    (its metadata), read without opening an engine."""
+    if is_checkpoint(path):
+        return ModelInfo.from_card(read_card(path))
+    proto, _, source = load_onnx(path)
+    return onnx_info(proto, source)

@@ -1,0 +1,103 @@
+"""The engine contract: what every engine (torch, ONNX Runtime, TensorRT) offers its callers.
+
+    with open_engine("models/synth-small-balanced") as engine:
+        engine.info                                   # ModelInfo: attributes, size, layer, layout
+        out = engine.run(images)                      # logits, activations, gradients | channel_weights
+        logits = engine.run_forward(images)           # [B, K_all], the forward pass alone
+        result = engine.explain(images, "gradcam")    # Explanation (NumPy), any engine
+
+Images are ``[B, 3, S, S]``, uint8 or float in [0, 1]. ``run`` returns NumPy arrays for the
+selected attributes (default: all): ``logits [B,K]``, ``activations [B,C,h,w]`` and either
+``gradients [B,K,C,h,w]`` (dense ``∂z/∂A``) or ``channel_weights [K,C]`` (an affine head:
+``∂z_k/∂A = W[k,c]·1[A > 0]`` where ``info.mask_positive``). Optional abilities are asked for with
+``supports(name)``; today: ``"fused_epilogue"`` (``fused(images, method, mode, size, maps)``:
+final maps and PE on the GPU) and ``"torch_cuda_memory"`` (the engine's device memory shows in
+torch's CUDA allocator statistics). No torch here.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from bincam.attributes import resolve_attributes
+from bincam.core.checks import check_batch
+from bincam.core.explanation import Explanation, explain_outputs
+from bincam.core.methods import cam_method
+from bincam.core.modes import check_mode
+from bincam.core.model_info import ModelInfo
+from bincam.errors import BincamError
+
+Attributes = str | Sequence[str | int] | None
+
+
+class Engine:
+    """Base of every engine: subclasses set ``kind`` and ``info`` and implement ``_run`` and
+    ``run_forward``; ``explain``, attribute selection, ``close`` and ``with`` come from here."""
+
+    kind: str = ""
+    capabilities: frozenset[str] = frozenset()
+    info: ModelInfo
+
+    @property
+    def attributes(self) -> list[str]:
+        return self.info.attributes
+
+    def supports(self, capability: str) -> bool:
+        """Whether this engine offers an optional ability (e.g. ``"fused_epilogue"``)."""
+        return capability in self.capabilities
+
+    def check_images(self, images) -> np.ndarray:
+        """A validated float32 batch (the engines' shared rules and messages)."""
+        return check_batch(images, self.info.image_size)
+
+    def _indices(self, attributes: Attributes) -> tuple[list[str], list[int]]:
+        names = resolve_attributes(attributes, self.info.attributes)
+        return names, [self.info.attributes.index(n) for n in names]
+
+    def run(self, images, attributes: Attributes = None) -> dict[str, np.ndarray]:
+        """Logits, activations and gradients (dense or factored) of the selected attributes."""
+        _, indices = self._indices(attributes)
+        return self._run(images, indices)
+
+    def _run(self, images, indices: list[int]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def run_forward(self, images) -> np.ndarray:
+        """Logits ``[B, K_all]`` of the forward pass alone (the baseline of every CAM ratio)."""
+        raise NotImplementedError
+
+    def explain(self, images, method: str = "gradcam", mode: str = "predicted",
+                attributes: Attributes = None) -> Explanation:
+        """Binary CAMs of the selected attributes (default: all) from one run of the engine."""
+        cam_method(method), check_mode(mode)
+        names, indices = self._indices(attributes)
+        out = self._run(images, indices)
+        return explain_outputs(self.info, out, names, method, mode, np.shape(images)[-1])
+
+    def fused(self, images, method: str = "gradcam", mode: str = "predicted",
+              size: int | None = None, maps: str | None = "f32") -> dict[str, np.ndarray]:
+        raise BincamError(f"the {self.kind} engine has no fused GPU epilogue; use "
+                          "explain() (check supports('fused_epilogue') first)")
+
+    def close(self) -> None:
+        """Release what the engine holds (sessions, device buffers); idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def select(out: dict[str, np.ndarray], indices: list[int], total: int) -> dict[str, np.ndarray]:
+    """The outputs of all ``total`` attributes narrowed to ``indices``."""
+    if indices == list(range(total)):
+        return out
+    picked = dict(out, logits=out["logits"][:, indices])
+    if "gradients" in out:
+        picked["gradients"] = out["gradients"][:, indices]
+    if "channel_weights" in out:
+        picked["channel_weights"] = out["channel_weights"][indices]
+    return picked
