@@ -67,7 +67,7 @@ def bn():
     return m
 
 
-CASES = {  # name: (op module, op types it covers, input shape)
+CASES = {  # name: (op module, op types it covers, input shape[, "ties": post-ReLU inputs])
     "Conv": (nn.Conv2d(4, 6, 3, stride=2, padding=1), {"Conv"}, (4, 9, 9)),
     "Conv-groups-dilation": (nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2), {"Conv"},
                              (4, 8, 8)),
@@ -89,6 +89,20 @@ CASES = {  # name: (op module, op types it covers, input shape)
     "AveragePool": (nn.AvgPool2d(2), {"AveragePool"}, (4, 6, 6)),
     "AveragePool-stride": (nn.AvgPool2d(3, stride=2), {"AveragePool"}, (4, 9, 9)),
     "MaxPool": (nn.MaxPool2d(2), {"MaxPool"}, (4, 6, 6)),
+    # ties: fed post-ReLU values (many exact zeros), as at vgg's Grad-CAM layer
+    "MaxPool-ties": (nn.MaxPool2d(2), {"MaxPool"}, (4, 6, 6), "ties"),
+    "MaxPool-overlapping-ties": (nn.MaxPool2d(3, stride=2), {"MaxPool"}, (4, 9, 9), "ties"),
+    "MaxPool-floor-remainder": (nn.MaxPool2d(2), {"MaxPool"}, (4, 7, 7)),
+    "MaxPool-pad-dilation-ceil": (nn.MaxPool2d(3, stride=2, padding=1, dilation=2,
+                                               ceil_mode=True), {"MaxPool"}, (4, 10, 11)),
+    "MaxPool-stem": (nn.MaxPool2d(3, stride=2, padding=1), {"MaxPool"}, (4, 8, 8)),
+    "AveragePool-ceil-count-pad": (nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True),
+                                   {"AveragePool"}, (4, 8, 8)),
+    "AveragePool-ceil-exclude-pad": (nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True,
+                                                  count_include_pad=False), {"AveragePool"},
+                                     (4, 8, 8)),
+    "AveragePool-pad-exclude": (nn.AvgPool2d(2, padding=1, count_include_pad=False),
+                                {"AveragePool"}, (4, 7, 7)),
     "Concat": (Lambda(lambda x: torch.cat([x, 2 * x[:, :2]], 1)), {"Concat", "Slice", "Mul"},
                (4, 5, 5)),
     "Slice": (Lambda(lambda x: x[:, 1:3, 1:4, 2:]), {"Slice"}, (4, 5, 5)),
@@ -115,7 +129,13 @@ COVERED = set().union(*(case[1] for case in CASES.values()),
                       *(case[3] for case in HAND_BUILT.values()))
 
 
-def check_gradients(name, graph, module, shape, covers):
+def fresh_input(shape, ties: bool = False) -> torch.Tensor:
+    """A fresh batch of 5 (another batch size); ``ties``: ReLU(x − 1), mostly exact zeros."""
+    x = torch.randn(5, *shape)
+    return F.relu(x - 1) if ties else x
+
+
+def check_gradients(name, graph, module, shape, covers, ties: bool = False):
     """The exported gradients of ``graph`` pass the lint and equal autograd of ``module``."""
     assert covers <= {n.op_type for n in path_nodes(graph.graph, "x", "logits")}, name
     extended = append_gradients(graph, "x", "logits")
@@ -124,7 +144,7 @@ def check_gradients(name, graph, module, shape, covers):
     assert added <= set(SUPPORTED), f"{name}: {sorted(added - set(SUPPORTED))}"
     assert lint_tensorrt(extended) == []
     sess = ort.InferenceSession(extended.SerializeToString(), providers=["CPUExecutionProvider"])
-    x2 = torch.randn(5, *shape)  # a fresh input and another batch size
+    x2 = fresh_input(shape, ties)
     got = sess.run([GRADIENTS], {"x": x2.numpy()})[0]
     expected = autograd_jacobian(module, x2)
     assert got.shape == expected.shape
@@ -135,10 +155,10 @@ def check_gradients(name, graph, module, shape, covers):
 @pytest.mark.parametrize("name", list(CASES))
 def test_rule_matches_autograd(name):
     torch.manual_seed(hash(name) % 1000)
-    op, covers, shape = CASES[name]
+    op, covers, shape, *ties = CASES[name]
     x = torch.randn(3, *shape)
     module = Probe(op, torch.flatten(op(x), 1).shape[1]).eval()
-    check_gradients(name, export(module, x), module, shape, covers)
+    check_gradients(name, export(module, x), module, shape, covers, ties == ["ties"])
 
 
 def hand_built(op_node, consts, x_shape, head):
@@ -193,8 +213,27 @@ def test_op_without_rule_names_op_and_node():
         append_gradients(graph, "x", "logits")
 
 
-def test_overlapping_maxpool_is_refused():
-    module = Probe(nn.MaxPool2d(3, stride=2), 64).eval()
-    graph = export(module, torch.randn(2, 4, 9, 9))
-    with pytest.raises(BincamError, match="MaxPool .* kernel = stride"):
+def test_maxpool_ties_go_to_one_position_regression():
+    """vgg's ReLU → 2×2/2 MaxPool at its Grad-CAM layer: windows of ReLU zeros are ties; autograd
+    (and ONNX Runtime's argmax) routes each window's gradient to its first position. The old rule
+    sent it to all four (Grad-CAM weights off by up to 213 %)."""
+    torch.manual_seed(5)
+    module = Probe(nn.MaxPool2d(2), 4 * 4 * 4).eval()
+    x = F.relu(torch.randn(6, 4, 8, 8) - 1.0)             # the tap: post-ReLU, mostly zeros
+    extended = append_gradients(export(module, x), "x", "logits")
+    sess = ort.InferenceSession(extended.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run([GRADIENTS], {"x": x.numpy()})[0]
+    expected = autograd_jacobian(module, x)
+    windows = x.unfold(2, 2, 2).unfold(3, 2, 2).reshape(6, 4, 4, 4, 4)
+    assert int((windows.amax(-1) == 0).sum()) > 100       # the input really has tied windows
+    assert np.abs(got - expected).max() <= 1e-6
+    positions = (np.abs(got[:, 0]) > 0).reshape(6, 4, 4, 2, 4, 2).sum(axis=(3, 5))
+    assert positions.max() == 1                            # never two positions of one window
+
+
+def test_maxpool_indices_output_is_refused():
+    node = helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 2], strides=[2, 2])
+    head = nn.Linear(4 * 3 * 3, K)
+    graph = hand_built(node, {}, (4, 6, 6), head)
+    with pytest.raises(BincamError, match="MaxPool node .*Indices output is not supported"):
         append_gradients(graph, "x", "logits")

@@ -227,42 +227,6 @@ def conv(b, node, dys, wanted):
                                            node.input[1], w.shape[2:], group)}
 
 
-@vjp_rule("AveragePool")
-def average_pool(b, node, dys, wanted):
-    """AveragePool is a depth-wise convolution with weights ``1/|kernel|``."""
-    _only(node, wanted)
-    a = _attrs(node)
-    if a.get("ceil_mode", 0) or (any(a.get("pads", [])) and not a.get("count_include_pad", 0)):
-        raise BincamError(f"AveragePool node {node.name!r}: ceil_mode or padding that excludes "
-                          "the pad from the count is not supported")
-    kernel = a["kernel_shape"]
-    channels = b.static(node.input[0])[0]
-    w = np.full((channels, 1, *kernel), 1.0 / np.prod(kernel), dtype=np.float32)
-    return {node.input[0]: _transpose_conv(b, node, dys[node.output[0]], node.input[0],
-                                           b.const(w, "avg_w"), kernel, channels)}
-
-
-@vjp_rule("MaxPool")
-def max_pool(b, node, dys, wanted):
-    """Non-overlapping MaxPool (kernel = stride, no padding): route dY to the maxima."""
-    _only(node, wanted)
-    a = _attrs(node)
-    kernel, strides = a["kernel_shape"], a.get("strides", [1] * len(a["kernel_shape"]))
-    if list(kernel) != list(strides) or any(a.get("pads", [])) or len(node.output) > 1:
-        raise BincamError(f"MaxPool node {node.name!r}: only kernel = stride without padding is "
-                          "supported (overlapping windows need the argmax positions)")
-    x, y = node.input[0], node.output[0]
-    if b.static(x)[1:] != [d * k for d, k in zip(b.static(y)[1:], kernel)]:
-        raise BincamError(f"MaxPool node {node.name!r}: input not a multiple of the kernel")
-    ones = [1.0] * 2
-    up_y = b.node("Resize", [y, "", b.const(ones + [float(k) for k in kernel], "scales")],
-                  "up_y", mode="nearest")
-    up_dy = b.node("Resize", [dys[y], "", b.const([1.0] + ones + [float(k) for k in kernel],
-                                                   "scales")], "up_dy", mode="nearest")
-    is_max = b.node("Equal", [x, up_y], "is_max")
-    return {x: b.node("Where", [is_max, up_dy, b.const(0.0, "zero")], "maxpool")}
-
-
 @vjp_rule("Concat")
 def concat(b, node, dys, wanted):
     """``dXᵢ`` is the slice of ``dY`` that ``Xᵢ`` occupies along the axis."""
@@ -330,3 +294,5 @@ def pad(b, node, dys, wanted):
                                 b.const(ends, "e", np.int64), b.const(axes, "ax", np.int64)],
                       "pad")}
 
+
+from bincam.export import rules_pool  # noqa: E402,F401 - registers the MaxPool and AveragePool rules
