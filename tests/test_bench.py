@@ -179,7 +179,7 @@ def test_bench_errors(tmp_path, checkpoint):
     user_error(bench(str(checkpoint), "--engines", "trt", "--json", str(out)),
                "the TensorRT engine needs TensorRT")
     user_error(bench(str(checkpoint), "--engines", "tvm"),
-               "must be one of auto, torch, ort, trt, got 'tvm'")
+               "--engines takes distinct names from torch, ort, trt, got tvm")
     user_error(bench(str(checkpoint), "--batch", "1,x"), "--batch takes comma-separated integers")
     user_error(bench(str(checkpoint), "--iters", "5", "--rounds", "2"), "--iters ≥ 3 per round")
     user_error(bench(str(tmp_path / "none.onnx")), "does not exist")

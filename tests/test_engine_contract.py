@@ -72,3 +72,26 @@ def test_open_engine_refuses_clearly(tmp_path):
     with pytest.raises(BincamError, match="not a loadable ONNX model"):
         open_engine(tmp_path / "m.onnx")
     assert resolve_engine(MODEL) == "torch" and resolve_engine(tmp_path / "m.onnx") == "ort"
+
+
+def test_options_layers_paths_and_closed_engines(tmp_path):
+    x = np.full((1, 3, 112, 112), 90, np.uint8)
+    with pytest.raises(BincamError, match="the ort engine takes no option max_batch"):
+        open_engine(MODEL, "ort", max_batch=8)
+    with pytest.raises(BincamError, match="the torch engine takes no option spin"):
+        open_engine(MODEL, spin=True)
+    # a checkpoint given to ort is exported at the layer asked for, once per layer in the cache
+    with open_engine(MODEL, "ort", layer="layer3", export_cache=tmp_path) as engine:
+        assert engine.info.target_layer == "layer3" and engine.info.gradient_layout == "dense"
+        ort_maps = engine.explain(x, attributes=["Male"]).heatmaps()
+    with open_engine(MODEL / "model.safetensors", layer="layer3") as engine:  # a file inside
+        assert engine.kind == "torch"
+        assert np.abs(engine.explain(x, attributes=["Male"]).heatmaps() - ort_maps).max() < 1e-3
+    with open_engine(MODEL, "ort", export_cache=tmp_path) as engine:
+        assert engine.info.target_layer == "layer4.pre_relu"
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
+    engine = open_engine(MODEL, "ort", export_cache=tmp_path)
+    engine.close()
+    engine.close()  # idempotent
+    with pytest.raises(BincamError, match="engine is closed"):
+        engine.explain(x)

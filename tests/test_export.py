@@ -109,9 +109,10 @@ def test_any_onnx_classifier(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bincam", "export", "--onnx",
                            str(tmp_path / "foreign.onnx"), "--activation", "conv", "--logits",
                            "scores", "--attributes", "Male,Young,Smiling,Bald", "--out",
-                           str(tmp_path / "with_grads.onnx")], capture_output=True, text=True,
-                          timeout=300)
+                           str(tmp_path / "with_grads.onnx"), "--gradients", "dense"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert "self-check" in proc.stderr and "FAILED" not in proc.stderr  # the Rich table
     engine = OrtEngine(tmp_path / "with_grads.onnx")
     assert engine.attributes == ["Male", "Young", "Smiling", "Bald"]
     x = np.random.default_rng(1).random((2, 3, 32, 32), dtype=np.float32)
@@ -123,6 +124,13 @@ def test_any_onnx_classifier(tmp_path):
     ref = torch.stack([torch.autograd.grad(z[:, k].sum(), conv, retain_graph=True)[0]
                        for k in range(4)], 1)
     assert np.allclose(out["gradients"], ref.numpy(), atol=1e-6)
+    # auto: ReLU → mean → Linear is an affine head, so the channel weights W/(h·w) come instead
+    factored = export_onnx_classifier(tmp_path / "foreign.onnx", "conv", "scores")
+    auto = OrtEngine(factored.SerializeToString())
+    assert auto.info.gradient_layout == "factored" and auto.info.mask_positive
+    assert np.allclose(auto.run(x)["channel_weights"], fc / (16 * 16), atol=1e-7)
+    np.testing.assert_allclose(auto.explain(x, "gradcam++").raw, engine.explain(x, "gradcam++").raw,
+                               rtol=1e-5, atol=1e-6)
     with pytest.raises(BincamError, match="no tensor 'nope'"):
         export_onnx_classifier(tmp_path / "foreign.onnx", "nope", "scores")
 

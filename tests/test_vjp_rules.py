@@ -2,6 +2,7 @@
 every op the gradient pass emits passes the TensorRT lint."""
 
 import io
+import zlib
 import warnings
 
 import numpy as np
@@ -154,7 +155,7 @@ def check_gradients(name, graph, module, shape, covers, ties: bool = False):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_rule_matches_autograd(name):
-    torch.manual_seed(hash(name) % 1000)
+    torch.manual_seed(zlib.crc32(name.encode()) % 1000)
     op, covers, shape, *ties = CASES[name]
     x = torch.randn(3, *shape)
     module = Probe(op, torch.flatten(op(x), 1).shape[1]).eval()
@@ -175,7 +176,7 @@ def hand_built(op_node, consts, x_shape, head):
 
 @pytest.mark.parametrize("name", list(HAND_BUILT))
 def test_hand_built_rule_matches_autograd(name):
-    torch.manual_seed(hash(name) % 1000)
+    torch.manual_seed(zlib.crc32(name.encode()) % 1000)
     op_node, consts, fn, covers, shape = HAND_BUILT[name]
     tensors = {k: torch.from_numpy(v) for k, v in consts.items()}
     op = Lambda(lambda x: fn(x, tensors))
@@ -184,7 +185,10 @@ def test_hand_built_rule_matches_autograd(name):
 
 
 def test_every_rule_has_a_case():
-    assert set(RULES) <= COVERED, f"no test case for {sorted(set(RULES) - COVERED)}"
+    """The rules of rules.py and rules_pool.py; test_vjp_rules_more.py covers all of ``RULES``."""
+    own = {op for op, rule in RULES.items()
+           if rule.__module__ in ("bincam.export.rules", "bincam.export.rules_pool")}
+    assert own <= COVERED, f"no test case for {sorted(own - COVERED)}"
 
 
 def test_registering_an_op_type_twice_raises():

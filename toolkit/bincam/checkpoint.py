@@ -18,7 +18,7 @@ from torch import nn
 
 from bincam.core.model_info import CARD, CARD_FORMAT, WEIGHTS, ModelCard, checkpoint_folder, read_card
 from bincam.errors import BincamError
-from bincam.files import atomic_path, write_atomic
+from bincam.files import atomic_path
 from bincam.nets import build_from_config
 
 def card_for(model: nn.Module, attributes: list[str], image_size: int, **fields: Any) -> ModelCard:
@@ -33,9 +33,9 @@ def save_checkpoint(model: nn.Module, card: ModelCard, folder: Path | str) -> Pa
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "bincam_card": CARD_FORMAT})
-    write_atomic(folder / CARD, card.to_json().encode())
+    with atomic_path(folder / WEIGHTS) as weights, atomic_path(folder / CARD) as card_file:
+        save_file(state, str(weights), metadata={"format": "pt", "bincam_card": CARD_FORMAT})
+        card_file.write_text(card.to_json())  # both written before either is renamed
     return folder
 
 

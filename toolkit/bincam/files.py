@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+
+def _unique() -> str:
+    """Process and thread: two writers of one target never share a temporary name."""
+    return f"{os.getpid()}-{threading.get_ident()}"
 
 
 @contextmanager
@@ -20,7 +26,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path``; renamed to ``path`` when the block ends without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{_unique()}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -39,7 +45,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     """An empty temporary folder beside ``path``; it replaces ``path`` (if any) when the block
     ends without error, and is removed otherwise."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp = path.with_name(f".{path.name}.{_unique()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

@@ -80,10 +80,13 @@ def _engines(config: BenchConfig, model, onnx_bytes) -> dict[str, TimedEngine]:
     """Every engine of the run, opened through the contract: the torch net where there is one,
     else the ONNX file (ort and trt take the file when given one, else export the net)."""
     from bincam.attributes import resolve_attributes
-    from bincam.runtime import open_engine
+    from bincam.runtime import ENGINES, open_engine
 
-    if not config.engines or len(set(config.engines)) != len(config.engines):
-        raise BincamError("--engines needs distinct engine names, e.g. torch,ort")
+    names = [n for n in ENGINES if n != "auto"]
+    if not config.engines or len(set(config.engines)) != len(config.engines) or \
+            not set(config.engines) <= set(names):
+        raise BincamError(f"--engines takes distinct names from {', '.join(names)}, got "
+                          f"{','.join(config.engines) or 'none'}")
     engines, attributes = {}, None
     try:
         for name in config.engines:
@@ -92,9 +95,11 @@ def _engines(config: BenchConfig, model, onnx_bytes) -> dict[str, TimedEngine]:
             attributes = attributes or resolve_attributes(config.attributes,
                                                           engine.info.attributes)
             engines[name] = TimedEngine(engine, config.method, attributes)
-    except BincamError as exc:
+    except BaseException as exc:
         for opened in engines.values():
             opened.close()
+        if not isinstance(exc, BincamError):
+            raise
         hint = " (an ONNX MODEL runs on torch with --checkpoint DIR)" if model is None else ""
         raise BincamError(f"{exc}{hint}") from None
     return engines
@@ -106,7 +111,7 @@ def _time_block(engine, images: np.ndarray, iters: int, config: BenchConfig, rng
     x = to_batch(images)
     calls = {"forward": lambda: engine.forward(x), "cam": lambda: engine.cam(x),
              "end_to_end": lambda: engine.end_to_end(images)}
-    for _ in range(config.warmup):
+    for _ in range(max(config.warmup, 1)):  # one untimed call at least: lazy sessions build
         for fn in calls.values():
             fn()
     samples = {scope: [] for scope in calls}
@@ -192,6 +197,8 @@ def _fidelity(engines, model, config, attributes, images, baselines, advance) ->
     truth = engines.get(REFERENCE) or TimedEngine(open_engine(model, REFERENCE, config.device),
                                                   config.method, attributes)
     expected = truth.outputs(images)
+    if REFERENCE not in engines:
+        truth.close()
     out = {}
     for name, engine in engines.items():
         if engine is not truth:

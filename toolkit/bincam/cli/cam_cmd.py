@@ -89,11 +89,12 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
     if on_error not in ("skip", "fail"):
         raise BincamError(f"--on-error must be skip or fail, got {on_error!r}")
     cam_method(method), check_mode(mode)
+    files = _expand(inputs)
     with open_engine(checkpoint, engine, layer=layer) as session:
         names = resolve_attributes(attributes, session.attributes)
         summary = {"model": str(checkpoint), "engine": session.kind, "method": method,
                    "mode": mode, "layer": session.info.target_layer, "attributes": names}
-        readable, pixels = _read_all(_expand(inputs), session.info.image_size, size, on_error)
+        readable, pixels = _read_all(files, session.info.image_size, size, on_error)
         records, arrays = _explain_all(session, readable, pixels, out, size, batch_size,
                                        method=method, mode=mode, attributes=names)
     write_atomic(out / "predictions.json", json.dumps(summary | {"images": records},
@@ -124,7 +125,8 @@ def _explain_all(session, readable: list[Path], pixels: list, out: Path, size: i
                 records.append({"file": str(path), "logits": result.logits[i].tolist(),
                                 "probabilities": probs[i].tolist(),
                                 "predicted": [int(v) for v in (probs[i] >= 0.5)],
-                                "proportional_energy": pe[i].tolist()})
+                                "proportional_energy": [None if np.isnan(v) else v
+                                                        for v in pe[i].tolist()]})
                 bar.advance(task)
             raws.append(result.raw.astype(np.float32))
             logits.append(result.logits)

@@ -20,11 +20,17 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
            activation: str = typer.Option(None, help="With --onnx: the activation tensor."),
            logits: str = typer.Option(None, help="With --onnx: the logits tensor."),
            attributes: str = typer.Option(None, help="With --onnx: comma-separated logit names."),
+           tokens: str = typer.Option("none", help="With --onnx: none, or vit / swin when the "
+                                      "activation is a transformer's tokens [B, 1+h·w, C] / "
+                                      "[B, h, w, C] (mapped to [B, C, h, w] in the graph)."),
            precision: str = typer.Option("fp32", help="fp32, or fp16: a mixed-precision graph "
                                          "(Gemm/MatMul kept in float32) for strongly typed "
                                          "TensorRT; checked with ONNX Runtime here."),
            checks: bool = typer.Option(True, help="Run checker, shape inference, TensorRT lint, "
-                                       "parity and input-dependence checks.")) -> None:
+                                       "self-checks, parity and input-dependence checks."),
+           list_activations: bool = typer.Option(False, help="With --onnx: list candidate CAM "
+                                                 "tensors (with their --tokens) and stop.")
+           ) -> None:
     """Append the gradient subgraph and write a self-describing ONNX model."""
     from bincam.export.checks import run_checks
     from bincam.export.model import export_checkpoint, export_onnx_classifier, save_onnx
@@ -34,11 +40,13 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         raise BincamError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
     torch_model = None
+    if list_activations:
+        return _list_activations(onnx_model, logits)
     if onnx_model is not None:
         if checkpoint is not None or not activation or not logits:
             raise BincamError("--onnx needs --activation and --logits, and no checkpoint")
         names = [a.strip() for a in attributes.split(",")] if attributes else None
-        model = export_onnx_classifier(onnx_model, activation, logits, names)
+        model = export_onnx_classifier(onnx_model, activation, logits, names, gradients, tokens)
     else:
         if checkpoint is None:
             raise BincamError("give a checkpoint folder, or --onnx MODEL with --activation and "
@@ -61,14 +69,32 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
     console.print(f"wrote {out}")
 
 
+def _list_activations(onnx_model: Path | None, logits: str | None) -> None:
+    from bincam.core.model_info import load_onnx
+    from bincam.export.candidates import cam_candidates
+
+    if onnx_model is None:
+        raise BincamError("--list-activations needs --onnx MODEL")
+    proto, _, _ = load_onnx(onnx_model)
+    logits = logits or proto.graph.output[0].name
+    table = Table("shape", "--tokens", "note", title=f"CAM tensors → {logits}, latest first")
+    table.add_column("--activation", overflow="fold")
+    for c in cam_candidates(proto, logits):
+        table.add_row(str(c["shape"]), c["tokens"], c["note"], c["tensor"])
+    console.print(table)
+
+
 @app.command("build")
 def build(model: Path = typer.Argument(..., help="An ONNX file written by bincam export."),
           max_batch: int = typer.Option(32, help="Largest batch of the optimisation profile."),
           opt_batch: int = typer.Option(8, help="Batch size TensorRT tunes for.")) -> None:
     """Build (or find in the cache) the TensorRT plan of an exported model for this GPU."""
-    from bincam.runtime.trt_engine import TrtEngine
+    from bincam.core.model_info import load_onnx, onnx_info
+    from bincam.runtime.trt_plan import cached_plan
 
-    engine = TrtEngine(model, max_batch=max_batch, opt_batch=opt_batch)
-    k = engine.key
+    if not 1 <= opt_batch <= max_batch:
+        raise BincamError(f"need 1 ≤ --opt-batch ≤ --max-batch, got {opt_batch} and {max_batch}")
+    proto, data, source = load_onnx(model)
+    _, k = cached_plan(data, onnx_info(proto, source).precision, (1, opt_batch, max_batch))
     console.print(f"TensorRT {k['tensorrt']} plan for {k['gpu']} (sm {k['compute_capability']}), "
                   f"{k['precision']}, batch {k['profile'][0]}..{k['profile'][2]}: key {k['key']}")

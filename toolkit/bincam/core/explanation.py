@@ -50,20 +50,28 @@ class Explanation:
         return epilogue(self.raw, size or self.input_size, np.float32)
 
     def proportional_energy(self, size: int | None = None, corrected: bool = False) -> np.ndarray:
-        """PE ``[B, K]`` of each final map inside its attribute's mask (fast exact form)."""
-        energy = attribute_energy(tuple(self.attributes), size or self.input_size,
-                                  tuple(self.raw.shape[-2:]))
-        return energy.corrected(self.raw) if corrected else energy(self.raw)
+        """PE ``[B, K]`` of each final map inside its attribute's mask (fast exact form); NaN for
+        an attribute with no mask (a foreign model's ``logit0``, say)."""
+        from bincam.attributes import ATTRIBUTE_REGION
+
+        known = [k for k, a in enumerate(self.attributes) if a in ATTRIBUTE_REGION]
+        pe = np.full(self.logits.shape, np.nan)
+        if known:
+            energy = attribute_energy(tuple(self.attributes[k] for k in known),
+                                      size or self.input_size, tuple(self.raw.shape[-2:]))
+            raw = self.raw[:, known]
+            pe[:, known] = energy.corrected(raw) if corrected else energy(raw)
+        return pe
 
 
 def raw_from_outputs(out: dict, method: str, mode: str, mask_positive: bool
                      ) -> tuple[np.ndarray, np.ndarray]:
     """``(s [B,K], raw [B,K,h,w])`` from an engine's outputs: ``G = s·∂z/∂A`` with ``s`` from the
     mode (dense ``gradients``, or the factored ``channel_weights``), then the CAM method."""
-    s = signs(out["logits"], mode)
+    s = signs(out["logits"], mode).astype(np.float64)
     a = np.asarray(out["activations"], dtype=np.float64)
     if "gradients" in out:
-        g = s.astype(np.float64)[:, :, None, None, None] * out["gradients"].astype(np.float64)
+        g = s[:, :, None, None, None] * out["gradients"].astype(np.float64)
     else:
         g = factored_gradients(a, s, out["channel_weights"], mask_positive)
     return s, raw_maps(method, a, g)

@@ -5,7 +5,8 @@ ONNX keys: ``bincam.version``, ``bincam.attributes`` (list), ``bincam.target_lay
 ``bincam.gradient_layout`` (``dense``: output ``gradients [B,K,C,h,w]``; ``factored``: output
 ``channel_weights [K,C]`` with ``bincam.mask_positive``), ``bincam.modes``, ``bincam.image_size``,
 ``bincam.class_counts`` ({positive, negative}), ``bincam.precision`` (fp32 | fp16),
-``bincam.input``, and the ONNX image keys ``Image.BitmapPixelFormat`` (Rgb8),
+``bincam.input``, ``bincam.token_layout`` (vit | swin, only for token activations), and the
+ONNX image keys ``Image.BitmapPixelFormat`` (Rgb8),
 ``Image.ColorSpaceGamma`` (SRGB), ``Image.NominalPixelRange`` (Normalized_0_1) plus
 ``bincam.mean`` / ``bincam.std``. No torch here.
 """
@@ -108,11 +109,7 @@ class ModelInfo:
     version: str = ""
     precision: str = "fp32"          # compute type of the graph's bulk (inputs/outputs: float32)
     weighting: str | None = None     # training class weighting (cards only)
-
-    def majority_is_positive(self) -> list[bool]:
-        if self.positive_counts is None or self.negative_counts is None:
-            raise BincamError("the model's metadata has no training class counts")
-        return [p > n for p, n in zip(self.positive_counts, self.negative_counts)]
+    token_layout: str = "none"       # vit | swin: the CAM tensor was a transformer's tokens
 
     @classmethod
     def from_card(cls, card: ModelCard, layer: str | None = None,
@@ -137,7 +134,7 @@ class ModelInfo:
                                                "negative": self.negative_counts}),
             "Image.BitmapPixelFormat": "Rgb8", "Image.ColorSpaceGamma": "SRGB",
             "Image.NominalPixelRange": "Normalized_0_1",
-        }
+        } | ({"bincam.token_layout": self.token_layout} if self.token_layout != "none" else {})
 
     @classmethod
     def from_metadata(cls, props: dict[str, str], source: str) -> "ModelInfo":
@@ -157,7 +154,8 @@ class ModelInfo:
                 positive_counts=counts.get("positive"), negative_counts=counts.get("negative"),
                 input_name=props.get("bincam.input", "images"),
                 version=props.get("bincam.version", ""),
-                precision=props.get("bincam.precision", "fp32"))
+                precision=props.get("bincam.precision", "fp32"),
+                token_layout=props.get("bincam.token_layout", "none"))
         except (KeyError, ValueError) as exc:
             raise BincamError(f"{source} has broken bincam metadata ({exc}); "
                               f"{HOW_TO_EXPORT}") from None

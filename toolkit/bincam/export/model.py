@@ -66,9 +66,15 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto") 
 
 
 def export_onnx_classifier(source: Path | str, activation: str, logits: str,
-                           attributes: list[str] | None = None) -> onnx.ModelProto:
-    """Append the gradient subgraph to an ONNX classifier made by any framework."""
+                           attributes: list[str] | None = None,
+                           gradients: str = "auto", tokens: str = "none") -> onnx.ModelProto:
+    """Append the gradients to an ONNX classifier made by any framework: the factored channel
+    weights where the head after ``activation`` is affine (``gradients`` auto or factored), else
+    the VJP subgraph. ``tokens``: ``vit`` or ``swin`` when ``activation`` is a transformer's
+    token tensor (mapped to ``[B, C, h, w]`` in the graph, see ``tokens.py``)."""
+    from bincam.export.affine_head import find_affine_head
     from bincam.export.forward import fold_constants
+    from bincam.export.tokens import TOKEN_LAYOUTS, add_token_maps, token_gradients, token_grid
 
     try:
         model = onnx.load(str(source))
@@ -82,11 +88,20 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
             candidates = [n.output[0] for n in model.graph.node][-12:]
             raise BincamError(f"no tensor {name!r} ({what}) in {source}; tensors near the end: "
                               f"{', '.join(candidates)}")
+    if tokens not in TOKEN_LAYOUTS:
+        raise BincamError(f"--tokens must be one of {', '.join(TOKEN_LAYOUTS)}, got {tokens!r}")
     graph = helper.make_graph(list(model.graph.node), model.graph.name, list(model.graph.input),
                               [], list(model.graph.initializer), value_info=list(
                                   model.graph.value_info))
+    grid = None
+    if tokens != "none":
+        shapes = onnx.shape_inference.infer_shapes(model, data_prop=True).graph.value_info
+        dims = next((v.type.tensor_type.shape.dim for v in shapes if v.name == activation), [])
+        grid = token_grid([d.dim_value or None for d in dims], tokens, activation)
+        add_token_maps(graph, activation, tokens, grid)
     for new, old in (("logits", logits), ("activations", activation)):
-        graph.node.append(helper.make_node("Identity", [old], [new], name=f"bincam/{new}"))
+        if new != old and not (grid and new == "activations"):  # already called so: as it is
+            graph.node.append(helper.make_node("Identity", [old], [new], name=f"bincam/{new}"))
     rebuilt = helper.make_model(graph, opset_imports=list(model.opset_import),
                                 ir_version=model.ir_version)
     inferred = onnx.shape_inference.infer_shapes(rebuilt, data_prop=True)
@@ -97,12 +112,30 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
     names = attributes or [f"logit{i}" for i in range(k)]
     if len(names) != k:
         raise BincamError(f"the model has {k} logits but {len(names)} attribute names were given")
-    out = append_gradients(rebuilt, activation, logits)
+    if gradients not in LAYOUTS:
+        raise BincamError(f"--gradients must be one of {', '.join(LAYOUTS)}")
+    head = find_affine_head(rebuilt, activation, logits) \
+        if gradients != "dense" and grid is None else None
+    if gradients == "factored" and head is None:
+        raise BincamError(f"the head after {activation!r} is not [Relu →] global average pool → "
+                          "Linear layers; use --gradients dense")
+    if head is not None:
+        out = rebuilt
+        spatial = [d.dim_value for d in out.graph.output[1].type.tensor_type.shape.dim[2:]]
+        if len(spatial) != 2 or not all(spatial):
+            raise BincamError(f"the activation {activation!r} must be [B, C, h, w] with static "
+                              "h and w for the factored form; use --gradients dense")
+        _add_factored(out, head.weight / float(np.prod(spatial)))
+    else:
+        out = append_gradients(rebuilt, activation, logits)
+        if grid is not None:
+            token_gradients(out, tokens, grid)
     dims = out.graph.input[0].type.tensor_type.shape.dim
     size = dims[-1].dim_value or None
     write_metadata(out, ModelInfo(attributes=names, target_layer=activation,
-                                  gradient_layout="dense", image_size=size,
-                                  input_name=out.graph.input[0].name))
+                                  gradient_layout="dense" if head is None else "factored",
+                                  image_size=size, mask_positive=bool(head and head.relu_first),
+                                  input_name=out.graph.input[0].name, token_layout=tokens))
     return out
 
 

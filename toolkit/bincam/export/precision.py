@@ -21,6 +21,7 @@ import warnings
 
 import onnx
 
+from bincam.core.model_info import onnx_info, write_metadata
 from bincam.errors import BincamError
 
 PRECISIONS = ("fp32", "fp16")
@@ -49,12 +50,9 @@ def reduce_precision(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
         converted = float16.convert_float_to_float16(source, keep_io_types=True,
                                                       op_block_list=block)
     del converted.graph.value_info[:]
-    props = {p.key: p.value for p in model.metadata_props}
-    props["bincam.precision"] = precision
-    del converted.metadata_props[:]
-    for key, value in props.items():
-        entry = converted.metadata_props.add()
-        entry.key, entry.value = key, value
+    info = onnx_info(model, "the model")
+    info.precision = precision
+    write_metadata(converted, info)
     return converted
 
 

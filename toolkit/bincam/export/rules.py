@@ -142,17 +142,6 @@ def gemm(b, node, dys, wanted):
                                   "gemm")}
 
 
-@vjp_rule("MatMul")
-def matmul(b, node, dys, wanted):
-    """``Y = A·W`` with constant 2-D ``W``: ``dA = dY·Wᵀ``."""
-    _only(node, wanted)
-    w = _const(b, node.input[1], "weight", node)
-    if w.ndim != 2:
-        raise BincamError(f"MatMul node {node.name!r}: only a constant 2-D right operand is supported")
-    return {node.input[0]: b.node("MatMul", [dys[node.output[0]], b.const(w.T, "matmul_w")],
-                                  "matmul")}
-
-
 @vjp_rule("Transpose")
 def transpose(b, node, dys, wanted):
     """``dX = dY`` transposed by the inverse permutation (the K axis stays first)."""
@@ -296,3 +285,5 @@ def pad(b, node, dys, wanted):
 
 
 from bincam.export import rules_pool  # noqa: E402,F401 - registers the MaxPool and AveragePool rules
+from bincam.export import rules_elementwise  # noqa: E402,F401 - registers the element-wise rules
+from bincam.export import rules_tensor  # noqa: E402,F401 - registers the indexing and MatMul rules

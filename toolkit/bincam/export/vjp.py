@@ -99,6 +99,9 @@ class VjpBuilder:
         return self.node("Reshape", [summed, self.k_shape(target)])
 
 
+NO_GRADIENT = frozenset({"Shape", "Size"})
+
+
 def path_nodes(graph: onnx.GraphProto, source: str, sink: str) -> list[onnx.NodeProto]:
     """Nodes on some path from tensor ``source`` to tensor ``sink``, in graph (topological) order."""
     consumers = defaultdict(list)
@@ -108,6 +111,8 @@ def path_nodes(graph: onnx.GraphProto, source: str, sink: str) -> list[onnx.Node
     downstream, stack = {source}, [source]
     while stack:
         for node in consumers[stack.pop()]:
+            if node.op_type in NO_GRADIENT:
+                continue  # integer results (shapes, sizes): no gradient flows through them
             for out in node.output:
                 if out not in downstream:
                     downstream.add(out)

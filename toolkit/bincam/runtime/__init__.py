@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from bincam.core.model_info import CARD, WEIGHTS, is_checkpoint
+from bincam.core.model_info import CARD, WEIGHTS, checkpoint_folder, is_checkpoint
 from bincam.errors import BincamError
 from bincam.runtime.engine import Engine
 
@@ -29,21 +29,33 @@ def _is_torch_module(model) -> bool:
     return type(model).__module__.startswith("torch") or hasattr(model, "state_dict")
 
 
-def _exported(model, cache: Path | None) -> bytes:
-    """The gradient graph of a net or checkpoint folder (kept in ``cache`` per checkpoint digest)."""
+def _exported(model, layer: str | None, cache: Path | None) -> bytes:
+    """The gradient graph of a net or checkpoint folder at ``layer`` (default: the net's own),
+    kept in ``cache`` per checkpoint digest and layer."""
     from bincam.checkpoint import load_checkpoint
     from bincam.export.model import export_checkpoint, save_onnx
 
-    if not isinstance(model, (str, Path)):
-        return export_checkpoint(model).SerializeToString()
-    if cache is None:
-        return export_checkpoint(load_checkpoint(model)).SerializeToString()
-    folder = Path(model)
-    digest = hashlib.sha256((folder / CARD).read_bytes() + (folder / WEIGHTS).read_bytes())
+    net = load_checkpoint(model) if isinstance(model, (str, Path)) else model
+    if cache is None or not isinstance(model, (str, Path)):
+        return export_checkpoint(net, layer).SerializeToString()
+    folder = checkpoint_folder(model)
+    digest = hashlib.sha256((folder / CARD).read_bytes() + (folder / WEIGHTS).read_bytes() +
+                            (layer or net.default_cam_layer).encode())
     path = Path(cache) / f"{folder.name}-{digest.hexdigest()[:16]}.onnx"
     if not path.is_file():
-        save_onnx(export_checkpoint(load_checkpoint(folder)), path)
+        save_onnx(export_checkpoint(net, layer), path)
     return path.read_bytes()
+
+
+OPTIONS = {"torch": {"closed_form"}, "ort": {"optimize", "spin"},
+           "trt": {"max_batch", "opt_batch", "cache", "cuda_graphs"}}
+
+
+def _checkpoint_path(model) -> bool:
+    """A checkpoint folder, or a file inside one (``model.safetensors``, ``card.json``)."""
+    path = Path(model)
+    return is_checkpoint(path) or (path.is_file() and path.name in (CARD, WEIGHTS)
+                                   and is_checkpoint(path.parent))
 
 
 def resolve_engine(model, engine: str = "auto") -> str:
@@ -52,7 +64,7 @@ def resolve_engine(model, engine: str = "auto") -> str:
     if engine not in ENGINES:
         raise BincamError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     is_net = not isinstance(model, (str, Path, bytes)) and _is_torch_module(model)
-    is_card = isinstance(model, (str, Path)) and is_checkpoint(model)
+    is_card = isinstance(model, (str, Path)) and _checkpoint_path(model)
     if isinstance(model, (str, Path)) and not is_card:
         if not Path(model).exists():
             raise BincamError(f"model {model} does not exist")
@@ -75,6 +87,10 @@ def open_engine(model, engine: str = "auto", device: str | None = None,
     ``threads``: intra-op threads of the torch and ort engines; ``onnx``: the exported file (path
     or bytes) of a net or checkpoint, which ort and trt then run instead of exporting it."""
     engine = resolve_engine(model, engine)
+    unknown = sorted(set(options) - OPTIONS[engine])
+    if unknown:
+        raise BincamError(f"the {engine} engine takes no option {', '.join(unknown)}; its "
+                          f"options: {', '.join(sorted(OPTIONS[engine])) or 'none'}")
     if engine == "torch":
         from bincam.runtime.torch_engine import TorchEngine
 
@@ -84,9 +100,10 @@ def open_engine(model, engine: str = "auto", device: str | None = None,
             model = load_checkpoint(model, device or "cpu")
         return TorchEngine(model, device, layer, threads=threads, **options)
     exported = not isinstance(model, bytes) and (not isinstance(model, (str, Path))
-                                                 or is_checkpoint(model))
-    if onnx is None:
-        onnx = _exported(model, export_cache) if exported else model
+                                                 or _checkpoint_path(model))
+    if onnx is None and exported:
+        onnx, layer = _exported(model, layer, export_cache), None  # exported at that layer
+    onnx = model if onnx is None else onnx
     if engine == "ort":
         from bincam.runtime.ort_engine import OrtEngine
 
@@ -94,7 +111,9 @@ def open_engine(model, engine: str = "auto", device: str | None = None,
     else:
         from bincam.runtime.trt_engine import TrtEngine
 
-        opened = TrtEngine(onnx, device=device or "cuda", **options)
+        # TensorRT runs on a GPU whatever the other engines of a run use (--device cpu)
+        opened = TrtEngine(onnx, device=device if str(device).startswith("cuda") else "cuda",
+                           **options)
     if layer and layer != opened.info.target_layer:
         opened.close()
         raise BincamError(f"{model if isinstance(model, (str, Path)) else 'the model'} was "

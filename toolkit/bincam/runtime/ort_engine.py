@@ -69,6 +69,11 @@ class OrtEngine(Engine):
         if missing:
             raise BincamError(f"{source} lacks output(s) {', '.join(sorted(missing))}")
 
+    def check_images(self, images) -> np.ndarray:
+        if self.session is None:
+            raise BincamError("this ONNX Runtime engine is closed; open a new one")
+        return super().check_images(images)
+
     def _run(self, images, indices: list[int]) -> dict[str, np.ndarray]:
         x = self.check_images(images)
         names = ["logits", "activations", self.grad_output]

@@ -48,6 +48,8 @@ class TorchEngine(Engine):
     def __init__(self, model: nn.Module, device: str | None = None, layer: str | None = None,
                  closed_form: bool | None = None, threads: int | None = None):
         if device is not None:
+            if str(device).startswith("cuda") and not torch.cuda.is_available():
+                raise BincamError(f"--device {device}: torch sees no CUDA GPU on this machine")
             model = model.to(device)
         if model.training:
             raise BincamError("the model is in training mode; call model.eval() first")

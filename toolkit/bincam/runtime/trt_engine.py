@@ -234,6 +234,8 @@ class TrtEngine(Engine):
                 self.rt.cudaSetDevice(previous)
 
     def _batch(self, images) -> np.ndarray:
+        if self._plan is None:
+            raise BincamError("this TensorRT engine is closed; open a new one")
         x = self.check_images(images)
         if not 1 <= len(x) <= self.profile[2]:
             raise BincamError(f"batch {len(x)} is outside this engine's profile "

@@ -1,0 +1,118 @@
+"""VJP rules of indexing, splitting, matrix products and LayerNorm — the ops vision transformers
+add (class-token pick, q/k/v selection, attention ``Q·Kᵀ`` and ``P·V``, pre-norm blocks)."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from bincam.errors import BincamError
+from bincam.export.rules import _attrs, _collect, _const, _only, vjp_rule
+
+
+@vjp_rule("Gather")
+def gather(b, node, dys, wanted):
+    """``Y = take(X, i, axis)``, constant indices of rank ≤ 1: ``dX`` is zero but for
+    ``dX[…, iⱼ, …] += dY[…, j, …]`` — repeated indices add up. One index (the class-token pick
+    ``x[:, 0]``) pads ``dY`` back; several multiply it by their one-hot ``[n, N]`` matrix."""
+    _only(node, wanted)
+    x, y = node.input[0], node.output[0]
+    rank = len(b.shape(x))
+    axis = _attrs(node).get("axis", 0) % rank
+    size = b.shape(x)[axis]
+    idx = np.asarray(_const(b, node.input[1], "indices", node), dtype=np.int64)
+    if size is None or idx.ndim > 1:
+        raise BincamError(f"Gather node {node.name!r}: only indices of rank ≤ 1 along a static "
+                          "axis are supported")
+    idx = np.where(idx < 0, idx + size, idx)
+    dy = dys[y]
+    if idx.ndim == 0:
+        dy = b.node("Unsqueeze", [dy, b.const([axis + 1], "axis", np.int64)], "unsq")
+    if idx.size == 1:
+        pads = np.zeros(2 * (rank + 1), dtype=np.int64)
+        pads[axis + 1], pads[axis + rank + 2] = int(idx.ravel()[0]), size - 1 - int(idx.ravel()[0])
+        return {x: b.node("Pad", [dy, b.const(pads, "pads", np.int64)], "gather", mode="constant")}
+    one_hot = b.const(np.eye(size, dtype=np.float32)[idx], "one_hot")      # [n, N]
+    if axis == rank - 1:
+        return {x: b.node("MatMul", [dy, one_hot], "gather")}
+    perm = [i for i in range(rank + 1) if i != axis + 1] + [axis + 1]   # the axis last
+    spread = b.node("MatMul", [b.node("Transpose", [dy], "to_last", perm=perm), one_hot], "gather")
+    return {x: b.node("Transpose", [spread], "from_last", perm=[int(p) for p in np.argsort(perm)])}
+
+
+@vjp_rule("Split")
+def split(b, node, dys, wanted):
+    """``dX`` is the outputs' cotangents concatenated along the axis, zeros for outputs that do
+    not reach the logits (the sizes come from the outputs, whether ``split`` is an input, an
+    attribute or ``num_outputs``)."""
+    _only(node, wanted)
+    axis = _attrs(node).get("axis", 0) % len(b.shape(node.input[0]))
+    zero = helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0])
+    parts = [dys[out] if out in dys else
+             b.node("ConstantOfShape", [b.k_shape(out)], "zeros", value=zero)
+             for out in node.output]
+    return {node.input[0]: b.node("Concat", parts, "split", axis=axis + 1)}
+
+
+def _sum_to(b, cot: str, target: str, full: list) -> str:
+    """``cot [K, *full]`` summed over the axes that broadcasting ``target`` to ``full`` added."""
+    t = b.shape(target)
+    if t == full:
+        return cot
+    t_full = [1] * (len(full) - len(t)) + list(t)
+    axes = [i + 1 for i, (a, f) in enumerate(zip(t_full, full)) if a == 1 and f != 1]
+    if axes:
+        cot = b.node("ReduceSum", [cot, b.const(axes, "axes", np.int64)], "unbroadcast", keepdims=1)
+    return b.node("Reshape", [cot, b.k_shape(target)], "unbroadcast")
+
+
+def _swapped(b, name: str) -> str:
+    """``name`` with its last two axes swapped: a constant here, once; a tensor by a node."""
+    if name in b.consts:
+        return b.const(np.swapaxes(b.consts[name], -1, -2), "matmul_t")
+    rank = len(b.shape(name))
+    return b.node("Transpose", [name], "matmul_t", perm=[*range(rank - 2), rank - 1, rank - 2])
+
+
+@vjp_rule("MatMul")
+def matmul(b, node, dys, wanted):
+    """``Y = A·B`` (ranks ≥ 2, leading axes broadcast; either or both on the path, as attention's
+    ``Q·Kᵀ`` and ``P·V``): ``dA = dY·Bᵀ``, ``dB = Aᵀ·dY`` (ᵀ: the last two axes swapped), each
+    summed over the leading axes broadcasting added."""
+    (a, w), y = node.input, node.output[0]
+    if len(b.shape(a)) < 2 or len(b.shape(w)) < 2:
+        raise BincamError(f"MatMul node {node.name!r}: 1-D operands are not supported")
+    dy, lead, pairs = dys[y], b.shape(y)[:-2], []
+    if a in wanted:
+        grad = b.node("MatMul", [dy, _swapped(b, w)], "matmul")
+        pairs.append((a, _sum_to(b, grad, a, lead + b.shape(a)[-2:])))
+    if w in wanted:
+        grad = b.node("MatMul", [_swapped(b, a), dy], "matmul")
+        pairs.append((w, _sum_to(b, grad, w, lead + b.shape(w)[-2:])))
+    return _collect(b, pairs)
+
+
+@vjp_rule("LayerNormalization")
+def layer_norm(b, node, dys, wanted):
+    """``Y = X̂·γ + β``, ``X̂ = (X − μ)·r``, ``r = 1/√(σ² + ε)`` over the axes from ``axis`` on:
+    ``dX = r·(g − mean(g) − X̂·mean(g·X̂))`` with ``g = dY·γ``, means over the same axes. ``μ`` and
+    ``r`` are recomputed from ``X`` (TensorRT's LayerNorm has no Mean/InvStdDev outputs)."""
+    _only(node, wanted)
+    a = _attrs(node)
+    x, y = node.input[0], node.output[0]
+    rank = len(b.shape(x))
+    first = a.get("axis", -1) % rank
+    axes = b.const(list(range(first, rank)), "axes", np.int64)
+    k_axes = b.const(list(range(first + 1, rank + 1)), "axes", np.int64)
+    centred = b.node("Sub", [x, b.node("ReduceMean", [x, axes], "mean", keepdims=1)], "centred")
+    var = b.node("ReduceMean", [b.node("Mul", [centred, centred], "square"), axes], "var",
+                 keepdims=1)
+    std = b.node("Sqrt", [b.node("Add", [var, b.const(a.get("epsilon", 1e-5), "eps")])], "std")
+    r = b.node("Div", [b.const(1.0, "one"), std], "rstd")
+    xhat = b.node("Mul", [centred, r], "xhat")
+    g = b.node("Mul", [dys[y], node.input[1]], "g")
+    mean_g = b.node("ReduceMean", [g, k_axes], "mean_g", keepdims=1)
+    mean_gx = b.node("ReduceMean", [b.node("Mul", [g, xhat], "gx"), k_axes], "mean_gx", keepdims=1)
+    inner = b.node("Sub", [b.node("Sub", [g, mean_g], "g_centred"),
+                           b.node("Mul", [xhat, mean_gx], "projection")], "inner")
+    return {x: b.node("Mul", [inner, r], "layer_norm")}

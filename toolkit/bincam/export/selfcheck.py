@@ -1,0 +1,197 @@
+"""Torch-free checks of an exported gradient graph, evaluated by ONNX Runtime on the file itself.
+
+The slice from the CAM tensor ``A`` to ``logits`` and ``gradients`` is cut out of the file
+(``onnx.utils.Extractor``) so ``A`` can be set freely:
+
+- **finite differences** (the formulas): at generic points ``A' = A + noise`` (no exact zeros or
+  ties), ``⟨G(A'), V⟩`` must equal ``(z(A' + εV) − z(A' − εV)) / 2ε`` for random directions ``V``,
+  the logits computed in float64 where ONNX Runtime has double kernels for the slice's ops;
+- **ties** (the conventions): at the engine's own ``A`` — post-ReLU zeros, flat regions of a
+  uniform image — ``G(A)`` must equal ``G(A + δR)`` where the ramp ``R`` decreases with the flat
+  index, so every tie is broken toward its first element, as PyTorch and ONNX Runtime do
+  (a MaxPool rule that routes a tied window's gradient to all its maxima fails here);
+- **factored heads**: ``Δz = (W·h·w) · Δ mean_hw(ReLU?(A))`` between two inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+FD64_LIMIT, FD32_LIMIT, TIE_LIMIT, FACTORED_LIMIT = 1e-3, 1e-1, 1e-2, 1e-4
+
+
+def _cam_tensor(model: onnx.ModelProto, info) -> str:
+    """The tensor the gradients are taken at: the metadata's layer if the graph has it, else
+    bincam's own ``activations`` output."""
+    produced = {o for n in model.graph.node for o in n.output}
+    return info.target_layer if info.target_layer in produced else "activations"
+
+
+class Slice:
+    """The ``A → (logits, ∂z/∂A)`` slice of the file (the gradient shaped like ``A``: before a
+    token layout's reshape), and the ``images → A`` part that gives ``A``."""
+
+    def __init__(self, model: onnx.ModelProto, info):
+        import onnxruntime as ort
+
+        self.name = _cam_tensor(model, info)
+        produced = {o for n in model.graph.node for o in n.output}
+        self.grad = "gradients_tokens" if "gradients_tokens" in produced else "gradients"
+        extractor = onnx.utils.Extractor(model)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        self.input, self.images = info.input_name, None
+        part = cut(model, self.name, self.input, ["logits", self.grad])
+        self.needs_images = self.input in {i.name for i in part.graph.input}
+        self.session = ort.InferenceSession(part.SerializeToString(), options,
+                                            providers=["CPUExecutionProvider"])
+        head = extractor.extract_model([self.input], [self.name])
+        self.head = ort.InferenceSession(head.SerializeToString(), options,
+                                         providers=["CPUExecutionProvider"])
+
+    def activations(self, images: np.ndarray) -> np.ndarray:
+        """``A`` of ``images``, which stay fixed for the other paths to the logits."""
+        self.images = images
+        return self.head.run([self.name], {self.input: images})[0]
+
+    def feeds(self, a: np.ndarray) -> dict:
+        feeds = {self.name: a.astype(np.float32)}
+        return feeds | ({self.input: self.images} if self.needs_images else {})
+
+    def logits(self, a: np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], self.feeds(a))[0]
+
+    def gradients(self, a: np.ndarray) -> np.ndarray:
+        return self.session.run([self.grad], self.feeds(a))[0]
+
+
+def cut(model: onnx.ModelProto, a: str, images: str, outputs: list[str]) -> onnx.ModelProto:
+    """The part of ``model`` from ``A`` to ``outputs``; where other paths reach the outputs too
+    (a residual around ``A``), from ``A`` and the images, which then stay fixed."""
+    extractor = onnx.utils.Extractor(model)
+    part = extractor.extract_model([a], outputs)
+    known = {i.name for i in part.graph.input} | {t.name for t in part.graph.initializer} | \
+        {o for n in part.graph.node for o in n.output}
+    if all(i in known for n in part.graph.node for i in n.input if i):
+        return part
+    return extractor.extract_model([a, images], outputs)
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def float64_slice(model: onnx.ModelProto, a: str, images: str):
+    """The ``A → logits`` slice computed in float64 by ONNX Runtime, or None where one of its ops
+    has no double kernel (ONNX Runtime's CPU Conv, say)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, numpy_helper
+
+    part = cut(model, a, images, ["logits"])
+    graph = part.graph
+    opset = next((o.version for o in part.opset_import if o.domain in ("", "ai.onnx")), 18)
+    for tensor in list(graph.initializer):
+        if tensor.data_type == TensorProto.FLOAT:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(
+                np.float64), tensor.name))
+    for value in list(graph.input) + list(graph.output):
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT and value.name != images:
+            value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    del graph.value_info[:]
+    for node in graph.node:
+        if node.op_type == "GlobalAveragePool":  # no double kernel; the same mean over h, w
+            node.op_type = "ReduceMean"
+            node.attribute.extend([onnx.helper.make_attribute("keepdims", 1)])
+            if opset >= 18:
+                node.input.append(_axes(graph))
+            else:
+                node.attribute.extend([onnx.helper.make_attribute("axes", [2, 3])])
+        for attr in node.attribute:
+            if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(
+                    np.float64)))
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.DOUBLE
+    try:
+        return ort.InferenceSession(part.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - a missing double kernel: fall back to float32
+        return None
+
+
+def _axes(graph) -> str:
+    """A constant ``[2, 3]`` (the spatial axes) in ``graph``, added once."""
+    from onnx import numpy_helper
+
+    if not any(t.name == "selfcheck/hw" for t in graph.initializer):
+        graph.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64),
+                                                         "selfcheck/hw"))
+    return "selfcheck/hw"
+
+
+def finite_differences(part: Slice, a: np.ndarray, rng, exact=None,
+                       directions: int = 3) -> float:
+    """Relative L2 of ``⟨G, V⟩ − FD`` over images, logits and directions at a generic point.
+    With ``exact`` (the float64 slice) one tiny step crosses no kink; else the best of three
+    float32 steps (kinks add an error ∝ ε, rounding one ∝ 1/ε; a wrong rule is off at all)."""
+    scale = float(np.sqrt(np.mean(a.astype(np.float64) ** 2))) or 1.0
+    point = (a + rng.standard_normal(a.shape) * 0.05 * scale).astype(np.float32)
+    grads = part.gradients(point).astype(np.float64)  # [B, K, *A]
+    vs = [v / np.sqrt(np.mean(v ** 2)) for v in (rng.standard_normal(a.shape)
+                                                   for _ in range(directions))]
+    analytic = np.stack([np.einsum("bkn,bn->bk", grads.reshape(*grads.shape[:2], -1),
+                                   v.reshape(len(v), -1)) for v in vs])
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        if exact is not None:
+            return exact.run(["logits"], dict(part.feeds(x), **{part.name: x}))[0]
+        return part.logits(x).astype(np.float64)
+
+    errors = []
+    for step in ((1e-7,) if exact is not None else (1e-2, 1e-3, 1e-4)):
+        eps = step * scale
+        numeric = [(logits(point + eps * v) - logits(point - eps * v)) / (2 * eps) for v in vs]
+        errors.append(_rel(analytic, np.stack(numeric)))
+    return min(errors)
+
+
+def tie_convention(part: Slice, a: np.ndarray) -> float:
+    """Relative L2 of ``G(A) − G(A + δR)``, ``R`` a ramp falling with the flat index."""
+    flat = np.arange(int(np.prod(a.shape[1:])), dtype=np.float64).reshape(a.shape[1:])
+    scale = float(np.max(np.abs(a))) or 1.0
+    ramp = -(1.0 + flat / flat.size) * 1e-5 * scale
+    at, broken = part.gradients(a), part.gradients(a + ramp)
+    return _rel(at.astype(np.float64), broken.astype(np.float64))
+
+
+def factored_head(engine, rng) -> float:
+    """Relative max error of ``Δz = (W·h·w)·Δ mean_hw(ReLU?(A))`` between two random inputs."""
+    size = engine.info.image_size or 224
+    x = rng.random((2, 3, size, size), dtype=np.float32)
+    out = engine.run(x)
+    a = out["activations"].astype(np.float64)
+    pooled = (np.maximum(a, 0) if engine.info.mask_positive else a).mean(axis=(2, 3))
+    weights = out["channel_weights"].astype(np.float64) * a.shape[2] * a.shape[3]
+    predicted = (pooled[0] - pooled[1]) @ weights.T
+    actual = out["logits"][0].astype(np.float64) - out["logits"][1]
+    return float(np.abs(predicted - actual).max() / max(np.abs(actual).max(), 1e-12))
+
+
+def self_checks(model: onnx.ModelProto, engine, seed: int = 0) -> dict[str, float]:
+    """The torch-free figures for ``model`` (opened as ``engine``): finite differences and ties
+    for dense gradients, the head identity for factored ones."""
+    rng = np.random.default_rng(seed)
+    if engine.info.gradient_layout == "factored":
+        return {"factored head": factored_head(engine, rng)}
+    part = Slice(model, engine.info)
+    size = engine.info.image_size or 224
+    images = np.concatenate([rng.random((2, 3, size, size), dtype=np.float32),
+                             np.full((1, 3, size, size), 0.5, np.float32)])  # flat: many ties
+    a = part.activations(images)
+    exact = float64_slice(model, part.name, part.input)
+    key = "finite differences" + (" (float64)" if exact is not None else " (float32)")
+    return {key: finite_differences(part, a, rng, exact), "ties": tie_convention(part, a)}
+
+
+LIMITS = {"finite differences (float64)": FD64_LIMIT, "finite differences (float32)": FD32_LIMIT,
+          "ties": TIE_LIMIT, "factored head": FACTORED_LIMIT}
