@@ -24,9 +24,6 @@ to dense first (``W[k,c]·1[A>0]`` where ``mask_positive``, else ``W[k,c]``).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
-import io
 import json
 import os
 import subprocess
@@ -34,307 +31,17 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-SILENT_LIMIT = 1e-3        # relative L2 of the gradients, worst image: above this with all checks ok
-NUM_CLASSES = 40
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module below
+from conformance_models import (  # noqa: E402
+    DEFAULT_MODELS, NUM_CLASSES, build_model, cam_tensor, dense_gradients, export_torch,
+    family_of, reference_gradients, relative_errors, sizes_for, torch_site)
+
+SILENT_LIMIT = 1e-3  # relative L2 of the gradients (worst image) above which an ok row is wrong
 EXPORTERS = ("legacy", "dynamo")
-
-DEFAULT_MODELS = (
-    "resnet18", "resnet50", "vgg11_bn", "alexnet", "squeezenet1_0", "densenet121", "googlenet",
-    "inception_v3", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s",
-    "mnasnet0_5", "regnet_y_400mf", "shufflenet_v2_x0_5", "resnext50_32x4d", "wide_resnet50_2",
-    "convnext_tiny", "maxvit_t", "vit_tiny", "swin_tiny")
-
-# the smallest input a model (or an exporter of it) takes when the requested size is smaller
-MIN_SIZE = {"inception_v3": 96, "maxvit_t": 224, "vit_b_16": 224, "vit_b_32": 224,
-            "vit_l_16": 224, "vit_l_32": 224, "vit_h_14": 224}
-# sizes tried next when exporting at the first fails (adaptive pooling to 7×7 / 6×6 needs a
-# divisible feature map in the legacy exporter: vgg and alexnet at 224)
-FALLBACK_SIZES = (224,)
-
-# family → how its Grad-CAM tensor is found in the ONNX graph (see cam_tensor)
-FAMILY_PREFIXES = (
-    ("resnext", "resnet"), ("wide_resnet", "resnet"), ("resnet", "resnet"), ("vgg", "vgg"),
-    ("alexnet", "alexnet"), ("squeezenet", "squeezenet"), ("densenet", "densenet"),
-    ("googlenet", "googlenet"), ("inception", "inception"), ("mobilenet", "mobilenet"),
-    ("efficientnet", "efficientnet"), ("mnasnet", "mnasnet"), ("regnet", "regnet"),
-    ("shufflenet", "shufflenet"), ("convnext", "convnext"), ("maxvit", "maxvit"),
-    ("vit", "vit"), ("swin", "swin"))
-CAM_RULES = {
-    # the input of the last MaxPool: the ReLU before it (the classifier has no pooling of its own)
-    "vgg": "before_last_maxpool", "alexnet": "before_last_maxpool",
-    # the input of the encoder's final LayerNorm: the last transformer block's output
-    "vit": "before_last_layernorm", "swin": "before_last_layernorm",
-    # the global pool's input is F.relu(features): step back over that ReLU to norm5's output
-    "densenet": "pool_input_skip:Relu",
-    # the global pool's input is ReLU(Conv1x1(features)), the class map: step back to features
-    "squeezenet": "pool_input_skip:Relu,Conv",
-}
-SPATIAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool", "AveragePool", "ReduceMean")
-
-
-def family_of(name: str) -> str:
-    for prefix, family in FAMILY_PREFIXES:
-        if name.startswith(prefix):
-            return family
-    return "other"
-
-
-# --------------------------------------------------------------------------------------- models
-
-def build_model(name: str, size: int):
-    """A torchvision classifier with random weights and ``NUM_CLASSES`` outputs, in eval mode.
-    ``vit_tiny``, ``swin_tiny`` and ``maxvit_tiny`` are small configurations built with the
-    architectures' constructors (so they run at 64 px in seconds)."""
-    import torch
-    import torchvision
-    from torchvision.models import MaxVit, VisionTransformer
-    from torchvision.models.swin_transformer import SwinTransformer
-
-    torch.manual_seed(0)
-    if name == "vit_tiny":
-        model = VisionTransformer(image_size=size, patch_size=16, num_layers=2, num_heads=2,
-                                  hidden_dim=64, mlp_dim=128, num_classes=NUM_CLASSES)
-    elif name == "swin_tiny":
-        model = SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[2, 2], num_heads=[2, 4],
-                                window_size=[4, 4], stochastic_depth_prob=0.0,
-                                num_classes=NUM_CLASSES)
-    elif name == "maxvit_tiny":
-        model = MaxVit(input_size=(size, size), stem_channels=16, partition_size=2,
-                       block_channels=[32, 64], block_layers=[1, 1], head_dim=16,
-                       stochastic_depth_prob=0.0, num_classes=NUM_CLASSES)
-    else:
-        kwargs = {"weights": None, "num_classes": NUM_CLASSES}
-        if name in ("googlenet", "inception_v3"):
-            kwargs.update(aux_logits=False, init_weights=True)
-        if name.startswith("vit_"):
-            kwargs["image_size"] = size
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = torchvision.models.get_model(name, **kwargs)
-    return realistic(model, size)
-
-
-def realistic(model, size: int):
-    """Random weights that behave like trained ones where it matters here: a Linear layer
-    initialised to zero (ViT's head) gets random weights, and BatchNorm running statistics are
-    estimated from a few random batches (with the default ones, mean 0 and variance 1, the
-    activations of deep nets vanish to ~1e-8 — MobileNetV3 — and every gradient is the same
-    constant, which tests nothing)."""
-    import torch
-    from torch import nn
-
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and not module.weight.detach().any():
-            nn.init.normal_(module.weight, std=module.in_features ** -0.5)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if norms:
-        for bn in norms:
-            bn.reset_running_stats()
-            bn.momentum = None  # a cumulative average over the calibration batches
-        model.train()
-        generator = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for _ in range(2):
-                model(torch.rand(4, 3, size, size, generator=generator))
-    return model.eval()
-
-
-def sizes_for(name: str, requested: int) -> list[int]:
-    first = max(requested, MIN_SIZE.get(name, 0))
-    return [first] + [s for s in FALLBACK_SIZES if s > first]
-
-
-def export_torch(model, size: int, exporter: str, path: Path) -> None:
-    """``torch.onnx.export`` at opset 18 with a dynamic batch axis (input ``images``, output
-    ``logits``); the exporters' progress messages and warnings are swallowed."""
-    import torch
-
-    x = torch.rand(2, 3, size, size)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        if exporter == "legacy":
-            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=18,
-                              input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-        elif exporter == "dynamo":
-            torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18,
-                              input_names=["images"], output_names=["logits"],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},),
-                              external_data=False)
-        else:
-            raise ValueError(f"unknown exporter {exporter!r}")
-
-
-# ----------------------------------------------------------------------------------- CAM tensor
-
-def _constants(graph) -> dict:
-    from onnx import numpy_helper
-
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
-
-
-def _ancestors(graph, sink: str) -> list:
-    """The nodes ``sink`` depends on, in graph (topological) order."""
-    producer = {o: n for n in graph.node for o in n.output}
-    seen, stack, keep = {sink}, [sink], set()
-    while stack:
-        node = producer.get(stack.pop())
-        if node is None or id(node) in keep:
-            continue
-        keep.add(id(node))
-        for name in node.input:
-            if name and name not in seen:
-                seen.add(name)
-                stack.append(name)
-    return [n for n in graph.node if id(n) in keep]
-
-
-def _is_spatial_pool(node, consts: dict) -> bool:
-    """A pooling node over the two spatial axes of an NCHW tensor (for ReduceMean: axes {2, 3}
-    or {-2, -1}; not the ReduceMean of a decomposed LayerNorm)."""
-    from onnx import helper
-
-    if node.op_type not in SPATIAL_POOLS:
-        return False
-    if node.op_type != "ReduceMean":
-        return True
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    axes = attrs.get("axes")
-    if axes is None and len(node.input) > 1 and node.input[1] in consts:
-        axes = consts[node.input[1]]
-    return axes is not None and sorted(int(a) % 4 for a in np.atleast_1d(axes)) == [2, 3] and \
-        all(int(a) in (2, 3, -1, -2) for a in np.atleast_1d(axes))
-
-
-def cam_tensor(model_onnx, family: str) -> str:
-    """The name of the usual Grad-CAM tensor of an exported torchvision classifier: the input of
-    the last global pool before the logits, with the family exceptions of ``CAM_RULES`` (vgg and
-    alexnet: the ReLU before the last MaxPool; ViT and Swin: the last block's output, the input of
-    the final LayerNorm; densenet and squeezenet: the pool's input stepped back over the ops
-    named). Raises ``LookupError`` when the graph has no such node."""
-    graph = model_onnx.graph
-    logits = graph.output[0].name
-    nodes = _ancestors(graph, logits)
-    producer = {o: n for n in graph.node for o in n.output}
-    rule = CAM_RULES.get(family, "pool_input")
-    if rule == "before_last_maxpool":
-        pools = [n for n in nodes if n.op_type == "MaxPool"]
-        if not pools:
-            raise LookupError("no MaxPool before the logits")
-        return pools[-1].input[0]
-    if rule == "before_last_layernorm":
-        norms = [n for n in nodes if n.op_type == "LayerNormalization"]
-        if not norms:
-            raise LookupError("no LayerNormalization before the logits")
-        return norms[-1].input[0]
-    consts = _constants(graph)
-    pools = [n for n in nodes if _is_spatial_pool(n, consts)]
-    if not pools:
-        raise LookupError(f"no global pool ({', '.join(SPATIAL_POOLS)}) before the logits")
-    tensor = pools[-1].input[0]
-    skip = rule.split(":", 1)[1].split(",") if ":" in rule else []
-    for op in skip:
-        node = producer.get(tensor)
-        if node is None or node.op_type != op:
-            raise LookupError(f"expected {op} before the pool's input {tensor!r}, found "
-                              f"{node.op_type if node else 'a graph input'}")
-        tensor = node.input[0]
-    return tensor
-
-
-# ------------------------------------------------------------------------------------ reference
-
-def torch_site(model, x, activations: np.ndarray):
-    """``(module name, "output" | "input")`` of the module (called once in the forward) whose
-    output (or first input) equals the ONNX CAM tensor on ``x``: the outermost such module,
-    preferring outputs. None when no module's does."""
-    import torch
-
-    target = torch.from_numpy(activations)
-    scale = float(target.abs().max()) or 1.0
-    calls, matches, handles = {}, {}, []
-
-    def same(t) -> bool:
-        return isinstance(t, torch.Tensor) and tuple(t.shape) == tuple(target.shape) and \
-            float((t.detach().float() - target).abs().max()) <= 1e-3 * scale + 1e-6
-
-    def hook(name):
-        def post(_module, inputs, output):
-            calls[name] = calls.get(name, 0) + 1
-            if same(output):
-                matches.setdefault(name, set()).add("output")
-            if inputs and same(inputs[0]):
-                matches.setdefault(name, set()).add("input")
-        return post
-
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    found = [(kind != "output", name.count("."), name, kind) for name, kinds in matches.items()
-             if calls.get(name) == 1 for kind in kinds]
-    if not found:
-        return None
-    _, _, name, kind = min(found)
-    return name, kind
-
-
-def reference_gradients(model, site, x: np.ndarray, activations: np.ndarray):
-    """``(logits [B,K], ∂z_k/∂A [B,K,*A])`` by float64 autograd, with the CAM tensor set to the
-    engine's ``activations`` (a leaf) at ``site``."""
-    import torch
-
-    name, kind = site
-    net = copy.deepcopy(model).double().eval()
-    module = net.get_submodule(name)
-    leaf = torch.from_numpy(activations).double().requires_grad_(True)
-    if kind == "output":
-        handle = module.register_forward_hook(lambda _m, _i, _o: leaf)
-    else:
-        handle = module.register_forward_pre_hook(lambda _m, inputs: (leaf, *inputs[1:]))
-    try:
-        logits = net(torch.from_numpy(x).double())
-    finally:
-        handle.remove()
-    grads = [torch.autograd.grad(logits[:, k].sum(), leaf, retain_graph=True,
-                                 allow_unused=True)[0] for k in range(logits.shape[1])]
-    grads = [torch.zeros_like(leaf) if g is None else g for g in grads]
-    return logits.detach().numpy(), torch.stack(grads, 1).detach().numpy()
-
-
-def dense_gradients(engine, out: dict) -> np.ndarray:
-    """The engine's ``∂z/∂A [B,K,*A]``, the factored form expanded."""
-    if "gradients" in out:
-        return out["gradients"].astype(np.float64)
-    a = out["activations"].astype(np.float64)
-    w = out["channel_weights"].astype(np.float64)                       # [K, C]
-    mask = (a > 0).astype(np.float64) if engine.info.mask_positive else np.ones_like(a)
-    return w[None, :, :, None, None] * mask[:, None]
-
-
-def relative_errors(g: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    """Worst image's relative L2 over all logits, and worst (image, logit)'s."""
-    b, k = ref.shape[:2]
-    diff, base = (g - ref).reshape(b, k, -1), ref.reshape(b, k, -1)
-    per_image = np.linalg.norm(diff.reshape(b, -1), axis=1) / np.maximum(
-        np.linalg.norm(base.reshape(b, -1), axis=1), 1e-300)
-    per_logit = np.linalg.norm(diff, axis=2) / np.maximum(np.linalg.norm(base, axis=2), 1e-300)
-    return float(per_image.max()), float(per_logit.max())
-
 
 # -------------------------------------------------------------------------------------- one row
 
@@ -343,14 +50,26 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else exc.__class__.__name__)[:200]
 
 
-def _median_time(fn, runs: int) -> float:
-    fn()  # warm-up (also builds the forward-only session)
-    times = []
-    for _ in range(runs):
+def timings(engine, images: np.ndarray, runs: int = 5, min_seconds: float = 0.3
+            ) -> tuple[float, float, int]:
+    """Median seconds of ``engine.run`` and of ``engine.run_forward`` on ``images``, the two
+    interleaved (drifts in the machine's load hit both alike), after a warm-up of each (which
+    also builds the forward-only session); at least ``runs`` pairs, more for fast models (up to
+    50, about ``min_seconds`` of ``run`` in all)."""
+    engine.run(images), engine.run_forward(images)
+    started = time.perf_counter()
+    engine.run(images)
+    once = time.perf_counter() - started
+    n = int(min(50, max(runs, np.ceil(min_seconds / max(once, 1e-6)))))
+    full, forward = [], []
+    for _ in range(n):
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        engine.run(images)
+        full.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        engine.run_forward(images)
+        forward.append(time.perf_counter() - t)
+    return float(np.median(full)), float(np.median(forward)), n
 
 
 def conformance_row(name: str, exporter: str, size: int = 64, threads: int = 1,
@@ -483,8 +202,8 @@ def conformance_row(name: str, exporter: str, size: int = 64, threads: int = 1,
                 # 5. gradient graph vs forward, ORT CPU, batch 8
                 t = time.perf_counter()
                 xb = np.random.default_rng(1).random((timing_batch, 3, s, s), dtype=np.float32)
-                row["time_run_s"] = _median_time(lambda: engine.run(xb), timing_runs)
-                row["time_forward_s"] = _median_time(lambda: engine.run_forward(xb), timing_runs)
+                row["time_run_s"], row["time_forward_s"], row["timing_runs"] = timings(
+                    engine, xb, timing_runs)
                 row["time_ratio"] = row["time_run_s"] / row["time_forward_s"]
                 row["seconds"]["timing"] = round(time.perf_counter() - t, 2)
         except Exception as exc:  # noqa: BLE001 - report, do not stop the run
@@ -585,15 +304,18 @@ def markdown(record: dict) -> str:
     s = record["summary"]
     lines = [
         "# bincam export --onnx on torchvision classifiers: conformance", "",
-        f"Machine: {record['machine_line']}. Produced by `benchmarks/conformance_torchvision.py` "
-        f"({record['settings']['command']}); {record['settings']['wall_s']:.0f} s of wall time "
-        "for the rows run last.", "",
+        f"Machine: {record['machine_line']}. Produced by `benchmarks/conformance_torchvision.py`"
+        f" in {len(record['settings']['runs'])} run(s), "
+        f"{sum(r['wall_s'] for r in record['settings']['runs']):.0f} s of wall time in all:", "",
+        *[f"- `{r['command']}` — {r['rows']} rows, {r['wall_s']:.0f} s"
+          for r in record["settings"]["runs"]], "",
         f"Random weights, {NUM_CLASSES} classes, opset 18, dynamic batch. *error*: relative L2 "
         "of the gradients of all logits (worst of 2 random images and 1 flat gray image) against "
         "float64 torch autograd at the ONNX engine's own activations (factored layouts expanded "
-        f"to dense). *grad/fwd*: median of {record['settings']['timing_runs']} `engine.run` over "
-        f"median `engine.run_forward`, ONNX Runtime CPU, batch {record['settings']['timing_batch']}"
-        f", {record['settings']['threads']} thread(s). Checks: `run_checks` (structure, TensorRT "
+        f"to dense). *grad/fwd*: median `engine.run` over median `engine.run_forward` "
+        f"(interleaved, ≥ {record['settings']['timing_runs']} pairs, more for fast models), "
+        f"ONNX Runtime CPU, batch {record['settings']['timing_batch']}, "
+        f"{record['settings']['threads']} thread(s). Checks: `run_checks` (structure, TensorRT "
         "lint, torch-free self-checks, input dependence). A row whose checks pass with an error "
         f"above {SILENT_LIMIT:g} is **silently wrong**.", "",
         f"Summary: {s['rows']} rows — {s['ok']} ok ({s['unverified ok']} of them without a torch "
@@ -601,6 +323,10 @@ def markdown(record: dict) -> str:
         f"{s['checks crashed'] + s['crashed']} crashed, {s['exporter failed']} exporter failed, "
         f"{s['no CAM tensor']} without a CAM tensor, {s['timed out']} timed out; "
         f"**{s['silently wrong']} silently wrong**.", ""]
+    silent = [f"{r['model']}/{r['exporter']}" for r in record["rows"] if r.get("silently_wrong")]
+    if silent:
+        lines += [f"**⚠ SILENTLY WRONG (checks passed, gradients off by more than "
+                  f"{SILENT_LIMIT:g}): {', '.join(silent)}**", ""]
     if s["refusal reasons"]:
         lines += ["Refusals:", ""]
         lines += [f"- {reason} — {', '.join(where)}" for reason, where in
@@ -672,8 +398,13 @@ def main(argv=None) -> int:
                            timing_batch=args.timing_batch, timing_runs=args.timing_runs)
     wall = time.perf_counter() - started
     out = Path(args.out)
+    command = "python benchmarks/conformance_torchvision.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    runs = [{"command": command, "wall_s": round(wall, 1), "rows": len(rows)}]
     if args.merge and out.with_suffix(".json").is_file():
-        old = json.loads(out.with_suffix(".json").read_text())["rows"]
+        previous = json.loads(out.with_suffix(".json").read_text())
+        old = previous["rows"]
+        runs = previous["settings"].get("runs", []) + runs
         done = {(r["model"], r["exporter"]) for r in rows}
         rows = [r for r in old if (r["model"], r["exporter"]) not in done] + rows
         order = {m: i for i, m in enumerate(list(DEFAULT_MODELS) + models)}
@@ -685,11 +416,9 @@ def main(argv=None) -> int:
     info = machine_info()
     record = {"benchmark": "conformance_torchvision", "machine": info,
               "machine_line": machine_line(info),
-              "settings": {"command": "python benchmarks/conformance_torchvision.py " +
-                           " ".join(argv if argv is not None else sys.argv[1:]),
-                           "size": args.size, "threads": args.threads,
+              "settings": {"runs": runs, "size": args.size, "threads": args.threads,
                            "timing_batch": args.timing_batch, "timing_runs": args.timing_runs,
-                           "silent_limit": SILENT_LIMIT, "wall_s": round(wall, 1)},
+                           "silent_limit": SILENT_LIMIT},
               "summary": summarize(rows), "rows": rows}
     write_outputs(out, record)
     s = record["summary"]

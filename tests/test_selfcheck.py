@@ -1,8 +1,6 @@
 """The torch-free self-checks of ``export --onnx``: finite differences, tie conventions and the
 factored head catch wrong gradient graphs and confirm correct constant ones."""
 
-import warnings
-
 import onnx
 import pytest
 import torch
@@ -10,16 +8,12 @@ from onnx import helper
 from torch import nn
 
 from bincam.export.checks import run_checks
+from bincam.export.forward import export_module
 from bincam.export.model import export_onnx_classifier
 
 
 def _export(module: nn.Module, path, size: int = 12) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.rand(2, 3, size, size),), path, dynamo=False,
-                          opset_version=18, input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
-    return str(path)
+    return export_module(module, path, size)
 
 
 def _tap(path, op: str, index: int = -1) -> str:

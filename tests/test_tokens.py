@@ -3,8 +3,6 @@ as ``[B, C, h, w]`` maps; the gradients equal float64 autograd and ``bincam cam`
 
 import subprocess
 import sys
-import warnings
-
 import numpy as np
 import onnx
 import pytest
@@ -14,6 +12,7 @@ from PIL import Image
 
 from bincam.errors import BincamError
 from bincam.export.checks import run_checks
+from bincam.export.forward import export_module
 from bincam.export.model import export_onnx_classifier, save_onnx
 from bincam.runtime import open_engine
 
@@ -25,12 +24,7 @@ def vit(tmp_path_factory):
                                                num_heads=2, hidden_dim=32, mlp_dim=64,
                                                num_classes=5).eval()
     torch.nn.init.normal_(net.heads.head.weight)  # torchvision starts the head at zero
-    path = tmp_path_factory.mktemp("vit") / "vit.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.rand(2, 3, 32, 32),), str(path), dynamo=False,
-                          opset_version=18, input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    path = export_module(net, tmp_path_factory.mktemp("vit") / "vit.onnx", 32)
     # pytorch-grad-cam's ViT layer: the last block's first LayerNorm (before attention mixes)
     norms = [n for n in onnx.load(str(path)).graph.node if n.op_type == "LayerNormalization"]
     return net, path, norms[-3].output[0]
@@ -96,10 +90,31 @@ def test_candidates_list_the_usual_layers(vit, tmp_path):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                               torch.nn.Linear(4, 2)).eval()
-    cnn = tmp_path / "cnn.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.rand(1, 3, 10, 10),), str(cnn), dynamo=False,
-                          opset_version=18, input_names=["x"], output_names=["logits"])
+    cnn = export_module(net, tmp_path / "cnn.onnx", 10)
     first = cam_candidates(onnx.load(str(cnn)), "logits")[0]
     assert first["shape"] == ["B", 4, 8, 8] and "usual" in first["note"]
+
+
+def test_swin_tokens_match_autograd(tmp_path):
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    net = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2],
+                          window_size=[4, 4], num_classes=5).eval()
+    path = export_module(net, tmp_path / "swin.onnx", 32)
+    norms = [n for n in onnx.load(str(path)).graph.node if n.op_type == "LayerNormalization"]
+    model = export_onnx_classifier(path, norms[-1].input[0], "logits", tokens="swin")
+    assert all(c.ok for c in run_checks(model))
+    engine = open_engine(model.SerializeToString(), "ort")
+    x = np.random.default_rng(4).random((3, 3, 32, 32), dtype=np.float32)
+    out = engine.run(x)
+    captured = {}
+    net64 = net.double()
+    net64.features[-1].register_forward_hook(lambda m, i, o: captured.setdefault("t", o))
+    z = net64(torch.from_numpy(x).double())
+    ref = torch.stack([torch.autograd.grad(z[:, k].sum(), captured["t"], retain_graph=True)[0]
+                       for k in range(5)], 1).permute(0, 1, 4, 2, 3).numpy()
+    for k in range(5):
+        rel = np.linalg.norm(out["gradients"][:, k] - ref[:, k]) / np.linalg.norm(ref[:, k])
+        assert rel <= 1e-5, (k, rel)
+    assert engine.explain(x, "gradcam").heatmaps().shape == (3, 5, 32, 32)

@@ -63,6 +63,18 @@ def export_forward(model: nn.Module, layer: str | None = None, image_size: int |
     return fold_constants(onnx.load_from_string(buf.getvalue()))
 
 
+def export_module(module: nn.Module, path, size: int, dynamo: bool = False) -> str:
+    """Any torch classifier as ONNX (input ``x``, output ``logits``, dynamic batch) — what
+    ``bincam export --onnx`` takes; for tests and benchmarks."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.rand(2, 3, size, size),), str(path),
+                          dynamo=dynamo, opset_version=OPSET, input_names=["x"],
+                          output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    return str(path)
+
+
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold constants and shape arithmetic for the graph input's fixed size.
 

@@ -87,6 +87,7 @@ RESIZE = {"coordinate_transformation_mode": (
           "nearest_mode": ("floor", "ceil", "round_prefer_floor", "round_prefer_ceil"),
           "keep_aspect_ratio_policy": ("stretch",)}
 
+
 def lint_tensorrt(model: onnx.ModelProto) -> list[str]:
     """Problems TensorRT 10's ONNX parser would have with ``model``, one per node and reason, as
     ``"<op> node '<name>': <reason>"`` (empty list: none found). Subgraphs and model-local

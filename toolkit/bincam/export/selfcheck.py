@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-FD64_LIMIT, FD32_LIMIT, TIE_LIMIT, FACTORED_LIMIT = 1e-3, 1e-1, 1e-2, 1e-4
+FD64_LIMIT, FD32_LIMIT, TIE_LIMIT, FACTORED_LIMIT = 1e-3, 1e-1, 1e-1, 1e-4
 
 
 def _cam_tensor(model: onnx.ModelProto, info) -> str:
