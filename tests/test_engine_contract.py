@@ -95,3 +95,8 @@ def test_options_layers_paths_and_closed_engines(tmp_path):
     engine.close()  # idempotent
     with pytest.raises(BincamError, match="engine is closed"):
         engine.explain(x)
+
+
+def test_open_engine_names_what_a_model_can_be():
+    with pytest.raises(BincamError, match="a model is a checkpoint folder, an ONNX file"):
+        open_engine(np.zeros(3))

@@ -94,3 +94,23 @@ def test_post_relu_tap_before_an_affine_head_is_factored_and_accepted(tmp_path):
     conv = _tap(path, "Conv")  # pre-ReLU: the head starts with ReLU, the mask is kept
     meta = {p.key: p.value for p in export_onnx_classifier(path, conv, "logits").metadata_props}
     assert meta["bincam.gradient_layout"] == "factored" and meta["bincam.mask_positive"] == "true"
+
+
+class _Pairs(nn.Module):
+    """Pooled ``[B, C]`` → ``[B, C/2, 2]``: a Linear then mixes pairs, not channels."""
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1, 2)
+
+
+def test_a_head_that_reshapes_the_pooled_channels_is_not_taken_for_affine(tmp_path):
+    """Factoring it as ``W·mean(A)`` would be silently wrong; it stays dense and correct."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        _Pairs(), nn.Linear(2, 3), nn.Flatten(), nn.Linear(12, 4))
+    path = _export(net, tmp_path / "pairs.onnx")
+    model = export_onnx_classifier(path, _tap(path, "Relu"), "logits")
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["bincam.gradient_layout"] == "dense"
+    checks = _results(model)
+    assert all(c.ok for c in checks.values()), {n: c.detail for n, c in checks.items()}

@@ -159,13 +159,21 @@ def check_gradients(name, graph, module, shape, covers, ties: bool = False,
     assert rel <= 1e-5, f"{name}: relative L2 {rel:.2e}"
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_rule_matches_autograd(name):
+def check_case(name, op, covers, shape, ties: bool = False, tensorrt: bool = True):
+    """``op`` between a probe's input and its Linear head, exported from torch and checked;
+    returns ``(graph, module)``."""
     torch.manual_seed(zlib.crc32(name.encode()) % 1000)
-    op, covers, shape, *ties = CASES[name]
     x = torch.randn(3, *shape)
     module = Probe(op, torch.flatten(op(x), 1).shape[1]).eval()
-    check_gradients(name, export(module, x), module, shape, covers, ties == ["ties"])
+    graph = export(module, x)
+    check_gradients(name, graph, module, shape, covers, ties, tensorrt)
+    return graph, module
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_rule_matches_autograd(name):
+    op, covers, shape, *ties = CASES[name]
+    check_case(name, op, covers, shape, ties == ["ties"])
 
 
 def hand_built(op_node, consts, x_shape, head):

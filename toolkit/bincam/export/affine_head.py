@@ -51,8 +51,7 @@ def _linear(node, x: str, consts: dict) -> tuple[np.ndarray, np.ndarray] | None:
         w = consts[node.input[1]].astype(np.float64).T
         return w, np.zeros(w.shape[0])
     if node.op_type == "Add":
-        bias = consts[others[0]].astype(np.float64).reshape(-1)
-        return None if bias.ndim != 1 else (None, bias)
+        return None, consts[others[0]].astype(np.float64).reshape(-1)
     return None
 
 
@@ -63,6 +62,12 @@ def find_affine_head(model: onnx.ModelProto, activation: str, logits: str) -> Af
 
     nodes = path_nodes(model.graph, activation, logits)
     consts = _constants(model.graph)
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    shapes = {v.name: [d.dim_value or None for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.value_info) + list(inferred.output)}
+    a_shape = shapes.get(activation, [])
+    if len(a_shape) != 4 or a_shape[1] is None:
+        return None
     tensor, relu, pooled, weight, bias = activation, False, False, None, None
     for node in nodes:
         path_inputs = [i for i in node.input if i == tensor]
@@ -83,6 +88,8 @@ def find_affine_head(model: onnx.ModelProto, activation: str, logits: str) -> Af
         elif op in ("Flatten", "Reshape", "Squeeze", "Identity") and pooled and weight is None:
             pass  # [B, C, 1, 1] → [B, C]: no change of values
         elif op in ("Gemm", "MatMul", "Add") and pooled:
+            if weight is None and shapes.get(tensor, [])[1:] != [a_shape[1]]:
+                return None  # the pooled [B, C] must enter the first Linear map as it is
             step = _linear(node, tensor, consts)
             if step is None:
                 return None

@@ -202,7 +202,8 @@ def run_checks(model: onnx.ModelProto, torch_model=None) -> list[Check]:
     checks = structural_checks(model)
     with open_engine(model.SerializeToString(), "ort") as engine:
         own = _self_checks(model, engine)
-        return checks + own + _engine_checks(engine, torch_model, all(c.ok for c in own) and own)
+        self_checked = bool(own) and all(c.ok for c in own)
+        return checks + own + _engine_checks(engine, torch_model, self_checked)
 
 
 def _self_checks(model: onnx.ModelProto, engine) -> list[Check]:

@@ -38,11 +38,11 @@ class Slice:
         self.name = _cam_tensor(model, info)
         produced = {o for n in model.graph.node for o in n.output}
         self.grad = "gradients_tokens" if "gradients_tokens" in produced else "gradients"
-        extractor = onnx.utils.Extractor(model)
+        self.extractor = extractor = onnx.utils.Extractor(model)  # shape inference, once
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         self.input, self.images = info.input_name, None
-        part = cut(model, self.name, self.input, ["logits", self.grad])
+        part = self.cut(["logits", self.grad])
         self.needs_images = self.input in {i.name for i in part.graph.input}
         self.session = ort.InferenceSession(part.SerializeToString(), options,
                                             providers=["CPUExecutionProvider"])
@@ -59,6 +59,16 @@ class Slice:
         feeds = {self.name: a.astype(np.float32)}
         return feeds | ({self.input: self.images} if self.needs_images else {})
 
+    def cut(self, outputs: list[str]) -> onnx.ModelProto:
+        """The part of the file from ``A`` to ``outputs``; where other paths reach the outputs too
+        (a residual around ``A``), from ``A`` and the images, which then stay fixed."""
+        part = self.extractor.extract_model([self.name], outputs)
+        known = {i.name for i in part.graph.input} | {t.name for t in part.graph.initializer} | \
+            {o for n in part.graph.node for o in n.output}
+        if all(i in known for n in part.graph.node for i in n.input if i):
+            return part
+        return self.extractor.extract_model([self.name, self.input], outputs)
+
     def logits(self, a: np.ndarray) -> np.ndarray:
         return self.session.run(["logits"], self.feeds(a))[0]
 
@@ -66,29 +76,17 @@ class Slice:
         return self.session.run([self.grad], self.feeds(a))[0]
 
 
-def cut(model: onnx.ModelProto, a: str, images: str, outputs: list[str]) -> onnx.ModelProto:
-    """The part of ``model`` from ``A`` to ``outputs``; where other paths reach the outputs too
-    (a residual around ``A``), from ``A`` and the images, which then stay fixed."""
-    extractor = onnx.utils.Extractor(model)
-    part = extractor.extract_model([a], outputs)
-    known = {i.name for i in part.graph.input} | {t.name for t in part.graph.initializer} | \
-        {o for n in part.graph.node for o in n.output}
-    if all(i in known for n in part.graph.node for i in n.input if i):
-        return part
-    return extractor.extract_model([a, images], outputs)
-
-
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def float64_slice(model: onnx.ModelProto, a: str, images: str):
+def float64_slice(cut: Slice):
     """The ``A → logits`` slice computed in float64 by ONNX Runtime, or None where one of its ops
     has no double kernel (ONNX Runtime's CPU Conv, say)."""
     import onnxruntime as ort
     from onnx import TensorProto, numpy_helper
 
-    part = cut(model, a, images, ["logits"])
+    part, images = cut.cut(["logits"]), cut.input
     graph = part.graph
     opset = next((o.version for o in part.opset_import if o.domain in ("", "ai.onnx")), 18)
     for tensor in list(graph.initializer):
@@ -188,7 +186,7 @@ def self_checks(model: onnx.ModelProto, engine, seed: int = 0) -> dict[str, floa
     images = np.concatenate([rng.random((2, 3, size, size), dtype=np.float32),
                              np.full((1, 3, size, size), 0.5, np.float32)])  # flat: many ties
     a = part.activations(images)
-    exact = float64_slice(model, part.name, part.input)
+    exact = float64_slice(part)
     key = "finite differences" + (" (float64)" if exact is not None else " (float32)")
     return {key: finite_differences(part, a, rng, exact), "ties": tie_convention(part, a)}
 

@@ -78,7 +78,6 @@ def token_gradients(model: onnx.ModelProto, layout: str, grid: tuple[int, int, i
     raw = model.graph.value_info.add()  # its shape, for tools that cut the graph (self-checks)
     raw.CopyFrom(out)
     raw.name = "gradients_tokens"
-    dims = out.type.tensor_type.shape.dim
-    kept = [helper.make_tensor_value_info("x", 1, [d.dim_param or d.dim_value
-                                                  for d in dims[:2]] + list(grid))]
-    out.type.CopyFrom(kept[0].type)
+    lead = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim[:2]]  # B, K
+    out.type.CopyFrom(helper.make_tensor_type_proto(out.type.tensor_type.elem_type,
+                                                    lead + list(grid)))

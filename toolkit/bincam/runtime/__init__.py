@@ -16,6 +16,7 @@ runs. Importing this package does not import torch.
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 from bincam.core.model_info import CARD, WEIGHTS, checkpoint_folder, is_checkpoint
@@ -26,7 +27,9 @@ ENGINES = ("auto", "torch", "ort", "trt")
 
 
 def _is_torch_module(model) -> bool:
-    return type(model).__module__.startswith("torch") or hasattr(model, "state_dict")
+    """A torch net (checked without importing torch: a net exists only once torch is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 def _exported(model, layer: str | None, cache: Path | None) -> bytes:
@@ -64,6 +67,9 @@ def resolve_engine(model, engine: str = "auto") -> str:
     if engine not in ENGINES:
         raise BincamError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     is_net = not isinstance(model, (str, Path, bytes)) and _is_torch_module(model)
+    if not isinstance(model, (str, Path, bytes)) and not is_net:
+        raise BincamError(f"a model is a checkpoint folder, an ONNX file (or its bytes) or a torch "
+                          f"net, not a {type(model).__name__}")
     is_card = isinstance(model, (str, Path)) and _checkpoint_path(model)
     if isinstance(model, (str, Path)) and not is_card:
         if not Path(model).exists():
