@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bincam.core.model_info import ModelInfo, read_model_info
+from bincam.core.model_info import ModelInfo, read_model_info, require_gradients
 from bincam.errors import BincamError
 from bincam.runtime.engine import Engine
 
@@ -116,6 +116,9 @@ def open_model(source: ModelSource, engine: str, device: str = "cpu",
                              **({"threads": threads} if threads else {}))
     except BincamError as exc:
         raise BincamError(f"model {source.name}: {exc}") from None
+    if opened.info.explain:
+        opened.close()
+        require_gradients(opened.info, f"model {source.name}: {source.path}", "bincam analyze")
     if opened.info.image_size is None:
         opened.close()
         raise BincamError(f"model {source.name}: {source.path} has no fixed input size; export "

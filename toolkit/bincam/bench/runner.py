@@ -80,6 +80,7 @@ def _engines(config: BenchConfig, model, onnx_bytes) -> dict[str, TimedEngine]:
     """Every engine of the run, opened through the contract: the torch net where there is one,
     else the ONNX file (ort and trt take the file when given one, else export the net)."""
     from bincam.attributes import resolve_attributes
+    from bincam.core.model_info import require_gradients
     from bincam.runtime import ENGINES, open_engine
 
     names = [n for n in ENGINES if n != "auto"]
@@ -92,6 +93,9 @@ def _engines(config: BenchConfig, model, onnx_bytes) -> dict[str, TimedEngine]:
         for name in config.engines:
             engine = open_engine(model if model is not None else onnx_bytes, name,
                                  config.device, onnx=onnx_bytes, threads=config.threads)
+            if engine.info.explain:
+                engine.close()
+                require_gradients(engine.info, config.model, "bincam bench")
             attributes = attributes or resolve_attributes(config.attributes,
                                                           engine.info.attributes)
             engines[name] = TimedEngine(engine, config.method, attributes)

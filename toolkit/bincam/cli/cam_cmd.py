@@ -109,7 +109,8 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
 def _explain_all(session, readable: list[Path], pixels: list, out: Path, size: int,
                  batch_size: int, **explain) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Explain the decoded images batch by batch, writing each image's pictures; return the
-    per-image records and the stacked ``logits``, ``raw`` and ``proportional_energy``."""
+    per-image records and the stacked ``logits``, ``raw`` and ``proportional_energy`` (an
+    explaining file without raw maps: its own ``heatmaps`` instead of ``raw``)."""
     records, raws, logits, energies = [], [], [], []
     with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
@@ -128,8 +129,10 @@ def _explain_all(session, readable: list[Path], pixels: list, out: Path, size: i
                                 "proportional_energy": [None if np.isnan(v) else v
                                                         for v in pe[i].tolist()]})
                 bar.advance(task)
-            raws.append(result.raw.astype(np.float32))
+            raws.append((result.raw if result.raw is not None else result.heatmaps()
+                         ).astype(np.float32))
             logits.append(result.logits)
             energies.append(pe)
-    return records, {"logits": np.concatenate(logits), "raw": np.concatenate(raws),
+    return records, {"logits": np.concatenate(logits),
+                     "raw" if result.raw is not None else "heatmaps": np.concatenate(raws),
                      "proportional_energy": np.concatenate(energies)}

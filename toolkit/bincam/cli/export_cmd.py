@@ -29,9 +29,33 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
            checks: bool = typer.Option(True, help="Run checker, shape inference, TensorRT lint, "
                                        "self-checks, parity and input-dependence checks."),
            list_activations: bool = typer.Option(False, help="With --onnx: list candidate CAM "
-                                                 "tensors (with their --tokens) and stop.")
+                                                 "tensors (with their --tokens) and stop."),
+           explain: bool = typer.Option(False, "--explain", help="Write an explaining file: its "
+                                        "outputs are logits, heatmaps and energy (PE), computed "
+                                        "in the graph; see the options below."),
+           method: str = typer.Option("gradcam", help="With --explain: gradcam, hirescam, "
+                                      "gradcam-elementwise, xgradcam, gradcam++ or layercam."),
+           mode: str = typer.Option("predicted", help="With --explain: predicted (|z|), "
+                                    "positive (z) or negative (−z)."),
+           explain_attributes: str = typer.Option("all", help="With --explain: the attributes "
+                                                  "to explain (names or indices), K of them."),
+           map_size: int = typer.Option(None, help="With --explain: side of the heatmaps "
+                                        "(default: the input size)."),
+           map_dtype: str = typer.Option("float32", help="With --explain: float32, float16 or "
+                                         "uint8 (0..255) heatmaps."),
+           raw_maps: bool = typer.Option(False, help="With --explain: also output the h×w "
+                                         "weighted sums (raw_maps)."),
+           masks: Path = typer.Option(None, help="With --explain: masks for PE, an .npz with an "
+                                      "array per attribute name or a folder of NAME.png / "
+                                      "NAME.npy (a checkpoint's CelebA attributes have masks "
+                                      "already)."),
+           cam_precision: str = typer.Option("float32", help="With --explain: float32 (runs "
+                                             "everywhere, TensorRT too) or float64 (the CAM "
+                                             "method as exact as bincam's core; ONNX Runtime "
+                                             "only).")
            ) -> None:
-    """Append the gradient subgraph and write a self-describing ONNX model."""
+    """Append the gradient subgraph (or, with --explain, the whole CAM pipeline) and write a
+    self-describing ONNX model."""
     from bincam.export.checks import run_checks
     from bincam.export.model import export_checkpoint, export_onnx_classifier, save_onnx
     from bincam.export.precision import PRECISIONS, reduce_precision
@@ -42,31 +66,81 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
     torch_model = None
     if list_activations:
         return _list_activations(onnx_model, logits)
+    if onnx_model is not None and (checkpoint is not None or not activation or not logits):
+        raise BincamError("--onnx needs --activation and --logits, and no checkpoint")
+    if onnx_model is None and checkpoint is None:
+        raise BincamError("give a checkpoint folder, or --onnx MODEL with --activation and "
+                          "--logits")
+    if explain:
+        from bincam.export.explain_graph import ExplainSpec
+
+        spec = ExplainSpec(method, mode, map_size, map_dtype, raw_maps, cam_precision).check()
+        return _export_explaining(spec, checkpoint, onnx_model, out, explain_attributes, masks,
+                                  precision, checks, layer=layer, gradients=gradients,
+                                  activation=activation, logits=logits,
+                                  attributes=_names(attributes), tokens=tokens)
     if onnx_model is not None:
-        if checkpoint is not None or not activation or not logits:
-            raise BincamError("--onnx needs --activation and --logits, and no checkpoint")
-        names = [a.strip() for a in attributes.split(",")] if attributes else None
-        model = export_onnx_classifier(onnx_model, activation, logits, names, gradients, tokens)
+        model = export_onnx_classifier(onnx_model, activation, logits, _names(attributes),
+                                       gradients, tokens)
     else:
-        if checkpoint is None:
-            raise BincamError("give a checkpoint folder, or --onnx MODEL with --activation and "
-                              "--logits")
         from bincam.checkpoint import load_checkpoint
 
         torch_model = load_checkpoint(checkpoint)
         model = export_checkpoint(torch_model, layer, gradients)
     model = reduce_precision(model, precision)
     if checks:
-        results = run_checks(model, torch_model)
-        table = Table("check", "result", "detail", title="export checks")
-        for c in results:
-            table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAILED[/]", c.detail)
-        console.print(table)
-        failed = [c.name for c in results if not c.ok]
-        if failed:
-            raise BincamError(f"export checks failed: {', '.join(failed)}; nothing written")
+        _report_checks(run_checks(model, torch_model))
     save_onnx(model, out)
     console.print(f"wrote {out}")
+
+
+def _names(attributes: str | None) -> list[str] | None:
+    return [a.strip() for a in attributes.split(",")] if attributes else None
+
+
+def _report_checks(results, title: str = "export checks") -> None:
+    """Print the checks as a table; any failure stops the export before anything is written."""
+    table = Table("check", "result", "detail", title=title)
+    for c in results:
+        table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAILED[/]", c.detail)
+    console.print(table)
+    failed = [c.name for c in results if not c.ok]
+    if failed:
+        raise BincamError(f"export checks failed: {', '.join(failed)}; nothing written")
+
+
+def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, out: Path,
+                       select: str, masks: Path | None, precision: str, checks: bool,
+                       **options) -> None:
+    from bincam.core.model_info import onnx_info
+    from bincam.export.checks import Check, run_checks, structural_checks
+    from bincam.export.explain_checks import explain_checks
+    from bincam.export.explaining import export_explaining
+    from bincam.export.model import save_onnx
+
+    torch_model = None
+    if checkpoint is not None:
+        from bincam.checkpoint import load_checkpoint
+
+        torch_model = load_checkpoint(checkpoint)
+        options = {k: options[k] for k in ("layer", "gradients")}
+    else:
+        options.pop("layer")
+    made = export_explaining(spec, torch_model, onnx_model, select, masks, precision, **options)
+    if checks:
+        _report_checks(run_checks(made.gradient, torch_model), "export checks: gradient graph")
+        structure = structural_checks(made.model)
+        if spec.cam_precision == "float64":  # the gradient graph's lint above still holds
+            structure = [Check(c.name, True, "not for TensorRT (no float64): --cam-precision "
+                               "float64 files are for ONNX Runtime") if "TensorRT" in c.name
+                         else c for c in structure]
+        _report_checks(structure + explain_checks(made.model, made.masks),
+                       "export checks: explaining file")
+    save_onnx(made.model, out)
+    explain = onnx_info(made.model, str(out)).explain
+    console.print(f"wrote {out}: outputs {', '.join(o.name for o in made.model.graph.output)} — "
+                  f"{spec.method}, mode {spec.mode}, {len(explain['mask_fraction'])} attribute(s), "
+                  f"{spec.map_dtype} maps {explain['map_size'][0]}² (metadata: bincam.explain)")
 
 
 def _list_activations(onnx_model: Path | None, logits: str | None) -> None:

@@ -7,6 +7,9 @@ selected attributes as NumPy arrays, with the final maps and PE computed on dema
 
 ``explain_outputs`` turns an engine's outputs (``logits``, ``activations`` and ``gradients`` or
 ``channel_weights``) into one: ``G = s·∂z/∂A`` with ``s`` from the mode, then the CAM method.
+An explaining file (``bincam export --explain``) computes the final maps and PE itself:
+``explaining_outputs`` wraps its ``heatmaps``, ``energy`` (and ``raw_maps`` if present) without
+recomputing them; ``raw`` is None when the file has no raw maps.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from bincam.core.energy import attribute_energy
-from bincam.core.epilogue import epilogue
+from bincam.core.epilogue import epilogue, upsample
 from bincam.core.methods import factored_gradients, raw_maps
 from bincam.core.modes import signs
+from bincam.errors import BincamError
 
 
 @dataclass
@@ -28,12 +32,15 @@ class Explanation:
     attributes: list[str]
     logits: np.ndarray        # [B, K] raw scores of the selected attributes
     signs: np.ndarray         # [B, K] s ∈ {−1, 0, 1} applied to the gradients
-    raw: np.ndarray           # [B, K, h, w] float64 weighted sums (before ReLU, min-max)
+    raw: np.ndarray | None    # [B, K, h, w] float64 weighted sums (before ReLU, min-max)
     method: str
     mode: str
     layer: str
     input_size: int
     factored: bool            # gradients came in the closed form of an affine head
+    final: np.ndarray | None = None         # [B, K, S, S] float32 maps an explaining file made
+    energy: np.ndarray | None = None        # [B, K] PE an explaining file made (NaN: no mask)
+    mask_fraction: np.ndarray | None = None  # [K] |M|/S² of those masks (NaN: no mask)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -46,12 +53,28 @@ class Explanation:
         return (self.logits >= 0).astype(np.uint8)
 
     def heatmaps(self, size: int | None = None) -> np.ndarray:
-        """Final maps ``[B, K, S, S]`` (float32, in [0, 1]; default size: the input size)."""
+        """Final maps ``[B, K, S, S]`` (float32, in [0, 1]; default size: the input size, or an
+        explaining file's own map size). An explaining file's maps at another size are resized
+        bilinearly (a picture resize) unless its raw maps are at hand."""
+        if self.final is not None:
+            if size in (None, self.final.shape[-1]):
+                return self.final
+            if self.raw is None:
+                return np.clip(upsample(self.final, (size, size), np.float32), 0, 1)
         return epilogue(self.raw, size or self.input_size, np.float32)
 
     def proportional_energy(self, size: int | None = None, corrected: bool = False) -> np.ndarray:
         """PE ``[B, K]`` of each final map inside its attribute's mask (fast exact form); NaN for
-        an attribute with no mask (a foreign model's ``logit0``, say)."""
+        an attribute with no mask (a foreign model's ``logit0``, say). An explaining file's own PE
+        (its masks, its map size) is returned as it is."""
+        if self.energy is not None:
+            if size not in (None, self.final.shape[-1]):
+                raise BincamError(f"this explaining file computes PE at {self.final.shape[-1]} px "
+                                  f"only, not {size}")
+            return self.energy * (1 - self.mask_fraction) if corrected else self.energy
+        if self.raw is None:
+            raise BincamError("this explaining file has no energy output (no masks were given "
+                              "at export)")
         from bincam.attributes import ATTRIBUTE_REGION
 
         known = [k for k, a in enumerate(self.attributes) if a in ATTRIBUTE_REGION]
@@ -84,3 +107,21 @@ def explain_outputs(info, out: dict, attributes: list[str], method: str = "gradc
     s, raw = raw_from_outputs(out, method, mode, info.mask_positive)
     return Explanation(list(attributes), out["logits"], s, raw, method, mode, info.target_layer,
                        int(input_size or info.image_size), "gradients" not in out)
+
+
+def explaining_outputs(info, out: dict, attributes: list[str], indices: list[int]
+                       ) -> Explanation:
+    """The ``Explanation`` of an explaining file's outputs (``logits``, ``heatmaps``, ``energy``
+    and ``raw_maps`` as far as present) for ``attributes`` (the file's attributes at ``indices``);
+    uint8 maps are scaled to [0, 1]."""
+    spec = info.explain
+    maps = out["heatmaps"].astype(np.float32)
+    if spec["map_dtype"] == "uint8":
+        maps /= 255.0
+    fraction = np.array([np.nan if f is None else f for f in spec["mask_fraction"]])[indices]
+    energy, raw = out.get("energy"), out.get("raw_maps")
+    return Explanation(list(attributes), out["logits"], signs(out["logits"], spec["mode"]),
+                       None if raw is None else raw.astype(np.float64), spec["method"],
+                       spec["mode"], info.target_layer, int(info.image_size),
+                       info.gradient_layout == "factored", maps,
+                       None if energy is None else energy.astype(np.float64), fraction)

@@ -5,7 +5,9 @@ ONNX keys: ``bincam.version``, ``bincam.attributes`` (list), ``bincam.target_lay
 ``bincam.gradient_layout`` (``dense``: output ``gradients [B,K,C,h,w]``; ``factored``: output
 ``channel_weights [K,C]`` with ``bincam.mask_positive``), ``bincam.modes``, ``bincam.image_size``,
 ``bincam.class_counts`` ({positive, negative}), ``bincam.precision`` (fp32 | fp16),
-``bincam.input``, ``bincam.token_layout`` (vit | swin, only for token activations), and the
+``bincam.input``, ``bincam.token_layout`` (vit | swin, only for token activations),
+``bincam.explain`` (only in an explaining file: method, mode, map size and type, value range,
+the attributes with masks and what each output is; ``export/explain_graph.py``), and the
 ONNX image keys ``Image.BitmapPixelFormat`` (Rgb8),
 ``Image.ColorSpaceGamma`` (SRGB), ``Image.NominalPixelRange`` (Normalized_0_1) plus
 ``bincam.mean`` / ``bincam.std``. No torch here.
@@ -110,6 +112,7 @@ class ModelInfo:
     precision: str = "fp32"          # compute type of the graph's bulk (inputs/outputs: float32)
     weighting: str | None = None     # training class weighting (cards only)
     token_layout: str = "none"       # vit | swin: the CAM tensor was a transformer's tokens
+    explain: dict | None = None      # an explaining file: what its outputs are (bincam.explain)
 
     @classmethod
     def from_card(cls, card: ModelCard, layer: str | None = None,
@@ -134,7 +137,8 @@ class ModelInfo:
                                                "negative": self.negative_counts}),
             "Image.BitmapPixelFormat": "Rgb8", "Image.ColorSpaceGamma": "SRGB",
             "Image.NominalPixelRange": "Normalized_0_1",
-        } | ({"bincam.token_layout": self.token_layout} if self.token_layout != "none" else {})
+        } | ({"bincam.token_layout": self.token_layout} if self.token_layout != "none" else {}) \
+          | ({"bincam.explain": json.dumps(self.explain)} if self.explain else {})
 
     @classmethod
     def from_metadata(cls, props: dict[str, str], source: str) -> "ModelInfo":
@@ -155,10 +159,19 @@ class ModelInfo:
                 input_name=props.get("bincam.input", "images"),
                 version=props.get("bincam.version", ""),
                 precision=props.get("bincam.precision", "fp32"),
-                token_layout=props.get("bincam.token_layout", "none"))
+                token_layout=props.get("bincam.token_layout", "none"),
+                explain=json.loads(props.get("bincam.explain", "null")))
         except (KeyError, ValueError) as exc:
             raise BincamError(f"{source} has broken bincam metadata ({exc}); "
                               f"{HOW_TO_EXPORT}") from None
+
+
+def require_gradients(info: ModelInfo, source: str, command: str) -> None:
+    """Refuse an explaining file where ``command`` needs the activations and gradients."""
+    if info.explain:
+        raise BincamError(f"{source} is an explaining file (heatmaps computed inside, no "
+                          f"gradients); {command} needs a gradient file: export it without "
+                          "--explain")
 
 
 def write_metadata(model, info: ModelInfo) -> None:

@@ -105,7 +105,7 @@ def parity(engine, torch_model, batch: int = 4, runs: int = 2, seed: int | None 
 
     size, layer = engine.info.image_size, engine.info.target_layer
     rng = np.random.default_rng(seed)
-    idx = list(range(len(engine.attributes)))
+    idx = _torch_indices(engine, torch_model)
     per_image: dict[str, list] = {}
     reference = open_engine(torch_model, "torch", layer=layer)
     for _ in range(runs):
@@ -115,9 +115,9 @@ def parity(engine, torch_model, batch: int = 4, runs: int = 2, seed: int | None 
         g_ort = _engine_gradients(engine, out)
         g_own = replayed_gradients(torch_model, layer, x, out["activations"], idx)
         ours = engine.explain(x, method=method)
-        theirs = reference.explain(x, method=method)
+        theirs = reference.explain(x, method=method, attributes=engine.attributes)
         figures = {
-            "logits max abs": np.abs(out["logits"] - ref.logits.numpy()).max(axis=1),
+            "logits max abs": np.abs(out["logits"] - ref.logits.numpy()[:, idx]).max(axis=1),
             "gradients rel L2": rel_l2(g_ort, ref.grads.numpy()),
             "gradients rel L2 (own activations)": rel_l2(g_ort, g_own),
             "final maps max abs": np.abs(ours.heatmaps() - theirs.heatmaps()).reshape(
@@ -132,6 +132,15 @@ def parity(engine, torch_model, batch: int = 4, runs: int = 2, seed: int | None 
     result.update({f"{name} (median image)": float(np.median(values))
                    for name, values in per_image.items()})
     return result
+
+
+def _torch_indices(engine, torch_model) -> list[int]:
+    """The torch net's logit index of each of the engine's attributes (a file may hold a
+    subset)."""
+    from bincam.runtime.torch_engine import model_attributes
+
+    names = model_attributes(torch_model)
+    return [names.index(a) for a in engine.attributes]
 
 
 def input_dependence(engine, torch_model=None, seed: int | None = None) -> tuple[float, float | None]:
@@ -152,7 +161,7 @@ def input_dependence(engine, torch_model=None, seed: int | None = None) -> tuple
 
     from bincam.cam.gradients import layer_gradients
 
-    idx = list(range(len(engine.attributes)))
+    idx = _torch_indices(engine, torch_model)
     ref = [layer_gradients(torch_model, torch.from_numpy(x), engine.info.target_layer, idx,
                            closed_form=False).grads.numpy() for x in (a, b)]
     return onnx_diff, rel(*ref)
@@ -183,7 +192,8 @@ def precision_fidelity(engine, torch_model, images: np.ndarray) -> dict[str, flo
 
     x = to_batch(images)
     ours = engine.explain(x)
-    theirs = explain(torch_model, x, layer=engine.info.target_layer)
+    theirs = explain(torch_model, x, layer=engine.info.target_layer,
+                     attributes=engine.attributes)
     flipped = ours.predictions != theirs.predictions
     same = ~flipped  # a flipped prediction explains the other class: its map is not comparable
     r = pearson(ours.raw, theirs.raw)[same]

@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bincam.errors import BincamError
-from bincam.core.model_info import ModelInfo, write_metadata
+from bincam.core.model_info import ModelInfo, onnx_info, write_metadata
 from bincam.files import atomic_path
 from bincam.export.vjp import append_gradients
 
@@ -30,8 +30,11 @@ def _add_factored(model: onnx.ModelProto, weights: np.ndarray) -> None:
                                                             list(weights.shape)))
 
 
-def export_checkpoint(model, layer: str | None = None, gradients: str = "auto") -> onnx.ModelProto:
-    """The ONNX model (forward + gradients + metadata) of a bincam net (``model.card`` used)."""
+def export_checkpoint(model, layer: str | None = None, gradients: str = "auto",
+                      indices: list[int] | None = None) -> onnx.ModelProto:
+    """The ONNX model (forward + gradients + metadata) of a bincam net (``model.card`` used).
+    ``indices``: dense gradients of these logits only (for an explaining graph, which selects
+    the same attributes; the metadata still lists all)."""
     from bincam.cam.gradients import effective_head
     from bincam.runtime.torch_engine import model_attributes
     from bincam.export.forward import ACTIVATIONS, LOGITS, export_forward
@@ -50,7 +53,7 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto") 
     graph = export_forward(model, layer, size)
     mask_positive = True
     if layout == "dense":
-        graph = append_gradients(graph, ACTIVATIONS, LOGITS)
+        graph = append_gradients(graph, ACTIVATIONS, LOGITS, indices)
     else:
         w_eff, _, mask_positive = effective_head(model, layer)
         shape = [d.dim_value for d in graph.graph.output[1].type.tensor_type.shape.dim[2:]]
@@ -67,11 +70,13 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto") 
 
 def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                            attributes: list[str] | None = None,
-                           gradients: str = "auto", tokens: str = "none") -> onnx.ModelProto:
+                           gradients: str = "auto", tokens: str = "none",
+                           indices: list[int] | None = None) -> onnx.ModelProto:
     """Append the gradients to an ONNX classifier made by any framework: the factored channel
     weights where the head after ``activation`` is affine (``gradients`` auto or factored), else
     the VJP subgraph. ``tokens``: ``vit`` or ``swin`` when ``activation`` is a transformer's
-    token tensor (mapped to ``[B, C, h, w]`` in the graph, see ``tokens.py``)."""
+    token tensor (mapped to ``[B, C, h, w]`` in the graph, see ``tokens.py``). ``indices``: as
+    for ``export_checkpoint``."""
     from bincam.export.affine_head import find_affine_head
     from bincam.export.forward import fold_constants
     from bincam.export.tokens import TOKEN_LAYOUTS, add_token_maps, token_gradients, token_grid
@@ -127,7 +132,7 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                               "h and w for the factored form; use --gradients dense")
         _add_factored(out, head.weight / float(np.prod(spatial)))
     else:
-        out = append_gradients(rebuilt, activation, logits)
+        out = append_gradients(rebuilt, activation, logits, indices)
         if grid is not None:
             token_gradients(out, tokens, grid)
     dims = out.graph.input[0].type.tensor_type.shape.dim
@@ -137,6 +142,49 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                                   image_size=size, mask_positive=bool(head and head.relu_first),
                                   input_name=out.graph.input[0].name, token_layout=tokens))
     return out
+
+
+def narrow_attributes(model: onnx.ModelProto, indices: list[int]) -> onnx.ModelProto:
+    """The gradient graph for the attributes at ``indices`` only: logits gathered, factored
+    channel weights' rows selected, metadata narrowed. A dense graph's gradients must already be
+    those of ``indices`` (``export_checkpoint(..., indices=indices)``)."""
+    info = onnx_info(model, "the gradient graph")
+    if indices == list(range(len(info.attributes))):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    producer = next(n for n in g.node if "logits" in n.output)
+    producer.output[list(producer.output).index("logits")] = "bincam/logits_all_attributes"
+    for node in g.node:
+        node.input[:] = ["bincam/logits_all_attributes" if i == "logits" else i
+                         for i in node.input]
+    g.initializer.append(numpy_helper.from_array(np.asarray(indices, np.int64),
+                                                 "bincam/selected_attributes"))
+    g.node.append(helper.make_node("Gather", ["bincam/logits_all_attributes",
+                                              "bincam/selected_attributes"], ["logits"], axis=1,
+                                   name="bincam/select_attributes"))
+    logits_out = next(o for o in g.output if o.name == "logits")
+    logits_out.type.tensor_type.shape.dim[1].dim_value = len(indices)
+    if info.gradient_layout == "factored":
+        init = next(i for i in g.initializer if i.name == "bincam/channel_weights")
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[indices],
+                                              "bincam/channel_weights"))
+        next(o for o in g.output if o.name == "channel_weights"
+             ).type.tensor_type.shape.dim[0].dim_value = len(indices)
+    elif _dims(model, "gradients")[1] != len(indices):
+        raise BincamError("internal: the dense gradients are not those of the selected attributes")
+    info.attributes = [info.attributes[i] for i in indices]
+    for counts in ("positive_counts", "negative_counts"):
+        if getattr(info, counts) is not None:
+            setattr(info, counts, [getattr(info, counts)[i] for i in indices])
+    write_metadata(out, info)
+    return out
+
+
+def _dims(model: onnx.ModelProto, output: str) -> list[int]:
+    vi = next(o for o in model.graph.output if o.name == output)
+    return [d.dim_value for d in vi.type.tensor_type.shape.dim]
 
 
 def save_onnx(model: onnx.ModelProto, path: Path | str) -> Path:

@@ -9,7 +9,9 @@
 Images are ``[B, 3, S, S]``, uint8 or float in [0, 1]. ``run`` returns NumPy arrays for the
 selected attributes (default: all): ``logits [B,K]``, ``activations [B,C,h,w]`` and either
 ``gradients [B,K,C,h,w]`` (dense ``∂z/∂A``) or ``channel_weights [K,C]`` (an affine head:
-``∂z_k/∂A = W[k,c]·1[A > 0]`` where ``info.mask_positive``). Optional abilities are asked for with
+``∂z_k/∂A = W[k,c]·1[A > 0]`` where ``info.mask_positive``). An explaining file
+(``info.explain`` set) returns its own outputs instead: ``logits``, ``heatmaps``, ``energy``,
+``raw_maps`` as far as it has them, and ``explain`` wraps them. Optional abilities are asked for with
 ``supports(name)``; today: ``"fused_epilogue"`` (``fused(images, method, mode, size, maps)``:
 final maps and PE on the GPU) and ``"torch_cuda_memory"`` (the engine's device memory shows in
 torch's CUDA allocator statistics). No torch here.
@@ -23,7 +25,7 @@ import numpy as np
 
 from bincam.attributes import resolve_attributes
 from bincam.core.checks import check_batch
-from bincam.core.explanation import Explanation, explain_outputs
+from bincam.core.explanation import Explanation, explain_outputs, explaining_outputs
 from bincam.core.methods import cam_method
 from bincam.core.modes import check_mode
 from bincam.core.model_info import ModelInfo
@@ -70,10 +72,18 @@ class Engine:
 
     def explain(self, images, method: str = "gradcam", mode: str = "predicted",
                 attributes: Attributes = None) -> Explanation:
-        """Binary CAMs of the selected attributes (default: all) from one run of the engine."""
+        """Binary CAMs of the selected attributes (default: all) from one run of the engine.
+        An explaining file's method and mode are fixed: asking for others is an error."""
         cam_method(method), check_mode(mode)
         names, indices = self._indices(attributes)
+        spec = self.info.explain
+        if spec and (method, mode) != (spec["method"], spec["mode"]):
+            raise BincamError(f"this explaining file computes {spec['method']} in mode "
+                              f"{spec['mode']}, not {method} in mode {mode}; export another one "
+                              "or use the gradient file")
         out = self._run(images, indices)
+        if spec:
+            return explaining_outputs(self.info, out, names, indices)
         return explain_outputs(self.info, out, names, method, mode, np.shape(images)[-1])
 
     def fused(self, images, method: str = "gradcam", mode: str = "predicted",
@@ -91,13 +101,17 @@ class Engine:
         self.close()
 
 
+PER_ATTRIBUTE = ("logits", "gradients", "heatmaps", "energy", "raw_maps")  # axis 1 is K
+
+
 def select(out: dict[str, np.ndarray], indices: list[int], total: int) -> dict[str, np.ndarray]:
     """The outputs of all ``total`` attributes narrowed to ``indices``."""
     if indices == list(range(total)):
         return out
-    picked = dict(out, logits=out["logits"][:, indices])
-    if "gradients" in out:
-        picked["gradients"] = out["gradients"][:, indices]
+    picked = dict(out)
+    for name in PER_ATTRIBUTE:
+        if name in out:
+            picked[name] = out[name][:, indices]
     if "channel_weights" in out:
         picked["channel_weights"] = out["channel_weights"][indices]
     return picked

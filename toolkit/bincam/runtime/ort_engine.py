@@ -64,8 +64,14 @@ class OrtEngine(Engine):
                               f"({str(exc).splitlines()[0][:160]})") from None
         self.device, self.model_bytes, self._forward = device, data, None
         outputs = {o.name for o in self.session.get_outputs()}
-        self.grad_output = "gradients" if self.info.gradient_layout == "dense" else "channel_weights"
-        missing = {"logits", "activations", self.grad_output} - outputs
+        if self.info.explain:  # an explaining file: its outputs are the explanations
+            self.output_names = [n for n in ("logits", "heatmaps", "energy", "raw_maps")
+                                 if n in outputs]
+            missing = {"logits", "heatmaps"} - outputs
+        else:
+            grad = "gradients" if self.info.gradient_layout == "dense" else "channel_weights"
+            self.output_names = ["logits", "activations", grad]
+            missing = set(self.output_names) - outputs
         if missing:
             raise BincamError(f"{source} lacks output(s) {', '.join(sorted(missing))}")
 
@@ -76,7 +82,7 @@ class OrtEngine(Engine):
 
     def _run(self, images, indices: list[int]) -> dict[str, np.ndarray]:
         x = self.check_images(images)
-        names = ["logits", "activations", self.grad_output]
+        names = self.output_names
         if self.device == "cuda":
             binding = self.session.io_binding()
             binding.bind_cpu_input(self.info.input_name, x)

@@ -201,6 +201,10 @@ class TrtEngine(Engine):
         proto, self.model_bytes, self.source = load_onnx(model)
         self.info = onnx_info(proto, self.source)
         del proto
+        if self.info.explain:
+            raise BincamError(f"{self.source} is an explaining file; bincam's trt engine runs "
+                              "gradient files (its own epilogue is the fused kernel): use "
+                              "--engine ort, or Triton's tensorrt backend / trtexec for the file")
         from cuda.bindings import runtime
 
         self.rt, self.cache, self.cuda_graphs = runtime, cache, cuda_graphs
