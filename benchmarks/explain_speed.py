@@ -16,7 +16,6 @@ median and range.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 from bincam.checkpoint import load_checkpoint
 from bincam.export.explain_graph import ExplainSpec
 from bincam.export.explaining import export_explaining
-from bincam.files import write_atomic
+from bincam.files import write_report
 from bincam.machine import machine_info, machine_line
 from bincam.nets import build_net
 from bincam.runtime import open_engine
@@ -98,9 +97,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        write_atomic(args.out.with_suffix(".md"), text.encode())
-        write_atomic(args.out.with_suffix(".json"), json.dumps(
-            {"machine": info, "records": records}, indent=1).encode())
+        write_report(args.out, text, {"machine": info, "records": records})
 
 
 if __name__ == "__main__":

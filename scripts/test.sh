@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh, and scripts/web_setup.sh for the browser test) and run the whole
-# test suite.
+# Set up (scripts/setup.sh; scripts/web_setup.sh for the browser test; scripts/serve_setup.sh for
+# the Triton server tests) and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/web_setup.sh
+bash scripts/serve_setup.sh
 exec .venv/bin/python -m pytest -q "$@"

@@ -55,7 +55,7 @@ def test_every_method_and_mode_matches_the_core(gradient_graph, method):
     for mode in MODES:
         model = append_explanation(graph, ExplainSpec(method, mode, raw_maps=True,
                                                       cam_precision="float64"), masks)
-        figures = epilogue_parity(model, masks, batches=(1, 5), seed=hash(mode) % 1000)
+        figures = epilogue_parity(model, masks, batches=(1, 5), seed=list(MODES).index(mode))
         for name, target in TARGETS.items():
             assert figures[name] <= target, (mode, figures)
         # float32 (the default, TensorRT's): within the export checks' limits
@@ -84,7 +84,13 @@ def test_structure_outputs_and_metadata(gradient_graph):
         ("layercam", "negative", [64, 64], [0, 255])
     assert set(spec["outputs"]) == set(outputs) and spec["energy_attributes"] == SUBSET
     assert epilogue_parity(model, masks)["uint8 levels"] <= 1
+    x = np.random.default_rng(4).random((2, 3, 112, 112), dtype=np.float32)
+    with open_engine(model.SerializeToString(), "ort") as engine:
+        got = engine.run(x)
+    from bincam.core.epilogue import epilogue
 
+    levels = np.floor(255 * epilogue(got["raw_maps"].astype(np.float64), 64) + 0.5)
+    assert (got["heatmaps"] != levels).mean() < 1e-3
 
 def test_subset_shrinks_the_dense_gradients(small):
     part = export_explaining(ExplainSpec(), small, select="Bald,Smiling", layer="layer3")
@@ -111,7 +117,10 @@ def test_engine_contract_and_explanation(small, tmp_path):
         assert result.heatmaps(56).shape == (3, 2, 56, 56)
         assert result.proportional_energy().shape == (3, 2)
         corrected = result.proportional_energy(corrected=True)
-        assert np.all(corrected <= result.proportional_energy() + 1e-12)
+        from bincam.attributes import attribute_masks
+
+        area = attribute_masks(["Bald", "Smiling"], 112).mean(axis=(1, 2))
+        assert np.allclose(corrected, result.proportional_energy() * (1 - area), atol=1e-12)
         with pytest.raises(BincamError, match="computes gradcam\\+\\+ in mode predicted"):
             engine.explain(x, "gradcam")
         with pytest.raises(BincamError, match="at 112 px only"):
@@ -125,29 +134,68 @@ def test_engine_contract_and_explanation(small, tmp_path):
 
 
 def test_ties_and_zeros_give_empty_maps(tmp_path):
-    """A logit that is exactly 0 (zero weights and bias): s = 0, so its map is all zeros and its
-    PE 0, in the file as in the core; no NaN anywhere."""
-    torch.manual_seed(0)
+    """A logit that is exactly 0 with a nonzero gradient (a constant activation whose weighted
+    sum cancels): s = 0, so in mode predicted its map is all zeros and its PE 0, in the file as in
+    the core, while mode positive explains it (nonzero raw maps); no NaN anywhere."""
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                         nn.Flatten(), nn.Linear(4, 3))
     with torch.no_grad():
-        net[-1].weight[0] = 0
-        net[-1].bias[0] = 0
+        net[0].weight.zero_()
+        net[0].bias.copy_(torch.tensor([1.0, 2.0, 0.5, 1.0]))   # A constant and positive
+        net[-1].weight[0] = torch.tensor([1.0, 1.0, -2.0, -2.0])  # z0 = 1 + 2 − 1 − 2 = 0
+        net[-1].bias[0] = 0.0
     path = export_module(net, tmp_path / "tiny.onnx", 16)
     box = np.zeros((16, 16), bool)
     box[4:10, 2:12] = True
     np.savez(tmp_path / "masks.npz", a=box, b=box)
+    x = np.random.default_rng(2).random((2, 3, 16, 16), dtype=np.float32)
     for gradients in ("factored", "dense"):
-        made = export_explaining(ExplainSpec(raw_maps=True), onnx_path=path, logits="logits",
-                                 activation="/1/Relu_output_0", attributes=["a", "b", "c"],
-                                 gradients=gradients, masks=tmp_path / "masks.npz")
-        assert all(c.ok for c in explain_checks(made.model, made.masks, seed=1))
-        with open_engine(made.model.SerializeToString(), "ort") as engine:
-            out = engine.run(np.random.default_rng(2).random((2, 3, 16, 16), dtype=np.float32))
-        assert np.all(out["logits"][:, 0] == 0)
-        assert np.all(out["heatmaps"][:, 0] == 0) and np.all(out["energy"][:, 0] == 0)
-        assert np.isnan(out["energy"][:, 2]).all()     # "c" has no mask
-        assert np.isfinite(out["heatmaps"]).all() and np.isfinite(out["energy"][:, :2]).all()
+        for method in ("gradcam", "layercam", "gradcam-elementwise", "gradcam++"):
+            outs = {}
+            for mode in ("predicted", "positive"):
+                made = export_explaining(ExplainSpec(method, mode, raw_maps=True), onnx_path=path,
+                                         logits="logits", activation="/1/Relu_output_0",
+                                         attributes=["a", "b", "c"], gradients=gradients,
+                                         masks=tmp_path / "masks.npz")
+                assert all(c.ok for c in explain_checks(made.model, made.masks, seed=1))
+                with open_engine(made.model.SerializeToString(), "ort") as engine:
+                    outs[mode] = engine.run(x)
+            out = outs["predicted"]
+            assert np.all(out["logits"][:, 0] == 0)
+            assert np.all(out["raw_maps"][:, 0] == 0) and np.all(out["heatmaps"][:, 0] == 0)
+            assert np.all(out["energy"][:, 0] == 0)
+            if method != "gradcam":  # Grad-CAM's map of a constant activation is z itself: 0
+                assert np.abs(outs["positive"]["raw_maps"][:, 0]).max() > 0, (gradients, method)
+            assert np.isnan(out["energy"][:, 2]).all()     # "c" has no mask
+            assert np.isfinite(out["heatmaps"]).all() and np.isfinite(out["energy"][:, :2]).all()
+
+
+def test_nan_weights_give_nan_energy_not_an_empty_map(small):
+    """A net with NaN weights: logits and PE are NaN (not 'empty map, PE 0')."""
+    import copy
+
+    broken = copy.deepcopy(small)
+    with torch.no_grad():
+        broken.fc.weight[list(small.card.attributes).index("Smiling"), 0] = float("nan")
+    made = export_explaining(ExplainSpec(), broken, select="Smiling,Bald")
+    with open_engine(made.model.SerializeToString(), "ort") as engine:
+        out = engine.run(np.random.default_rng(0).random((1, 3, 112, 112), np.float32))
+    assert np.isnan(out["logits"][:, 0]).all() and np.isnan(out["energy"][:, 0]).all()
+    assert np.isfinite(out["energy"][:, 1]).all()
+
+
+def test_map_size_and_name_clashes_are_refused(gradient_graph):
+    graph, _ = gradient_graph
+    with pytest.raises(BincamError, match="smaller than the CAM layer"):
+        append_explanation(graph, ExplainSpec(map_size=3))
+    clashing = onnx.ModelProto()
+    clashing.CopyFrom(graph)
+    clashing.graph.node[0].output[0] = "heatmaps"
+    for node in clashing.graph.node[1:]:
+        node.input[:] = ["heatmaps" if i == graph.graph.node[0].output[0] else i
+                         for i in node.input]
+    with pytest.raises(BincamError, match="already has tensor"):
+        append_explanation(clashing, ExplainSpec())
 
 
 def test_masks_files(tmp_path):
@@ -181,8 +229,8 @@ def test_no_masks_means_no_energy_output(tmp_path):
     assert [o.name for o in made.model.graph.output] == ["logits", "heatmaps"]
     with open_engine(made.model.SerializeToString(), "ort") as engine:
         result = engine.explain(np.random.default_rng(0).random((1, 3, 16, 16), np.float32))
-    with pytest.raises(BincamError, match="no energy output"):
-        result.proportional_energy()
+    assert result.proportional_energy().shape == (1, 2)
+    assert np.isnan(result.proportional_energy()).all()  # no masks: no PE, as for gradient files
 
 
 def test_fp16_gradient_graph_keeps_a_float32_epilogue(small):
@@ -220,15 +268,16 @@ def test_cli_export_explain_then_cam(tmp_path):
     images.mkdir()
     for i, face in enumerate(synthetic_faces(2, 112, seed=4)):
         Image.fromarray(face).save(images / f"f{i}.png")
-    proc = _bincam("cam", str(out), str(images), "--out", str(tmp_path / "cams"), "--method",
-                   "hirescam")
+    proc = _bincam("cam", str(out), str(images), "--out", str(tmp_path / "cams"))  # its method
     assert proc.returncode == 0, proc.stderr[-2000:]
     with np.load(tmp_path / "cams" / "cams.npz") as data:
         assert data["heatmaps"].shape == (2, 2, 112, 112) and "raw" not in data.files
     record = json.loads((tmp_path / "cams" / "predictions.json").read_text())
     assert record["attributes"] == ["Smiling", "Bald"]
     assert all(v is not None for r in record["images"] for v in r["proportional_energy"])
-    wrong = _bincam("cam", str(out), str(images), "--out", str(tmp_path / "c2"))
+    assert record["method"] == "hirescam"
+    wrong = _bincam("cam", str(out), str(images), "--out", str(tmp_path / "c2"), "--method",
+                    "gradcam")
     assert wrong.returncode == 2 and "computes hirescam in mode predicted" in wrong.stderr
     assert not (tmp_path / "c2" / "predictions.json").exists()
     bench = _bincam("bench", str(out), "--engines", "ort")
@@ -242,6 +291,8 @@ def test_cli_refuses_bad_explain_options(tmp_path):
     proc = _bincam("export", str(SMALL), "--out", str(tmp_path / "x.onnx"), "--explain",
                    "--explain-attributes", "Smiling,Nope")
     assert proc.returncode == 2 and "unknown attribute(s) Nope" in proc.stderr
+    proc = _bincam("export", str(SMALL), "--out", str(tmp_path / "x.onnx"), "--map-size", "64")
+    assert proc.returncode == 2 and "--map-size only apply with --explain" in proc.stderr
     assert not (tmp_path / "x.onnx").exists()
 
 

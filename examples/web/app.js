@@ -132,6 +132,21 @@ function imageOfHeatmap(heat, size, mapSize) {
   return out;
 }
 
+function halfToFloat(bits) {
+  // IEEE 754 binary16 → number (browsers without Float16Array get float16 tensors as raw bits)
+  const sign = bits & 0x8000 ? -1 : 1, exponent = (bits >> 10) & 0x1f, fraction = bits & 0x3ff;
+  if (exponent === 0) return sign * fraction * 2 ** -24;
+  if (exponent === 31) return fraction ? NaN : sign * Infinity;
+  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+}
+
+function mapValues(tensor) {
+  if (tensor.type === "float16" && tensor.data instanceof Uint16Array) {
+    return Float32Array.from(tensor.data, halfToFloat);
+  }
+  return tensor.data;
+}
+
 export async function explain(modelSource, imageSource) {
   const status = document.getElementById("status");
   status.textContent = "loading the model…";
@@ -154,7 +169,7 @@ export async function explain(modelSource, imageSource) {
   const energy = out.energy ? Array.from(out.energy.data, (v) => (Number.isNaN(v) ? null : v))
                             : attributes.map(() => null);
   const [mapSize] = spec.map_size, plane = mapSize * mapSize;
-  const heatmaps = out.heatmaps.data;
+  const heatmaps = mapValues(out.heatmaps);
   const container = document.getElementById("overlays");
   container.replaceChildren();
   const overlays = [];

@@ -55,3 +55,12 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_report(path: Path | str, markdown: str, record: dict) -> None:
+    """A benchmark's results: ``path`` with ``.md`` (the table) and ``.json`` (every figure)."""
+    import json
+
+    path = Path(path)
+    write_atomic(path.with_suffix(".md"), markdown.encode())
+    write_atomic(path.with_suffix(".json"), json.dumps(record, indent=1).encode())

@@ -30,7 +30,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _register() -> None:
     from bincam.cli import (analyze_cmd, bench_cmd, cam_cmd, data_cmd,  # noqa: F401
-                            export_cmd, model_cmd, train_cmd)
+                            export_cmd, model_cmd, serve_cmd, train_cmd)
 
 
 def main() -> None:

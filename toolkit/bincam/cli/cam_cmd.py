@@ -68,9 +68,11 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
                                          "file with --engine ort."),
         inputs: List[Path] = typer.Argument(..., help="Images and/or folders of images."),
         out: Path = typer.Option(..., help="Output folder."),
-        method: str = typer.Option("gradcam", help="gradcam, hirescam, gradcam-elementwise, "
-                                   "xgradcam, gradcam++ or layercam"),
-        mode: str = typer.Option("predicted", help="predicted (|z|), positive (z), negative (−z)"),
+        method: str = typer.Option(None, help="gradcam (default), hirescam, "
+                                   "gradcam-elementwise, xgradcam, gradcam++ or layercam; an "
+                                   "explaining file's own method by default"),
+        mode: str = typer.Option(None, help="predicted (|z|, default), positive (z), negative "
+                                 "(−z); an explaining file's own mode by default"),
         attributes: str = typer.Option("all", help="Comma-separated names or indices."),
         layer: str = typer.Option(None, help="CAM layer (default: the net's final tap)."),
         size: int = typer.Option(224, help="Side of overlays and grids in pixels."),
@@ -88,9 +90,11 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
 
     if on_error not in ("skip", "fail"):
         raise BincamError(f"--on-error must be skip or fail, got {on_error!r}")
-    cam_method(method), check_mode(mode)
+    cam_method(method or "gradcam"), check_mode(mode or "predicted")
     files = _expand(inputs)
     with open_engine(checkpoint, engine, layer=layer) as session:
+        own = session.info.explain or {}
+        method, mode = method or own.get("method", "gradcam"), mode or own.get("mode", "predicted")
         names = resolve_attributes(attributes, session.attributes)
         summary = {"model": str(checkpoint), "engine": session.kind, "method": method,
                    "mode": mode, "layer": session.info.target_layer, "attributes": names}

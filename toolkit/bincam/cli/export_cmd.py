@@ -52,7 +52,10 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
            cam_precision: str = typer.Option("float32", help="With --explain: float32 (runs "
                                              "everywhere, TensorRT too) or float64 (the CAM "
                                              "method as exact as bincam's core; ONNX Runtime "
-                                             "only).")
+                                             "only)."),
+           triton_repo: Path = typer.Option(None, help="Also write a Triton model repository "
+                                            "here (Python-backend model; with --explain also "
+                                            "the stock onnxruntime and tensorrt backends).")
            ) -> None:
     """Append the gradient subgraph (or, with --explain, the whole CAM pipeline) and write a
     self-describing ONNX model."""
@@ -64,6 +67,8 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         raise BincamError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
     torch_model = None
+    if triton_repo is not None and triton_repo.exists() and any(triton_repo.iterdir()):
+        raise BincamError(f"--triton-repo {triton_repo} is not empty; give a new or empty folder")
     if list_activations:
         return _list_activations(onnx_model, logits)
     if onnx_model is not None and (checkpoint is not None or not activation or not logits):
@@ -71,14 +76,25 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
     if onnx_model is None and checkpoint is None:
         raise BincamError("give a checkpoint folder, or --onnx MODEL with --activation and "
                           "--logits")
+    given = [f"--{n.replace('_', '-')}" for n, v, default in (
+        ("method", method, "gradcam"), ("mode", mode, "predicted"),
+        ("explain_attributes", explain_attributes, "all"), ("map_size", map_size, None),
+        ("map_dtype", map_dtype, "float32"), ("raw_maps", raw_maps, False),
+        ("masks", masks, None), ("cam_precision", cam_precision, "float32")) if v != default]
+    if given and not explain:
+        raise BincamError(f"{', '.join(given)} only apply with --explain")
+    if onnx_model is not None and layer is not None:
+        raise BincamError("--layer is for checkpoints; with --onnx name the tensor with "
+                          "--activation")
     if explain:
         from bincam.export.explain_graph import ExplainSpec
 
         spec = ExplainSpec(method, mode, map_size, map_dtype, raw_maps, cam_precision).check()
-        return _export_explaining(spec, checkpoint, onnx_model, out, explain_attributes, masks,
-                                  precision, checks, layer=layer, gradients=gradients,
-                                  activation=activation, logits=logits,
-                                  attributes=_names(attributes), tokens=tokens)
+        _export_explaining(spec, checkpoint, onnx_model, out, explain_attributes, masks,
+                           precision, checks, layer=layer, gradients=gradients,
+                           activation=activation, logits=logits,
+                           attributes=_names(attributes), tokens=tokens)
+        return _triton_repository(triton_repo, out, stock=True)
     if onnx_model is not None:
         model = export_onnx_classifier(onnx_model, activation, logits, _names(attributes),
                                        gradients, tokens)
@@ -92,6 +108,18 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         _report_checks(run_checks(model, torch_model))
     save_onnx(model, out)
     console.print(f"wrote {out}")
+    _triton_repository(triton_repo, out, stock=False)
+
+
+def _triton_repository(folder: Path | None, model: Path, stock: bool) -> None:
+    """``--triton-repo``: the model repository of the file just written (configs validated)."""
+    if folder is None:
+        return
+    from bincam.serve.repository import ServeOptions, write_repository
+
+    written = write_repository(folder, model.read_bytes(), ServeOptions(), stock=stock)
+    console.print(f"wrote the Triton model repository {folder}: "
+                  f"{', '.join(p.name for p in written)} (configs checked against the file)")
 
 
 def _names(attributes: str | None) -> list[str] | None:

@@ -70,8 +70,8 @@ class MaskEnergy:
         mask_area = self.mask_area if mask_area is None else mask_area
         num = np.einsum("...ij,...ij->...", x, inside) - low * mask_area
         total = np.einsum("...kij,ij->...k", x, self.total) - low * self.area
-        ok = total > 1e-12 * self.area
-        return np.where(ok, num / np.where(ok, total, 1), 0.0)
+        empty = total <= 1e-12 * self.area  # an empty map has PE 0; NaN stays NaN
+        return np.where(empty, 0.0, num / np.where(empty, 1, total))
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         """PE ``[..., K]`` from weighted sums ``[..., K, h, w]`` (before any ReLU/normalisation)."""

@@ -66,15 +66,14 @@ class Explanation:
     def proportional_energy(self, size: int | None = None, corrected: bool = False) -> np.ndarray:
         """PE ``[B, K]`` of each final map inside its attribute's mask (fast exact form); NaN for
         an attribute with no mask (a foreign model's ``logit0``, say). An explaining file's own PE
-        (its masks, its map size) is returned as it is."""
+        (its masks, its map size) is returned as it is (NaN throughout if it has none)."""
         if self.energy is not None:
             if size not in (None, self.final.shape[-1]):
                 raise BincamError(f"this explaining file computes PE at {self.final.shape[-1]} px "
                                   f"only, not {size}")
             return self.energy * (1 - self.mask_fraction) if corrected else self.energy
-        if self.raw is None:
-            raise BincamError("this explaining file has no energy output (no masks were given "
-                              "at export)")
+        if self.raw is None:  # an explaining file exported without masks
+            return np.full(self.logits.shape, np.nan)
         from bincam.attributes import ATTRIBUTE_REGION
 
         known = [k for k, a in enumerate(self.attributes) if a in ATTRIBUTE_REGION]

@@ -34,12 +34,14 @@ from bincam.core.model_info import onnx_info, write_metadata
 from bincam.core.modes import check_mode
 from bincam.errors import BincamError
 from bincam.export.explain_ops import MethodGraph, OnnxBuilder
+from bincam.export.names import rename_tensor
 
 MAP_DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16,
               "uint8": TensorProto.UINT8}
 CAM_PRECISIONS = {"float32": np.float32, "float64": np.float64}
 FACTORED_WEIGHTS = "bincam/channel_weights"
-LOGITS_ALL = "bincam/logits_all"  # the gradient graph's logits, renamed
+LOGITS = "bincam/explained_logits"  # the gradient graph's logits output, now internal
+OUTPUT_NAMES = ("logits", "heatmaps", "energy", "raw_maps")
 
 
 @dataclass
@@ -72,12 +74,6 @@ def _shape(model: onnx.ModelProto, name: str) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") else None for d in dims]
 
 
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        node.input[:] = [new if i == old else i for i in node.input]
-        node.output[:] = [new if o == old else o for o in node.output]
-
-
 def append_explanation(model: onnx.ModelProto, spec: ExplainSpec,
                        masks: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """The explaining graph of a gradient graph, for all its attributes (narrow them first with
@@ -94,6 +90,14 @@ def append_explanation(model: onnx.ModelProto, spec: ExplainSpec,
     size = spec.map_size or info.image_size
     if not size:
         raise BincamError("the model's input size is not static; give --map-size")
+    if size < max(h, w):
+        raise BincamError(f"--map-size {size} is smaller than the CAM layer's {h}×{w}: the maps "
+                          "are upsampled, never shrunk (min-max of a shrunk map is ill-posed)")
+    taken = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    clash = sorted(taken & (set(OUTPUT_NAMES[1:]) | {LOGITS}))
+    if clash:
+        raise BincamError(f"the model already has tensor(s) named {', '.join(clash)}, which the "
+                          "explaining file outputs; rename them in the source model")
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -103,9 +107,9 @@ def append_explanation(model: onnx.ModelProto, spec: ExplainSpec,
                                              if i.name == FACTORED_WEIGHTS))
         g.node.remove(next(n for n in g.node if n.output[0] == "channel_weights"))
     del g.output[:]
-    _rename(g, "logits", LOGITS_ALL)
+    rename_tensor(g, "logits", LOGITS)
     b, k = OnnxBuilder(out), len(names)
-    logits = LOGITS_ALL
+    logits = LOGITS
     dtype = CAM_PRECISIONS[spec.cam_precision]
     cast = (lambda t: t) if dtype == np.float32 else \
         (lambda t: b.op("Cast", t, to=TensorProto.DOUBLE))
@@ -199,9 +203,9 @@ def _energy(b: OnnxBuilder, x: str, low: str, energy: MaskEnergy, has_mask: list
                      keepdims=False)
     num = b.op("Sub", inside, b.op("Mul", low, b.const(energy.mask_area, "mask_area")))
     den = b.op("Sub", total, b.op("Mul", low, b.const(float(energy.area), "area")))
-    ok = b.op("Greater", den, b.const(1e-12 * energy.area, "tiny"))
-    pe = b.op("Where", ok, b.op("Div", num, b.op("Where", ok, den, b.const(1.0, "one"))),
-              b.const(0.0, "zero"))
+    empty = b.op("LessOrEqual", den, b.const(1e-12 * energy.area, "tiny"))  # NaN: not empty
+    pe = b.op("Where", empty, b.const(0.0, "zero"),
+              b.op("Div", num, b.op("Where", empty, b.const(1.0, "one"), den)))
     if all(has_mask):
         return pe
     return b.op("Where", b.const(has_mask, "has_mask", np.bool_), pe, b.const(np.nan, "nan"))

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bincam.errors import BincamError
 from bincam.core.model_info import ModelInfo, onnx_info, write_metadata
 from bincam.files import atomic_path
+from bincam.export.names import rename_tensor
 from bincam.export.vjp import append_gradients
 
 LAYOUTS = ("auto", "dense", "factored")
@@ -154,11 +155,7 @@ def narrow_attributes(model: onnx.ModelProto, indices: list[int]) -> onnx.ModelP
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    producer = next(n for n in g.node if "logits" in n.output)
-    producer.output[list(producer.output).index("logits")] = "bincam/logits_all_attributes"
-    for node in g.node:
-        node.input[:] = ["bincam/logits_all_attributes" if i == "logits" else i
-                         for i in node.input]
+    rename_tensor(g, "logits", "bincam/logits_all_attributes")
     g.initializer.append(numpy_helper.from_array(np.asarray(indices, np.int64),
                                                  "bincam/selected_attributes"))
     g.node.append(helper.make_node("Gather", ["bincam/logits_all_attributes",

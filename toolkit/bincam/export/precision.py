@@ -23,6 +23,7 @@ import onnx
 
 from bincam.core.model_info import onnx_info, write_metadata
 from bincam.errors import BincamError
+from bincam.export.names import rename_tensor
 
 PRECISIONS = ("fp32", "fp16")
 KEEP_FP32_OPS = ("Gemm", "MatMul")
@@ -64,9 +65,7 @@ def _detach_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     for output in out.graph.output:
         internal = f"{output.name}/internal"
-        for node in out.graph.node:
-            node.input[:] = [internal if i == output.name else i for i in node.input]
-            node.output[:] = [internal if o == output.name else o for o in node.output]
+        rename_tensor(out.graph, output.name, internal)
         out.graph.node.append(onnx.helper.make_node("Identity", [internal], [output.name],
                                                     name=f"{output.name}/output"))
     return out
