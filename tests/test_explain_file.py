@@ -308,3 +308,32 @@ def test_readme_snippet_runs_with_onnxruntime_alone(small, tmp_path, monkeypatch
     exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
     assert scope["heatmaps"].shape == (2, 2, 112, 112) and scope["energy"].shape == (2, 2)
     assert scope["spec"]["method"] == "gradcam"
+
+
+def test_a_foreign_output_already_named_logits_is_renamed(tmp_path):
+    """A classifier whose own output is called ``logits`` (here a Sigmoid) while ``--logits``
+    names the Gemm before it: its tensor is renamed, nothing collides."""
+    from bincam.export.model import export_onnx_classifier
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return torch.sigmoid(self.fc(self.features(x).mean((2, 3))))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    path = export_module(net, tmp_path / "n.onnx", 16)
+    x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    for gradients in ("auto", "dense"):
+        model = export_onnx_classifier(path, "/features/features.1/Relu_output_0",
+                                       "/fc/Gemm_output_0", gradients=gradients)
+        onnx.checker.check_model(model, full_check=True)
+        with open_engine(model.SerializeToString(), "ort") as engine:
+            logits = engine.run_forward(x)
+        with torch.no_grad():
+            want = net.fc(net.features(torch.from_numpy(x)).mean((2, 3))).numpy()
+        assert np.abs(logits - want).max() < 1e-5

@@ -59,6 +59,13 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> nn.
         raise BincamError(f"{weights} does not fit a {card.arch.get('arch')} net as its card "
                           f"describes: {len(missing)} missing, {len(unexpected)} unexpected and "
                           f"{len(misfit)} mis-shaped tensors (e.g. {(missing + unexpected + misfit)[0]})")
+    for name, tensor in state.items():
+        want = expected[name].dtype
+        if tensor.dtype != want and not (tensor.is_floating_point() and want.is_floating_point):
+            raise BincamError(f"{weights}: tensor {name} is {tensor.dtype}, expected {want}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise BincamError(f"{weights}: tensor {name} holds NaN or Inf; the checkpoint is "
+                              "broken (retrain, or restore it)")
     model.load_state_dict(state)
     model.card = card
     return model.to(device).eval()

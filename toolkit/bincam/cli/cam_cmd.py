@@ -63,6 +63,26 @@ def _write_pictures(out: Path, stem: str, shown: np.ndarray, maps: np.ndarray, n
     write_atomic(out / "grids" / f"{stem}.png", grid_figure(shown, pictures, titles))
 
 
+def unique_stems(paths: list[Path]) -> dict[Path, str]:
+    """A distinct picture name per input: its stem, with its suffix and then a counter added
+    where stems collide (``a/face.png``, ``a/face.jpg``, ``b/face.png`` → ``face.png``,
+    ``face.jpg``, ``face.png-2``)."""
+    stems: dict[Path, str] = {}
+    taken: set[str] = set()
+    counts: dict[str, int] = {}
+    for p in paths:
+        counts[p.stem] = counts.get(p.stem, 0) + 1
+    for p in paths:
+        name = p.stem if counts[p.stem] == 1 else p.name
+        base, n = name, 1
+        while name in taken:
+            n += 1
+            name = f"{base}-{n}"
+        taken.add(name)
+        stems[p] = name
+    return stems
+
+
 @app.command("cam")
 def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an exported ONNX "
                                          "file with --engine ort."),
@@ -90,6 +110,14 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
 
     if on_error not in ("skip", "fail"):
         raise BincamError(f"--on-error must be skip or fail, got {on_error!r}")
+    if not 1 <= batch_size <= 4096:
+        raise BincamError(f"--batch-size must be between 1 and 4096, got {batch_size}")
+    if not 8 <= size <= 4096:
+        raise BincamError(f"--size must be between 8 and 4096 pixels, got {size}")
+    if out.exists() and not out.is_dir():
+        raise BincamError(f"--out {out} is a file; give a folder")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise BincamError(f"--out {out} lies inside a file; give a folder")
     cam_method(method or "gradcam"), check_mode(mode or "predicted")
     files = _expand(inputs)
     with open_engine(checkpoint, engine, layer=layer) as session:
@@ -116,6 +144,7 @@ def _explain_all(session, readable: list[Path], pixels: list, out: Path, size: i
     per-image records and the stacked ``logits``, ``raw`` and ``proportional_energy`` (an
     explaining file without raw maps: its own ``heatmaps`` instead of ``raw``)."""
     records, raws, logits, energies = [], [], [], []
+    stems = unique_stems(readable)
     with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task("cam", total=len(readable))
@@ -126,8 +155,10 @@ def _explain_all(session, readable: list[Path], pixels: list, out: Path, size: i
             maps, pe, probs = result.heatmaps(size), result.proportional_energy(), \
                 result.probabilities
             for i, path in enumerate(readable[start:start + batch_size]):
-                _write_pictures(out, path.stem, chunk[i][1], maps[i], result.attributes, probs[i])
-                records.append({"file": str(path), "logits": result.logits[i].tolist(),
+                _write_pictures(out, stems[path], chunk[i][1], maps[i], result.attributes,
+                                probs[i])
+                records.append({"file": str(path), "pictures": stems[path],
+                                "logits": result.logits[i].tolist(),
                                 "probabilities": probs[i].tolist(),
                                 "predicted": [int(v) for v in (probs[i] >= 0.5)],
                                 "proportional_energy": [None if np.isnan(v) else v

@@ -67,8 +67,13 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         raise BincamError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
     torch_model = None
-    if triton_repo is not None and triton_repo.exists() and any(triton_repo.iterdir()):
-        raise BincamError(f"--triton-repo {triton_repo} is not empty; give a new or empty folder")
+    if triton_repo is not None:
+        from bincam.serve.repository import parse_config
+
+        if triton_repo.exists() and (not triton_repo.is_dir() or any(triton_repo.iterdir())):
+            raise BincamError(f"--triton-repo {triton_repo} is a file or not empty; give a new "
+                              "or empty folder")
+        parse_config('name: "probe"', "a probe config")  # tritonclient present, before work
     if list_activations:
         return _list_activations(onnx_model, logits)
     if onnx_model is not None and (checkpoint is not None or not activation or not logits):

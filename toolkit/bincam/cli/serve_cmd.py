@@ -17,8 +17,13 @@ def _model_bytes(model: Path, layer: str | None) -> bytes:
     from bincam.core.model_info import is_checkpoint, load_onnx, onnx_info
 
     if is_checkpoint(model):
-        from bincam.checkpoint import load_checkpoint
-        from bincam.export.model import export_checkpoint
+        try:
+            from bincam.checkpoint import load_checkpoint
+            from bincam.export.model import export_checkpoint
+        except ImportError:
+            raise BincamError(f"serving the checkpoint {model} means exporting it, which needs "
+                              "PyTorch; export it where torch is installed (bincam export "
+                              "CHECKPOINT --out M.onnx) and serve M.onnx") from None
 
         return export_checkpoint(load_checkpoint(model), layer).SerializeToString()
     proto, data, source = load_onnx(model)
@@ -53,7 +58,8 @@ def serve(model: Path = typer.Argument(..., help="Checkpoint folder, or an ONNX 
                                    "one, removed at exit).")) -> None:
     """Serve logits, probabilities, PE and heatmaps over HTTP/gRPC (KServe v2) with Triton."""
     from bincam.serve.repository import ServeOptions, write_repository
-    from bincam.serve.server import ServerOptions, backend_folder, run, serving_env
+    from bincam.serve.server import (ServerOptions, backend_folder, check_ports, log_tail, run,
+                                     serving_env)
 
     options = ServeOptions(name, engine, device, method, mode, max_batch, instances,
                            max_queue_delay_us, dynamic_batching, threads).check()
@@ -61,8 +67,11 @@ def serve(model: Path = typer.Argument(..., help="Checkpoint folder, or an ONNX 
     for what, port in (("--http-port", http_port), ("--grpc-port", grpc_port)):
         if not 1 <= port <= 65535:
             raise BincamError(f"{what} must be between 1 and 65535, got {port}")
-    if repo is not None and repo.exists() and any(repo.iterdir()):
-        raise BincamError(f"--repo {repo} is not empty; give a new or empty folder")
+    if repo is not None and repo.exists() and (not repo.is_dir() or any(repo.iterdir())):
+        raise BincamError(f"--repo {repo} is a file or not empty; give a new or empty folder")
+    if log is not None and not log.parent.is_dir():
+        raise BincamError(f"--log {log}: the folder {log.parent} does not exist")
+    check_ports(server)
     serving = serving_env(env)
     data = _model_bytes(model, layer)
     work = Path(tempfile.mkdtemp(prefix="bincam-serve-"))
@@ -80,10 +89,11 @@ def serve(model: Path = typer.Argument(..., help="Checkpoint folder, or an ONNX 
                           "the requests in flight", highlight=False)
 
         status, asked = run(serving, repository, backends, name, server, log, ready)
-        if not asked:
-            raise BincamError(f"tritonserver exited with status {status} (log: {log})")
-        console.print("stopped" if status == 0 else
-                      f"stopped (tritonserver status {status}: its exit timeout ran out with "
-                      "connections still open)")
+        timed_out = "Exit timeout expired" in (log.read_text(errors="replace")
+                                               if log.exists() else "")
+        if not asked or (status != 0 and not (status == 1 and timed_out)):
+            raise BincamError(f"tritonserver exited with status {status}: {log_tail(log)}")
+        console.print("stopped" if status == 0 else "stopped (the exit timeout ran out with "
+                      "client connections still open)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -62,11 +62,12 @@ class ModelCard:
             raise BincamError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(data, dict) or data.get("format") != CARD_FORMAT:
             raise BincamError(f"{source} is not a bincam model card (format {CARD_FORMAT})")
+        from bincam.core.card_schema import validate_card
+
+        fields = validate_card(data, source)
+        fields["arch"] = dict(fields["arch"])
         known = set(cls.__dataclass_fields__)
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as exc:
-            raise BincamError(f"{source} lacks a field: {exc}") from None
+        return cls(**{k: v for k, v in fields.items() if k in known})
 
     def majority_is_positive(self) -> list[bool]:
         """Per attribute: is the positive class the majority of the training labels?"""

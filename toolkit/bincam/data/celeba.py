@@ -15,6 +15,7 @@ padding outside), then resized; a square image is only resized.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -133,11 +134,16 @@ class CelebA:
 def load_aligned(path: Path, size: int = FRAME) -> np.ndarray:
     """Decode one image with Pillow, as RGB, in the square aligned frame of side ``size``."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = img.convert("RGB")
     except FileNotFoundError:
         raise BincamError(f"image {path} is listed but missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise BincamError(f"image {path} has more than {Image.MAX_IMAGE_PIXELS:,} pixels; "
+                          "refused as a possible decompression bomb") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BincamError(f"image {path} does not decode ({exc.__class__.__name__}); "
                           "replace or remove it") from None
     return np.array(to_frame(img, size))

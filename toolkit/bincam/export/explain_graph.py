@@ -12,11 +12,11 @@ is read on the run-end rows and columns where a bilinear map attains its extreme
 (``core.energy``). Because each row of ``R`` sums to 1, the second min-max is applied to the small
 map before resizing: ``F = R_y·((x − m)/(M − m + ε))·R_xᵀ``, so the large map is written once.
 uint8 maps are ``⌊255·F + ½⌋`` (the ``+ ½`` also folded into the small map; the float → uint8 Cast
-truncates toward zero in ONNX Runtime and TensorRT, which on these non-negative values is ⌊·⌋). Everything here is
-float32, also in an fp16 gradient graph, except with ``cam_precision="float64"``: then the CAM
-method (the weighted sums, where float32 cancellation can show after the min-max, e.g. XGrad-CAM's
-``Σ_hw A_c`` of signed pre-ReLU activations) runs in float64, as the core does — for ONNX Runtime;
-TensorRT has no float64.
+truncates toward zero in ONNX Runtime and TensorRT, which on these non-negative values is ⌊·⌋).
+Everything here is float32, also in an fp16 gradient graph, except with
+``cam_precision="float64"``: then the CAM method (the weighted sums, where float32 cancellation can
+show after the min-max, e.g. XGrad-CAM's ``Σ_hw A_c`` of signed pre-ReLU activations) runs in
+float64, as the core does — for ONNX Runtime; TensorRT has no float64.
 """
 
 from __future__ import annotations

@@ -132,8 +132,8 @@ class MethodGraph:
     def factored(self, method: str, w: str, mask_positive: bool) -> str:
         """``w``: the channel weights ``W [K,C]`` (a tensor of the graph)."""
         b, a = self.b, self.a
-        mask = b.op("Cast", b.op("Greater", a, self.num(0.0, "zero")), to=helper.np_dtype_to_tensor_dtype(self.dt)) \
-            if mask_positive else None
+        mask = b.op("Cast", b.op("Greater", a, self.num(0.0, "zero")),
+                    to=helper.np_dtype_to_tensor_dtype(self.dt)) if mask_positive else None
         x = b.op("Relu", a) if mask_positive else a                           # M ⊙ A
         hw = float(self.h * self.w)
         if method == "gradcam":

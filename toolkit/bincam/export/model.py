@@ -96,6 +96,7 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                               f"{', '.join(candidates)}")
     if tokens not in TOKEN_LAYOUTS:
         raise BincamError(f"--tokens must be one of {', '.join(TOKEN_LAYOUTS)}, got {tokens!r}")
+    activation, logits = _free_output_names(model, activation, logits)
     graph = helper.make_graph(list(model.graph.node), model.graph.name, list(model.graph.input),
                               [], list(model.graph.initializer), value_info=list(
                                   model.graph.value_info))
@@ -143,6 +144,27 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                                   image_size=size, mask_positive=bool(head and head.relu_first),
                                   input_name=out.graph.input[0].name, token_layout=tokens))
     return out
+
+
+RESERVED = ("logits", "activations", "gradients", "channel_weights", "gradients_tokens")
+
+
+def _free_output_names(model: onnx.ModelProto, activation: str, logits: str) -> tuple[str, str]:
+    """Rename the source graph's own tensors that carry a name bincam's outputs take (say a
+    Sigmoid output called ``logits`` while ``--logits`` names the Gemm before it), so the
+    appended outputs do not collide; returns the (possibly renamed) activation and logits."""
+    produced = {o for n in model.graph.node for o in n.output}
+    for name in RESERVED:
+        if name in produced and (name, name) not in ((activation, "activations"),
+                                                     (logits, "logits")):
+            new = f"{name}/source"
+            rename_tensor(model.graph, name, new)
+            for v in list(model.graph.value_info):
+                if v.name == name:
+                    model.graph.value_info.remove(v)
+            activation = new if activation == name else activation
+            logits = new if logits == name else logits
+    return activation, logits
 
 
 def narrow_attributes(model: onnx.ModelProto, indices: list[int]) -> onnx.ModelProto:

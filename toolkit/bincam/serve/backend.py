@@ -47,7 +47,10 @@ class TritonPythonModel:
             except Exception as exc:  # noqa: BLE001 - a bad request must not stop the batch
                 failed[i] = BincamError(f"unreadable request ({exc})")
                 parsed.append(Request({}, []))
-        results = self.handler.handle(parsed)
+        try:
+            results = self.handler.handle(parsed)
+        except Exception as exc:  # noqa: BLE001 - answer every request rather than crash
+            results = [BincamError(f"the model failed ({exc.__class__.__name__})")] * len(parsed)
         responses = []
         for i, result in enumerate(results):
             result = failed.get(i, result)

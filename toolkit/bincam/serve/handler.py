@@ -4,9 +4,11 @@ Each request carries exactly one image input — ``images`` float32 ``[N,3,S,S]`
 ``pixels`` uint8 ``[N,H,W,3]`` (RGB as clients have them; square or CelebA-aligned 178×218, brought
 into the model's frame by the card's rule, ``data.celeba.to_frame``) or ``encoded`` bytes ``[N]``
 (PNG/JPEG files) — and asks for any of ``logits``, ``probabilities``, ``energy`` and ``heatmaps``
-(uint8 ``⌊255·F + ½⌋``). Only what is asked is computed: logits alone run the forward pass; energy
-or heatmaps run ``explain``. The valid requests of one call are concatenated into one engine batch
-per kind of work; a bad request gets its own error and does not touch the others.
+(uint8 ``⌊255·F + ½⌋``, at an explaining file's own map size). Only what is asked is computed:
+logits alone run the forward pass; energy or heatmaps run ``explain``. The valid requests of one
+call are concatenated into one engine batch per kind of work; a bad request gets its own error and
+does not touch the others (an engine failure that is not a user error is retried request by
+request, so it stays with its request).
 """
 
 from __future__ import annotations
@@ -47,12 +49,16 @@ def _decode(data: np.ndarray, size: int) -> np.ndarray:
             raise BincamError(f"encoded image {i} has {len(blob)} bytes; the limit is "
                               f"{MAX_ENCODED_BYTES}")
         try:
-            with Image.open(io.BytesIO(blob)) as img:
-                if img.width * img.height > MAX_DECODED_PIXELS:
-                    raise BincamError(f"encoded image {i} is {img.width}×{img.height}: too large")
+            with Image.open(io.BytesIO(blob), formats=("PNG", "JPEG")) as img:
+                if img.width * img.height > MAX_DECODED_PIXELS or max(img.size) > MAX_SIDE:
+                    raise BincamError(f"encoded image {i} is {img.width}×{img.height}: sides up "
+                                      f"to {MAX_SIDE} are taken")
                 out.append(np.asarray(to_frame(img.convert("RGB"), size)))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise BincamError(f"encoded image {i} declares too many pixels (a decompression "
+                              "bomb?)") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise BincamError(f"encoded image {i} does not decode as an image "
+            raise BincamError(f"encoded image {i} does not decode as a PNG or JPEG image "
                               f"({exc.__class__.__name__})") from None
     return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
@@ -65,9 +71,9 @@ def _pixels(data: np.ndarray, size: int) -> np.ndarray:
     if data.dtype != np.uint8 or data.ndim != 4 or data.shape[-1] != 3:
         raise BincamError(f"pixels must be uint8 [N, H, W, 3], got {data.dtype} "
                           f"{list(data.shape)}")
-    if max(data.shape[1:3]) > MAX_SIDE:
-        raise BincamError(f"pixels of {data.shape[2]}×{data.shape[1]}: the largest side taken is "
-                          f"{MAX_SIDE}")
+    if min(data.shape[1:3]) < 8 or max(data.shape[1:3]) > MAX_SIDE:
+        raise BincamError(f"pixels of {data.shape[2]}×{data.shape[1]}: sides of 8 to {MAX_SIDE} "
+                          "are taken")
     if data.shape[1:3] == (size, size):
         return data
     return np.stack([np.asarray(to_frame(Image.fromarray(p), size)) for p in data])
@@ -108,6 +114,7 @@ class Handler:
         self.engine = engine
         self.method, self.mode = (spec["method"], spec["mode"]) if spec else (method, mode)
         self.size = int(engine.info.image_size)
+        self.map_size = int(spec["map_size"][0]) if spec else self.size  # heatmaps' side
 
     def handle(self, requests: list[Request]) -> list[dict[str, np.ndarray] | BincamError]:
         """One result per request, in order: its outputs, or the error that stopped it."""
@@ -119,6 +126,10 @@ class Handler:
             except BincamError as exc:
                 results[i] = exc
                 continue
+            except Exception as exc:  # noqa: BLE001 - one bad request must not fail the others
+                results[i] = BincamError(f"the request could not be read "
+                                         f"({exc.__class__.__name__}: {str(exc)[:120]})")
+                continue
             explained = bool(EXPLAINED & set(request.requested)) or not request.requested
             batches[explained].append((i, x))
         for explained, items in batches.items():
@@ -127,6 +138,20 @@ class Handler:
         return results
 
     def _run(self, items, explained: bool, requests, results) -> None:
+        """One engine call for ``items``; if it fails for another reason than a user error,
+        each request is retried alone so only the one that breaks the engine fails."""
+        try:
+            self._run_batch(items, explained, requests, results)
+        except Exception as exc:  # noqa: BLE001 - isolate the request that broke the engine
+            if len(items) == 1:
+                results[items[0][0]] = BincamError(
+                    f"the model failed on this request ({exc.__class__.__name__}: "
+                    f"{str(exc)[:160]})")
+                return
+            for item in items:
+                self._run([item], explained, requests, results)
+
+    def _run_batch(self, items, explained: bool, requests, results) -> None:
         x = np.concatenate([b.astype(np.float32) / 255.0 if b.dtype == np.uint8 else b
                             for _, b in items])
         wanted = set().union(*(requests[i].requested or OUTPUTS for i, _ in items))
@@ -137,7 +162,7 @@ class Handler:
                 if "energy" in wanted:
                     out["energy"] = e.proportional_energy()
                 if "heatmaps" in wanted:
-                    out["heatmaps"] = np.floor(255.0 * e.heatmaps(self.size) + 0.5
+                    out["heatmaps"] = np.floor(255.0 * e.heatmaps(self.map_size) + 0.5
                                                ).astype(np.uint8)
             else:
                 out = {"logits": self.engine.run_forward(x)}

@@ -58,9 +58,14 @@ def _batching(options: ServeOptions) -> str:
     return (f"dynamic_batching {{ max_queue_delay_microseconds: {options.max_queue_delay_us} }}\n")
 
 
+def map_side(info) -> int:
+    """Side of the served heatmaps: an explaining file's own map size, else the input size."""
+    return int(info.explain["map_size"][0]) if info.explain else int(info.image_size)
+
+
 def python_config(info, options: ServeOptions) -> str:
     """``config.pbtxt`` of the Python-backend model for a model described by ``info``."""
-    k, s = len(info.attributes), int(info.image_size)
+    k, s, m = len(info.attributes), int(info.image_size), map_side(info)
     return f'''name: "{options.name}"
 backend: "python"
 max_batch_size: {options.max_batch}
@@ -73,7 +78,7 @@ output [
   {{ name: "logits" data_type: TYPE_FP32 dims: [ {k} ] }},
   {{ name: "probabilities" data_type: TYPE_FP32 dims: [ {k} ] }},
   {{ name: "energy" data_type: TYPE_FP32 dims: [ {k} ] }},
-  {{ name: "heatmaps" data_type: TYPE_UINT8 dims: [ {k}, {s}, {s} ] }}
+  {{ name: "heatmaps" data_type: TYPE_UINT8 dims: [ {k}, {m}, {m} ] }}
 ]
 {_batching(options)}instance_group [ {{ kind: KIND_CPU count: {options.instances} }} ]
 parameters [
@@ -106,8 +111,12 @@ def stock_config(proto, name: str, platform: str, options: ServeOptions) -> str:
 
 def parse_config(text: str, source: str):
     """The ``ModelConfig`` message of a ``config.pbtxt`` (a clear error where it does not parse)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise BincamError("validating Triton configs needs tritonclient: pip install "
+                          "'bincam[serve]'") from None
 
     try:
         return text_format.Parse(text, model_config_pb2.ModelConfig())
@@ -121,8 +130,8 @@ def check_config(config, proto, source: str, python_backend: bool) -> None:
 
     info = onnx_info(proto, source)
     if python_backend:
-        k, s = len(info.attributes), int(info.image_size)
-        want_out = {"logits": [k], "probabilities": [k], "energy": [k], "heatmaps": [k, s, s]}
+        k, s, m = len(info.attributes), int(info.image_size), map_side(info)
+        want_out = {"logits": [k], "probabilities": [k], "energy": [k], "heatmaps": [k, m, m]}
         want_in = {"images": [3, s, s], "pixels": [-1, -1, 3], "encoded": [1]}
     else:
         def dims(v):
@@ -152,26 +161,25 @@ def write_repository(folder: Path, model_bytes: bytes, options: ServeOptions,
     info = onnx_info(proto, source)
     if not info.image_size:
         raise BincamError("the served model needs a fixed input size; export it again")
-    models = [(options.name, python_config(info, options), "model.onnx", True)]
+    parse_config('name: "probe"', "a probe config")  # a clear error first without tritonclient
+    models = [(options.name, python_config(info, options), True)]
     if stock:
         if not info.explain:
             raise BincamError("stock onnxruntime / tensorrt backends need an explaining file "
                               "(bincam export --explain): a gradient file's epilogue is Python")
-        models += [(f"{options.name}_onnxruntime", stock_config(
-                        proto, f"{options.name}_onnxruntime", "onnxruntime_onnx", options),
-                    "model.onnx", False),
-                   (f"{options.name}_tensorrt", stock_config(
-                        proto, f"{options.name}_tensorrt", "tensorrt_plan", options),
-                    "model.onnx", False)]  # the plan's source, beside (not in) version 1/
-    for name, text, _, python_backend in models:  # validate everything before writing
+        models += [(f"{options.name}_{backend}", stock_config(
+            proto, f"{options.name}_{backend}", platform, options), False)
+            for backend, platform in (("onnxruntime", "onnxruntime_onnx"),
+                                      ("tensorrt", "tensorrt_plan"))]
+    for name, text, python_backend in models:  # validate everything before writing
         check_config(parse_config(text, f"{name}/config.pbtxt"), proto,
                      f"{name}/config.pbtxt", python_backend)
     written = []
-    for name, text, file, python_backend in models:
+    for name, text, python_backend in models:
         model_dir = Path(folder) / name
         write_atomic(model_dir / "config.pbtxt", text.encode())
-        tensorrt = name.endswith("_tensorrt")
-        write_atomic(model_dir / ("" if tensorrt else "1") / file, model_bytes)
+        tensorrt = name.endswith("_tensorrt")  # the plan's source beside (not in) version 1/
+        write_atomic(model_dir / ("" if tensorrt else "1") / "model.onnx", model_bytes)
         if python_backend:
             write_atomic(model_dir / "1" / "model.py", SHIM.encode())
         if tensorrt:
@@ -180,7 +188,8 @@ def write_repository(folder: Path, model_bytes: bytes, options: ServeOptions,
     return written
 
 
-TENSORRT_NOTE = """Triton's tensorrt backend runs a plan built for the GPU it runs on. Build it once there:
+TENSORRT_NOTE = """Triton's tensorrt backend runs a plan built for the GPU it runs on.
+Build it once there:
 
     mkdir -p {name}/1
     trtexec --onnx={name}/model.onnx --saveEngine={name}/1/model.plan \\

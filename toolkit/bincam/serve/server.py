@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,10 @@ from pathlib import Path
 from bincam.errors import BincamError
 
 SETUP = "run bash scripts/serve_setup.sh (it makes .venv-serve) or pass --env DIR"
+# Triton APIs only the operator may call (with the per-run key): clients get health, metadata
+# and inference only
+RESTRICTED = ("model-repository", "model-config", "shared-memory", "logging", "trace",
+              "statistics")
 
 
 @dataclass
@@ -32,7 +37,6 @@ class ServingEnv:
     """A Python environment that has bincam, onnxruntime, numpy < 2 and nvidia-pytriton."""
 
     prefix: Path
-    python: Path
     tritonserver: Path
     stub: Path
     backend: Path          # the wheel's python backend folder (libtriton_python.so, utils)
@@ -46,9 +50,11 @@ def _probe(python: Path) -> dict:
             "'bincam': bool(u.find_spec('bincam')), 'ort': bool(u.find_spec('onnxruntime'))}))")
     try:
         out = subprocess.run([str(python), "-c", code], capture_output=True, text=True,
-                             timeout=60)
+                             timeout=120)
     except OSError as exc:
         raise BincamError(f"cannot run {python} ({exc.strerror}); {SETUP}") from None
+    except subprocess.TimeoutExpired:
+        raise BincamError(f"{python} did not answer within 120 s; {SETUP}") from None
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
         raise BincamError(f"{python} cannot import numpy ({last}); {SETUP}")
@@ -83,7 +89,7 @@ def serving_env(prefix: Path | str | None = None) -> ServingEnv:
     if not stub.exists():
         raise BincamError(f"nvidia-pytriton has no Python-backend stub for Python "
                           f"{facts['version']}; use Python 3.8–3.13 for the serving environment")
-    return ServingEnv(chosen.resolve(), python, root / "bin" / "tritonserver", stub,
+    return ServingEnv(chosen.resolve(), root / "bin" / "tritonserver", stub,
                       root / "backends" / "python",
                       Path(facts["pytriton"]).parent / "nvidia_pytriton.libs")
 
@@ -109,7 +115,7 @@ class ServerOptions:
 
 def command(env: ServingEnv, repository: Path, backends: Path, model: str,
             options: ServerOptions, admin_key: str) -> list[str]:
-    restricted = f"model-repository,model-config:bincam-admin={admin_key}"
+    restricted = f"{','.join(RESTRICTED)}:bincam-admin={admin_key}"
     return [str(env.tritonserver), f"--model-repository={repository}",
             f"--backend-directory={backends}", "--model-control-mode=explicit",
             f"--load-model={model}", "--strict-readiness=true", "--allow-metrics=false",
@@ -134,11 +140,7 @@ def wait_ready(process: subprocess.Popen, options: ServerOptions, model: str, lo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-6:] if log.exists() \
-                else []
-            errors = [line for line in tail if " E" in line[:3] or "error" in line.lower()]
-            raise BincamError("tritonserver stopped before the model was ready: "
-                              + ((errors or tail or ["no log"])[-1])[:300])
+            raise BincamError(f"tritonserver stopped before the model was ready: {log_tail(log)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -146,7 +148,37 @@ def wait_ready(process: subprocess.Popen, options: ServerOptions, model: str, lo
         except OSError:
             pass
         time.sleep(0.25)
-    raise BincamError(f"the model was not ready after {timeout:.0f} s (log: {log})")
+    raise BincamError(f"the model was not ready after {timeout:.0f} s: {log_tail(log)}")
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when bincam dies (even by SIGKILL), so no server is orphaned."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def check_ports(options: ServerOptions) -> None:
+    """One clear error if a port is taken (before Triton prints gRPC internals about it)."""
+    for what, port in (("--http-port", options.http_port), ("--grpc-port", options.grpc_port)):
+        with socket.socket() as s:
+            try:
+                s.bind((options.host, port))
+            except OSError as exc:
+                raise BincamError(f"{what} {port} on {options.host} is not free "
+                                  f"({exc.strerror}); choose another") from None
+    if options.http_port == options.grpc_port:
+        raise BincamError("--http-port and --grpc-port must differ")
+
+
+def log_tail(log: Path, lines: int = 3) -> str:
+    """The last error lines of Triton's log (or its last lines), for a message."""
+    text = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    errors = [t for t in text if t[:1] == "E" or "error" in t.lower()]
+    return " | ".join((errors or text)[-lines:])[:400] or "no log"
 
 
 def run(env: ServingEnv, repository: Path, backends: Path, model: str, options: ServerOptions,
@@ -155,20 +187,29 @@ def run(env: ServingEnv, repository: Path, backends: Path, model: str, options: 
     drains in-flight requests (up to ``exit_timeout_s``; idle keep-alive connections also hold it
     that long). Returns its exit status and whether a signal asked it to stop."""
     admin_key = secrets.token_urlsafe(24)
-    with open(log, "ab") as sink:
-        process = subprocess.Popen(command(env, repository, backends, model, options, admin_key),
-                                   stdout=sink, stderr=subprocess.STDOUT, env=environment(env),
-                                   start_new_session=True)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    asked = []
+    asked, holder = [], []
 
     def forward(signum, _frame):
         asked.append(signum)
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        if holder and holder[0].poll() is None:
+            holder[0].send_signal(signal.SIGTERM)
 
-    for s in previous:
+    for s in previous:  # before the server starts, so no signal is lost in between
         signal.signal(s, forward)
+    try:
+        with open(log, "ab") as sink:
+            process = subprocess.Popen(
+                command(env, repository, backends, model, options, admin_key), stdout=sink,
+                stderr=subprocess.STDOUT, env=environment(env), start_new_session=True,
+                preexec_fn=_die_with_parent)
+    except OSError as exc:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        raise BincamError(f"cannot start {env.tritonserver} ({exc.strerror}); {SETUP}") from None
+    holder.append(process)
+    if asked:
+        process.send_signal(signal.SIGTERM)
     try:
         wait_ready(process, options, model, log)
         if on_ready:

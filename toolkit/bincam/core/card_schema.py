@@ -1,0 +1,100 @@
+"""The schema of ``card.json``, validated declaratively with pydantic before a card is used.
+
+Types are strict (no ``"big"`` for a size, no ``true`` for a count), ranges sane (input side
+8–2048 px), and the cross-field rules hold: unique attribute names, as many as the net has
+outputs, class counts per attribute, a pixel range that is an interval, three positive stds.
+One ``BincamError`` names the first broken field, e.g. ``card.json: image_size: …``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr,
+                      ValidationError, model_validator)
+
+from bincam.errors import BincamError
+
+MAX_IMAGE_SIZE = 2048
+# each architecture's keys beyond arch and num_outputs (nets/: ``arch_config``)
+ARCH_KEYS = {"small": {"width", "blocks"}, "resnet18": set(), "resnet34": set(),
+             "resnet50": set(), "affact": set()}
+Number = StrictFloat | StrictInt
+
+
+class ArchSchema(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    arch: StrictStr
+    num_outputs: StrictInt = Field(40, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _known(self):
+        if self.arch not in ARCH_KEYS:
+            raise ValueError(f"unknown architecture {self.arch!r}; one of {', '.join(ARCH_KEYS)}")
+        extra = dict(self.model_extra or {})
+        unknown = set(extra) - ARCH_KEYS[self.arch]
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))} for {self.arch}")
+        width, blocks = extra.get("width", 16), extra.get("blocks", [1, 1, 1, 1])
+        if type(width) is not int or not 1 <= width <= 1024:
+            raise ValueError(f"width: {width!r} is not a whole number in 1..1024")
+        if not isinstance(blocks, list) or not 1 <= len(blocks) <= 8 or \
+                any(type(n) is not int or not 1 <= n <= 64 for n in blocks):
+            raise ValueError(f"blocks: {blocks!r} is not a list of 1–8 whole numbers in 1..64")
+        return self
+
+
+class CardSchema(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    arch: ArchSchema
+    attributes: list[StrictStr] = Field(min_length=1)
+    image_size: StrictInt = Field(ge=8, le=MAX_IMAGE_SIZE)
+    pixel_range: tuple[Number, Number] = (0.0, 1.0)
+    mean: tuple[Number, Number, Number] = (0.0, 0.0, 0.0)
+    std: tuple[Number, Number, Number] = (1.0, 1.0, 1.0)
+    cam_layers: list[StrictStr] = []
+    default_cam_layer: StrictStr = ""
+    positive_counts: list[StrictInt] | None = None
+    negative_counts: list[StrictInt] | None = None
+    training: dict[str, Any] = {}
+    validation: dict[str, Any] = {}
+    bincam_version: StrictStr = ""
+    format: StrictStr
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = self.attributes
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"attributes: names repeat: {', '.join(repeated)}")
+        if len(names) != self.arch.num_outputs:
+            raise ValueError(f"attributes: {len(names)} names for a net with "
+                             f"{self.arch.num_outputs} outputs")
+        if not self.pixel_range[0] < self.pixel_range[1]:
+            raise ValueError(f"pixel_range: {list(self.pixel_range)} is not an interval")
+        if min(self.std) <= 0:
+            raise ValueError(f"std: {list(self.std)} must be positive")
+        for field in ("positive_counts", "negative_counts"):
+            counts = getattr(self, field)
+            if counts is not None and (len(counts) != len(names) or min(counts) < 0):
+                raise ValueError(f"{field}: needs one count ≥ 0 per attribute ({len(names)})")
+        if self.default_cam_layer and self.cam_layers and \
+                self.default_cam_layer not in self.cam_layers:
+            raise ValueError(f"default_cam_layer: {self.default_cam_layer!r} is not in cam_layers")
+        return self
+
+
+def validate_card(data: Any, source: str) -> dict:
+    """The card's fields, validated (one clear error naming the first broken field)."""
+    try:
+        return CardSchema.model_validate(data).model_dump()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = [p for p in error["loc"]]
+        message = error["msg"].removeprefix("Value error, ")
+        if loc and isinstance(loc[-1], int) and error["type"] in ("missing", "too_long"):
+            loc, message = loc[:-1], "wrong number of values"
+        where = ".".join(str(p) for p in loc)
+        raise BincamError(f"{source}: {where + ': ' if where else ''}{message}") from None
