@@ -91,3 +91,15 @@ def test_decompression_bombs_are_refused_and_skippable(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # between the warning and the error
     with pytest.raises(BincamError, match="decompression bomb"):
         load_aligned(big, 112)
+
+
+def test_export_and_synth_out_paths_are_checked_first(tmp_path):
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    file = tmp_path / "taken.txt"
+    file.write_text("keep me")
+    _one_error(_bincam("export", str(SMALL), "--out", str(folder)), "is a folder; give a file")
+    _one_error(_bincam("export", str(SMALL), "--out", str(file / "m.onnx")), "lies inside a file")
+    _one_error(_bincam("data", "synth", "--out", str(file), "--n", "2"), "is a file")
+    assert file.read_text() == "keep me" and not any(folder.iterdir())
+    assert not list(tmp_path.glob("*.tmp*"))

@@ -64,3 +64,16 @@ def write_report(path: Path | str, markdown: str, record: dict) -> None:
     path = Path(path)
     write_atomic(path.with_suffix(".md"), markdown.encode())
     write_atomic(path.with_suffix(".json"), json.dumps(record, indent=1).encode())
+
+
+def check_output(path: Path | str, option: str, folder: bool) -> None:
+    """Refuse, before any work, an output path that cannot be written: a folder given for a file
+    (or a file for a folder), or a path inside an existing file."""
+    from bincam.errors import BincamError
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise BincamError(f"{option} {path} is a {'file' if folder else 'folder'}; give "
+                          f"{'a folder' if folder else 'a file name'}")
+    if any(p.exists() and not p.is_dir() for p in path.parents):
+        raise BincamError(f"{option} {path} lies inside a file; give another path")

@@ -105,7 +105,7 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
     from bincam.attributes import resolve_attributes
     from bincam.core.methods import cam_method
     from bincam.core.modes import check_mode
-    from bincam.files import write_atomic
+    from bincam.files import check_output, write_atomic
     from bincam.runtime import open_engine
 
     if on_error not in ("skip", "fail"):
@@ -114,10 +114,7 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
         raise BincamError(f"--batch-size must be between 1 and 4096, got {batch_size}")
     if not 8 <= size <= 4096:
         raise BincamError(f"--size must be between 8 and 4096 pixels, got {size}")
-    if out.exists() and not out.is_dir():
-        raise BincamError(f"--out {out} is a file; give a folder")
-    if any(p.exists() and not p.is_dir() for p in out.parents):
-        raise BincamError(f"--out {out} lies inside a file; give a folder")
+    check_output(out, "--out", folder=True)
     cam_method(method or "gradcam"), check_mode(mode or "predicted")
     files = _expand(inputs)
     with open_engine(checkpoint, engine, layer=layer) as session:

@@ -24,6 +24,9 @@ def synth(out: Path = typer.Option(..., help="Folder to write; the dataset goes 
           overwrite: bool = typer.Option(False, help="Replace an existing OUT/celeba.")) -> None:
     """Procedural aligned faces in torchvision's CelebA layout, with cue ground truth."""
     from bincam.data.synth import synthesize
+    from bincam.files import check_output
+
+    check_output(out, "--out", folder=True)
 
     with Progress(TextColumn("rendering"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:

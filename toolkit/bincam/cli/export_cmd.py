@@ -67,6 +67,10 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         raise BincamError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
     torch_model = None
+    if not list_activations:
+        from bincam.files import check_output
+
+        check_output(out, "--out", folder=False)
     if triton_repo is not None:
         from bincam.serve.repository import parse_config
 
