@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from bincam.core.energy import MaskEnergy
 from bincam.core.epilogue import EPS
@@ -101,10 +101,9 @@ def append_explanation(model: onnx.ModelProto, spec: ExplainSpec,
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    weights, weight_name = None, FACTORED_WEIGHTS
-    if info.gradient_layout == "factored":
-        weights = numpy_helper.to_array(next(i for i in g.initializer
-                                             if i.name == FACTORED_WEIGHTS))
+    factored, weight_name = info.gradient_layout == "factored", FACTORED_WEIGHTS
+    if factored:
+        weight_type = next(i.data_type for i in g.initializer if i.name == FACTORED_WEIGHTS)
         g.node.remove(next(n for n in g.node if n.output[0] == "channel_weights"))
     del g.output[:]
     rename_tensor(g, "logits", LOGITS)
@@ -116,10 +115,10 @@ def append_explanation(model: onnx.ModelProto, spec: ExplainSpec,
     sign = {"predicted": lambda: cast(b.op("Sign", logits)), "positive": lambda: None,
             "negative": lambda: -np.ones((1, k), dtype)}[spec.mode]()
     methods = MethodGraph(b, cast("activations"), sign, k, (c, h, w), dtype)
-    if weights is None:
+    if not factored:
         raw = methods.dense(spec.method, cast("gradients"))
     else:
-        if weights.dtype != np.float32:  # an fp16 graph's converter made them float16
+        if weight_type != TensorProto.FLOAT:  # an fp16 graph's converter made them float16
             weight_name = b.op("Cast", weight_name, to=TensorProto.FLOAT)
         raw = methods.factored(spec.method, cast(weight_name), info.mask_positive)
     if dtype != np.float32:
