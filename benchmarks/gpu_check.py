@@ -1,7 +1,9 @@
-"""One-call GPU check of the fused epilogue kernel: compile (NVRTC, cubin for this card), check
-against the float64 NumPy reference and the torch CUDA path on fresh random inputs, time it
-against the memory-bandwidth floor of its bytes (measured copy bandwidth), time bincam's torch
-CUDA epilogue, and write JSON + Markdown named after the card.
+"""One-call GPU check of the fused epilogue kernels: compile (NVRTC, cubin for this card), check
+against the float64 NumPy reference and the torch CUDA path on fresh random inputs (signed
+activations), time the launches alone (CUDA events around a captured graph) at batch 1 and
+--batch, report the achieved bandwidth against the roofline (bincam.gpu.roofline; measured copy
+bandwidth and the card's peak), time bincam's torch CUDA epilogue, and write JSON + Markdown
+named after the card. Exits 1 if any check is over its limit.
 
     python benchmarks/gpu_check.py --out benchmarks/results
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +46,11 @@ def main() -> None:
                 err = run_fused_case(layout, method, seed, b=args.batch, kernel=kernel)
                 ok = all(err[n] <= lim for n, lim in LIMITS.items())
                 checks.append({"layout": layout, "method": method, "seed": seed, "ok": ok, **err})
+    # float16 activations and gradients (an fp16 export with half outputs)
+    for layout in ("dense", "factored"):
+        err = run_fused_case(layout, "xgradcam", 3, b=args.batch, kernel=kernel, half_inputs=True)
+        checks.append({"layout": layout, "method": "xgradcam", "seed": 3, "inputs": "f16",
+                       "ok": all(err[n] <= lim for n, lim in LIMITS.items()), **err})
     # smaller feature maps and shapes that are not multiples of the block (tiling paths)
     for c, h, size in ((512, 14, 112), (64, 40, 160)):
         err = run_fused_case("dense", "gradcam", 2, b=2, k=3, c=c, h=h, size=size, kernel=kernel)
@@ -50,7 +58,8 @@ def main() -> None:
                        "ok": all(err[n] <= lim for n, lim in LIMITS.items()), **err})
     bandwidth = copy_bandwidth()
     for layout in ("dense", "factored"):
-        timings.append(time_case(layout, "gradcam", bandwidth, b=args.batch, kernel=kernel))
+        for batch in sorted({1, args.batch}):
+            timings.append(time_case(layout, "gradcam", bandwidth, b=batch, kernel=kernel))
     record = {"benchmark": "gpu_check", "card": card, "machine": machine_info(),
               "arch": kernel.arch, "compile_or_cache_s": compile_s, "limits": LIMITS,
               "copy_bandwidth_bytes_per_s": bandwidth, "checks": checks, "timings": timings,
@@ -66,15 +75,20 @@ def main() -> None:
     lines += [f"| {c['layout']} | {c['method']} | {c['seed']} | {c['raw rel']:.1e} | "
               f"{c['maps max abs']:.1e} | {c['PE max abs']:.1e} | {c['fp16 maps max abs']:.1e} | "
               f"{c['uint8 maps max diff']} | {'yes' if c['ok'] else 'NO'} |" for c in checks]
-    lines += ["", "| layout | batch × K | fused f32 ms | fused u8 ms | torch ms | bandwidth "
-              "fraction f32 | u8 | torch / fused |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {t['layout']} | {t['batch']}×{t['attributes']} | {t['fused_f32_s'] * 1e3:.3f} | "
-              f"{t['fused_u8_s'] * 1e3:.3f} | {t['torch_s'] * 1e3:.2f} | "
-              f"{t['bandwidth_fraction_f32']:.2f} | {t['bandwidth_fraction_u8']:.2f} | "
+    lines += ["", f"Timing: {timings[0]['timing']}; roofline = bytes / copy bandwidth.", "",
+              "| layout | batch × K | fused f32 µs | floor f32 µs | achieved f32 GB/s | fused u8 µs "
+              "| floor u8 µs | achieved u8 GB/s | torch ms | torch / fused |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {t['layout']} | {t['batch']}×{t['attributes']} | {t['fused_f32_s'] * 1e6:.1f} | "
+              f"{t['floor_f32_s'] * 1e6:.1f} | {t['achieved_f32_bytes_per_s'] / 1e9:.0f} | "
+              f"{t['fused_u8_s'] * 1e6:.1f} | {t['floor_u8_s'] * 1e6:.1f} | "
+              f"{t['achieved_u8_bytes_per_s'] / 1e9:.0f} | {t['torch_s'] * 1e3:.2f} | "
               f"{t['torch_over_fused_f32']:.1f} |" for t in timings]
     text = "\n".join(lines) + "\n"
     stem.with_suffix(".md").write_text(text)
     print(text)
+    if not record["all_ok"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-// Fused binary-CAM epilogue: one thread block per (image, attribute) map, reading an engine's
-// output buffers in place (activations, gradients or factored channel weights, logits).
+// Fused binary-CAM epilogue: an engine's output buffers (activations, gradients or factored
+// channel weights, logits), read in place, to raw maps, final maps and masked energies.
 //
-// For map n = b·K + k with sign s (mode: predicted → sign(z[b,k]), positive → +1, negative → −1):
+// For map n = b·K + k with sign s (mode: predicted → sign(z[b,k]) (NaN for a NaN logit),
+// positive → +1, negative → −1):
 //   gradients  G[c,p] = grads[b,k,c,p]                       (dense layout)
-//              G[c,p] = W[k,c] · 1[A[b,c,p] > 0]             (factored layout, mask_positive)
+//              G[c,p] = W[k,c] · M[c,p], M = 1[A[b,c,p] > 0] (factored layout, mask_positive)
 //              G[c,p] = W[k,c]                                (factored layout, no mask)
 //   with g = s·G and A = A[b,c,p]:
 //   Grad-CAM             raw[p] = Σ_c (mean_p' g[c,p']) · A
@@ -16,15 +17,31 @@
 //              U = bilinear(x) to H×W, half-pixel centres, clamped edges;  U = ReLU(U)
 //              F = (U − min U) / (max U − min U + 1e-7)                            (H×W)
 //   outputs    raw (float), F as float / half / uint8 (round(255·F)), and the masked energies
-//              energy[n] = (Σ_{mask k} F, Σ F), so PE = energy[n,0] / energy[n,1] (0 if Σ F = 0).
+//              energy[n] = (Σ_{mask k} F, Σ F), so PE = energy[n,0] / energy[n,1].
+// NaN propagates as in NumPy (ReLU, min and max keep NaN).
 //
-// U is computed twice (min/max pass, then the writing pass) instead of being stored: 4 taps per
-// pixel are cheaper than a round trip through global memory. Any output pointer may be null.
-// Launch: grid = B·K blocks, block = a multiple of 32 threads (256 suggested), dynamic shared
-// memory = 4·(C + h·w + blockDim.x + 32) bytes. No headers: compiles with NVRTC as is; half
-// outputs are IEEE binary16 bit patterns (uint16), converted with round-to-nearest-even.
+// Four kernels, launched in this order on one stream (gpu/geometry.py computes the geometry):
+//  1. bincam_partials_dense    grid (B·K, S): block (n, split) sums channels of its split into
+//     partial[n, split, :]; channel tiles are copied to shared memory with coalesced loads (the
+//     [C, h·w] slab of a map is contiguous), per-channel weights are read from there.
+//  1. bincam_partials_factored grid (B, S, ⌈K/kc⌉): the activations of image b are read once for
+//     kc attributes: every method is then raw[k,:] = Σ_c coef[k,c]·X[c,:] (X = A, M⊙A or A⁺,
+//     plus (s·W)⁻·A⁻ for the unmasked element-wise method), a [kc,C]×[C,h·w] product.
+//  2. bincam_finish            grid (B·K, T): partial sums in fixed order, first min-max, the
+//     extremes of U on run-end rows × columns only (U is bilinear within each pair of feature
+//     cells, so it is extreme at the first or last sample of a run), then rows of tile t of F.
+//  3. bincam_energy            grid ⌈B·K/block⌉: Σ of the T tiles' energies (fixed order).
+// Activations and dense gradients may be float32 or binary16 (an fp16 engine's own outputs,
+// read without a cast pass); channel weights, logits and sums are float32, channel sums double.
+// Deterministic (no atomics). Any block size from 1 to 512 is correct (partial warps use exact
+// masks). Dynamic shared memory: gpu/geometry.py (partials_shared_bytes, finish_shared_bytes).
+// No headers: compiles with NVRTC as is; the lines that differ on the host emulator
+// (kernels/emulation) are under __CUDA_ARCH__.
 
 #define BINCAM_EPS 1e-7f
+#define BINCAM_XGRAD_EPS 1e-7
+#define BINCAM_PLUSPLUS_EPS 1e-6f
+#define BINCAM_MAX_THREADS 512  // __launch_bounds__: ≤ 128 registers, ptxas picks ~40
 
 enum { BINCAM_GRADCAM = 0, BINCAM_HIRESCAM = 1, BINCAM_ELEMENTWISE = 2, BINCAM_XGRADCAM = 3,
        BINCAM_GRADCAMPP = 4, BINCAM_LAYERCAM = 5 };
@@ -32,46 +49,290 @@ enum { BINCAM_DENSE = 0, BINCAM_FACTORED = 1 };
 enum { BINCAM_PREDICTED = 0, BINCAM_POSITIVE = 1, BINCAM_NEGATIVE = 2 };
 enum { BINCAM_MIN = 0, BINCAM_MAX = 1, BINCAM_SUM = 2 };
 
-// Shared floats: alpha[C] | map[hw] | partial[blockDim] | scratch[32].
-
 __device__ __forceinline__ unsigned short bincam_to_half(float f) {
+#ifdef __CUDA_ARCH__
     unsigned short h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
+#else
+    return bincam_host_to_half(f);
+#endif
 }
+
+__device__ __forceinline__ float bincam_from_half(unsigned short h) {
+#ifdef __CUDA_ARCH__
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#else
+    return bincam_host_from_half(h);
+#endif
+}
+
+// Element i of an engine output that is float32 (half = 0) or IEEE binary16 bits (half = 1).
+__device__ __forceinline__ float bincam_load(const void* p, size_t i, int half) {
+    return half ? bincam_from_half(((const unsigned short*)p)[i]) : ((const float*)p)[i];
+}
+
+__device__ __forceinline__ float bincam_nan() { return __int_as_float(0x7fffffff); }
+__device__ __forceinline__ float bincam_inf() { return __int_as_float(0x7f800000); }
+// NaN-propagating ReLU, min and max (fmaxf/fminf would drop NaN)
+__device__ __forceinline__ float bincam_relu(float v) { return v < 0.f ? 0.f : v; }
+__device__ __forceinline__ float bincam_neg(float v) { return v > 0.f ? 0.f : v; }
+// M ⊙ A with M = 1[A > 0]: A, or 0·A (−0 for finite A, NaN for NaN or −inf)
+__device__ __forceinline__ float bincam_masked(float a) { return a > 0.f ? a : 0.f * a; }
 
 template <int OP>
 __device__ __forceinline__ float bincam_combine(float a, float b) {
-    return OP == BINCAM_MIN ? fminf(a, b) : (OP == BINCAM_MAX ? fmaxf(a, b) : a + b);
+    if (OP == BINCAM_SUM) return a + b;
+    if (a != a || b != b) return a + b;  // NaN
+    return OP == BINCAM_MIN ? (b < a ? b : a) : (b > a ? b : a);
 }
 
 template <int OP>
 __device__ __forceinline__ float bincam_identity() {
-    return OP == BINCAM_MIN ? __int_as_float(0x7f800000)                       // +inf
-                            : (OP == BINCAM_MAX ? -__int_as_float(0x7f800000) : 0.f);
+    return OP == BINCAM_MIN ? bincam_inf() : (OP == BINCAM_MAX ? -bincam_inf() : 0.f);
 }
 
-// Reduce v over the block; every thread gets the result. scratch: 32 floats.
+__device__ __forceinline__ float bincam_sign(float z, int mode) {
+    if (mode == BINCAM_POSITIVE) return 1.f;
+    if (mode == BINCAM_NEGATIVE) return -1.f;
+    return z > 0.f ? 1.f : (z < 0.f ? -1.f : (z == 0.f ? 0.f : bincam_nan()));
+}
+
+// Lanes present in this thread's warp (the last warp of a block may be partial) and their mask.
+__device__ __forceinline__ int bincam_warp_lanes() {
+    const int rest = (int)blockDim.x - (int)(threadIdx.x & ~31u);
+    return rest < 32 ? rest : 32;
+}
+__device__ __forceinline__ unsigned bincam_warp_mask() {
+    const int lanes = bincam_warp_lanes();
+    return lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
+}
+
+// Reduce v over the present lanes of the warp; the result is in lane 0.
 template <int OP>
-__device__ float bincam_block_reduce(float v, float* scratch) {
-    for (int offset = 16; offset > 0; offset >>= 1)
-        v = bincam_combine<OP>(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+__device__ __forceinline__ float bincam_warp_reduce(float v) {
+    const unsigned mask = bincam_warp_mask();
+    const int lanes = bincam_warp_lanes(), lane = threadIdx.x & 31;
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float other = __shfl_down_sync(mask, v, offset);
+        if (lane + offset < lanes) v = bincam_combine<OP>(v, other);
+    }
+    return v;
+}
+
+// Reduce (a, b) over the block with (OP1, OP2); every thread gets both. scratch: 64 floats.
+template <int OP1, int OP2>
+__device__ void bincam_block_reduce2(float* a, float* b, float* scratch) {
+    float x = bincam_warp_reduce<OP1>(*a), y = bincam_warp_reduce<OP2>(*b);
+    const int warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
     __syncthreads();  // earlier readers of scratch are done
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    const int warps = (blockDim.x + 31) >> 5;
-    v = threadIdx.x < warps ? scratch[threadIdx.x] : bincam_identity<OP>();
-    if (warp == 0) {
-        for (int offset = 16; offset > 0; offset >>= 1)
-            v = bincam_combine<OP>(v, __shfl_xor_sync(0xffffffffu, v, offset));
-        if (lane == 0) scratch[0] = v;
+    if ((threadIdx.x & 31) == 0) {
+        scratch[warp] = x;
+        scratch[32 + warp] = y;
     }
     __syncthreads();
-    return scratch[0];
+    if (threadIdx.x == 0) {
+        for (int i = 1; i < warps; ++i) {  // fixed order: deterministic
+            x = bincam_combine<OP1>(x, scratch[i]);
+            y = bincam_combine<OP2>(y, scratch[32 + i]);
+        }
+        scratch[0] = x;
+        scratch[32] = y;
+    }
+    __syncthreads();
+    *a = scratch[0];
+    *b = scratch[32];
 }
 
-// Source coordinate of output index o for a resize in → out (half-pixel centres, clamped).
+// Row stride of a channel in a shared tile: h·w made odd, so that a thread per channel reading
+// its row hits distinct banks.
+__device__ __forceinline__ int bincam_stride(int hw) { return hw | 1; }
+
+// Channels [c_lo, c_hi) of split `split` of `splits`.
+__device__ __forceinline__ void bincam_split(int C, int splits, int split, int* c_lo, int* c_hi) {
+    const int per = (C + splits - 1) / splits;
+    *c_lo = min(C, split * per);
+    *c_hi = min(C, *c_lo + per);
+}
+
+// Channel weight of a weighted method from a shared row: g (signed), a; sums in double.
+__device__ float bincam_channel_weight(int method, const float* g, const float* a, int hw) {
+    double sum_g = 0.0, sum_ga = 0.0, sum_a = 0.0;
+    for (int p = 0; p < hw; ++p) {
+        sum_g += g[p];
+        sum_ga += (double)g[p] * a[p];
+        sum_a += a[p];
+    }
+    if (method == BINCAM_GRADCAM) return (float)(sum_g / hw);
+    if (method == BINCAM_XGRADCAM) return (float)(sum_ga / (sum_a + BINCAM_XGRAD_EPS));
+    const float sa = (float)sum_a;  // Grad-CAM++
+    double w = 0.0;
+    for (int p = 0; p < hw; ++p) {
+        const float gv = g[p], g2 = gv * gv;
+        if (gv != 0.f) w += bincam_relu(gv) * (g2 / (2.f * g2 + sa * g2 * gv + BINCAM_PLUSPLUS_EPS));
+    }
+    return (float)w;
+}
+
+// Shared: g[tile·stride] | a[tile·stride] | alpha[tile] | acc[groups·hw], groups = max(1, block/hw)
+extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_partials_dense(
+    const void* __restrict__ acts,       // [B, C, h·w] float32, or binary16 with half
+    const void* __restrict__ grads,      // [B, K, C, h·w] the same type
+    const float* __restrict__ logits,    // [B, K]
+    int K, int C, int hw, int method, int mode, int half, int splits, int tile,
+    float* __restrict__ partial)         // [B·K, splits, h·w]
+{
+#ifdef __CUDA_ARCH__
+    extern __shared__ float smem[];
+#else
+    float* smem = bincam_host_shared<float>();
+#endif
+    const int stride = bincam_stride(hw), groups = max(1, (int)blockDim.x / hw);
+    float* gt = smem;
+    float* at = gt + tile * stride;
+    float* alpha = at + tile * stride;
+    float* acc = alpha + tile;
+    const int n = blockIdx.x, split = blockIdx.y, b = n / K, t = threadIdx.x;
+    const float s = bincam_sign(logits[n], mode);
+    const bool weighted = method == BINCAM_GRADCAM || method == BINCAM_XGRADCAM ||
+                          method == BINCAM_GRADCAMPP;
+    int c_lo, c_hi;
+    bincam_split(C, splits, split, &c_lo, &c_hi);
+    const size_t a0 = (size_t)b * C * hw, g0 = (size_t)n * C * hw;
+    for (int i = t; i < groups * hw; i += blockDim.x) acc[i] = 0.f;  // slot i: thread i % block
+    for (int c0 = c_lo; c0 < c_hi; c0 += tile) {
+        const int nt = min(tile, c_hi - c0);
+        for (int i = t; i < nt * hw; i += blockDim.x) {  // coalesced: one contiguous range
+            const int c = i / hw, p = i - c * hw;
+            gt[c * stride + p] = s * bincam_load(grads, g0 + (size_t)c0 * hw + i, half);
+            at[c * stride + p] = bincam_load(acts, a0 + (size_t)c0 * hw + i, half);
+        }
+        __syncthreads();
+        if (weighted) {
+            for (int c = t; c < nt; c += blockDim.x)
+                alpha[c] = bincam_channel_weight(method, gt + c * stride, at + c * stride, hw);
+            __syncthreads();
+        }
+        for (int slot = t; slot < groups * hw; slot += blockDim.x) {
+            const int grp = slot / hw, p = slot - grp * hw;
+            float v = 0.f;
+            for (int c = grp; c < nt; c += groups) {
+                const float av = at[c * stride + p], gv = gt[c * stride + p];
+                v += weighted ? alpha[c] * av
+                   : (method == BINCAM_HIRESCAM ? gv * av
+                   : (method == BINCAM_ELEMENTWISE ? bincam_relu(gv * av)
+                                                   : bincam_relu(gv) * av));  // LayerCAM
+            }
+            acc[slot] += v;
+        }
+        __syncthreads();  // the next tile overwrites gt and at
+    }
+    for (int p = t; p < hw; p += blockDim.x) {
+        float v = 0.f;
+        for (int grp = 0; grp < groups; ++grp) v += acc[grp * hw + p];
+        partial[((size_t)n * splits + split) * hw + p] = v;
+    }
+}
+
+// Shared: sum_a, pos_a, count [tile] (double) | a[tile·stride] | coef[kc·tile] | coef2[kc·tile]
+//         | sign[kc] | acc[kc·hw]
+extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_partials_factored(
+    const void* __restrict__ acts,       // [B, C, h·w] float32, or binary16 with half
+    const float* __restrict__ weights,   // [K, C] channel weights (float32: part of the head)
+    const float* __restrict__ logits,    // [B, K]
+    int K, int C, int hw, int method, int mode, int mask_positive, int half, int splits,
+    int tile, int kc,
+    float* __restrict__ partial)         // [B·K, splits, h·w]
+{
+#ifdef __CUDA_ARCH__
+    extern __shared__ double smem_d[];
+#else
+    double* smem_d = bincam_host_shared<double>();
+#endif
+    const int stride = bincam_stride(hw);
+    double* sum_a = smem_d;
+    double* pos_a = sum_a + tile;
+    double* count = pos_a + tile;
+    float* at = (float*)(count + tile);
+    float* coef = at + tile * stride;
+    float* coef2 = coef + kc * tile;
+    float* sign = coef2 + kc * tile;
+    float* acc = sign + kc;
+    const int b = blockIdx.x, split = blockIdx.y, k0 = blockIdx.z * kc, t = threadIdx.x;
+    const int nk = min(kc, K - k0);
+    const bool two_terms = method == BINCAM_ELEMENTWISE && !mask_positive;
+    const bool masked_x = mask_positive && (method == BINCAM_HIRESCAM ||
+                          method == BINCAM_ELEMENTWISE || method == BINCAM_LAYERCAM);
+    int c_lo, c_hi;
+    bincam_split(C, splits, split, &c_lo, &c_hi);
+    const size_t a0 = (size_t)b * C * hw;
+    for (int i = t; i < nk; i += blockDim.x) sign[i] = bincam_sign(logits[b * K + k0 + i], mode);
+    for (int i = t; i < nk * hw; i += blockDim.x) acc[i] = 0.f;  // slot i: thread i % block
+    for (int c0 = c_lo; c0 < c_hi; c0 += tile) {
+        const int nt = min(tile, c_hi - c0);
+        for (int i = t; i < nt * hw; i += blockDim.x) {  // coalesced: one contiguous range
+            const int c = i / hw, p = i - c * hw;
+            at[c * stride + p] = bincam_load(acts, a0 + (size_t)c0 * hw + i, half);
+        }
+        __syncthreads();
+        for (int c = t; c < nt; c += blockDim.x) {  // per-channel statistics of A
+            double sa = 0.0, sp = 0.0, np_ = 0.0;
+            for (int p = 0; p < hw; ++p) {
+                const float v = at[c * stride + p];
+                sa += v;
+                sp += bincam_masked(v);
+                np_ += v > 0.f ? 1.0 : 0.0;
+            }
+            sum_a[c] = sa, pos_a[c] = sp, count[c] = np_;
+        }
+        __syncthreads();
+        for (int i = t; i < nk * nt; i += blockDim.x) {  // coef[k, c] from w = s·W[k, c]
+            const int k = i / nt, c = i - k * nt;
+            const float w = sign[k] * weights[(size_t)(k0 + k) * C + c0 + c];
+            const double cnt = mask_positive ? count[c] : (double)hw;
+            float v;
+            if (method == BINCAM_GRADCAM) {
+                v = w * (float)(cnt / hw);
+            } else if (method == BINCAM_XGRADCAM) {
+                const double num = mask_positive ? pos_a[c] : sum_a[c];
+                v = w * (float)(num / (sum_a[c] + BINCAM_XGRAD_EPS));
+            } else if (method == BINCAM_GRADCAMPP) {
+                const float w2 = w * w, sa = (float)sum_a[c];
+                const float al = w != 0.f ? w2 / (2.f * w2 + sa * w2 * w + BINCAM_PLUSPLUS_EPS)
+                                          : 0.f;
+                v = bincam_relu(w) * al * (float)cnt;
+            } else if (method == BINCAM_HIRESCAM) {
+                v = w;
+            } else {  // element-wise (w⁺ on X⁺) and LayerCAM (w⁺ on X)
+                v = bincam_relu(w);
+            }
+            coef[i] = v;
+            coef2[i] = two_terms ? bincam_neg(w) : 0.f;  // element-wise, unmasked: w⁻ on A⁻
+        }
+        __syncthreads();
+        for (int o = t; o < nk * hw; o += blockDim.x) {
+            const int k = o / hw, p = o - k * hw;
+            float v = 0.f;
+            for (int c = 0; c < nt; ++c) {
+                const float av = at[c * stride + p];
+                const float x = masked_x ? bincam_masked(av)
+                              : (method == BINCAM_ELEMENTWISE ? bincam_relu(av) : av);
+                v += coef[k * nt + c] * x;
+                if (two_terms) v += coef2[k * nt + c] * bincam_neg(av);
+            }
+            acc[o] += v;
+        }
+        __syncthreads();  // the next tile overwrites at, coef and the statistics
+    }
+    for (int o = t; o < nk * hw; o += blockDim.x) {
+        const int k = o / hw, p = o - k * hw;
+        partial[(((size_t)b * K + k0 + k) * splits + split) * hw + p] = acc[o];
+    }
+}
+
+// Source cell of output index o for a resize in → out (half-pixel centres, clamped).
 __device__ __forceinline__ void bincam_source(int o, int in, int out, int* i0, int* i1,
                                               float* frac) {
     float src = (o + 0.5f) * ((float)in / (float)out) - 0.5f;
@@ -82,154 +343,134 @@ __device__ __forceinline__ void bincam_source(int o, int in, int out, int* i0, i
     *frac = src - (float)lo;
 }
 
+__device__ __forceinline__ int bincam_cell(int o, int in, int out) {
+    int i0, i1;
+    float frac;
+    bincam_source(o, in, out, &i0, &i1, &frac);
+    return i0;
+}
+
+// o is the first or last sample of a run of samples between the same two cells.
+__device__ __forceinline__ bool bincam_run_end(int o, int in, int out) {
+    const int cell = bincam_cell(o, in, out);
+    return o == 0 || o == out - 1 || bincam_cell(o - 1, in, out) != cell ||
+           bincam_cell(o + 1, in, out) != cell;
+}
+
 __device__ __forceinline__ float bincam_upsampled(const float* x, int h, int w, int H, int W,
-                                                  int q) {
+                                                  int i, int j) {
     int y0, y1, x0, x1;
     float fy, fx;
-    bincam_source(q / W, h, H, &y0, &y1, &fy);
-    bincam_source(q % W, w, W, &x0, &x1, &fx);
+    bincam_source(i, h, H, &y0, &y1, &fy);
+    bincam_source(j, w, W, &x0, &x1, &fx);
     const float top = x[y0 * w + x0] * (1.f - fx) + x[y0 * w + x1] * fx;
     const float bottom = x[y1 * w + x0] * (1.f - fx) + x[y1 * w + x1] * fx;
-    return fmaxf(top * (1.f - fy) + bottom * fy, 0.f);
+    return bincam_relu(top * (1.f - fy) + bottom * fy);
 }
 
-__device__ __forceinline__ float bincam_gradient(const float* g, const float* a, int layout,
-                                                 int mask_positive, int c, int p, int hw) {
-    if (layout == BINCAM_DENSE) return g[(size_t)c * hw + p];
-    return (!mask_positive || a[(size_t)c * hw + p] > 0.f) ? g[c] : 0.f;
+// Run-end indices of a resize in → out into list (by warp 0, in order); returns their count.
+__device__ int bincam_run_ends(int in, int out, int* list, int* count) {
+    if (threadIdx.x < 32) {
+        const unsigned mask = bincam_warp_mask();
+        const int lanes = bincam_warp_lanes(), lane = threadIdx.x;
+        int found = 0;
+        for (int base = 0; base < out; base += lanes) {
+            const int o = base + lane;
+            const bool end = o < out && bincam_run_end(o, in, out);
+            const unsigned ballot = __ballot_sync(mask, end);
+            if (end) list[found + __popc(ballot & ((1u << lane) - 1u))] = o;
+            found += __popc(ballot);
+        }
+        if (lane == 0) *count = found;
+    }
+    __syncthreads();  // the list and its count are complete
+    return *count;
 }
 
-extern "C" __global__ void bincam_fused_epilogue(
-    const float* __restrict__ acts,            // [B, C, h, w]
-    const float* __restrict__ grads,           // dense [B, K, C, h, w] | factored [K, C]
-    const float* __restrict__ logits,          // [B, K]
-    const unsigned char* __restrict__ masks,   // [K, H, W] of 0/1, or null
-    int K, int C, int h, int w, int H, int W,
-    int method, int layout, int mode, int mask_positive,
-    float* __restrict__ raw_out,               // [B, K, h, w] or null
-    float* __restrict__ maps_f32,              // [B, K, H, W] or null
-    unsigned short* __restrict__ maps_f16,     // [B, K, H, W] binary16 bits, or null
-    unsigned char* __restrict__ maps_u8,       // [B, K, H, W] or null
-    float* __restrict__ energy)                // [B, K, 2] or null
+// Shared: map[hw] | scratch[64] | rows[H] | cols[W] | counts[2]
+extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_finish(
+    const float* __restrict__ partial,        // [B·K, splits, h·w]
+    const unsigned char* __restrict__ masks,  // [K, H, W] of 0/1, or null
+    int K, int h, int w, int H, int W, int splits, int tiles,
+    float* __restrict__ raw_out,              // [B, K, h, w] or null
+    float* __restrict__ maps_f32,             // [B, K, H, W] or null
+    unsigned short* __restrict__ maps_f16,    // [B, K, H, W] binary16 bits, or null
+    unsigned char* __restrict__ maps_u8,      // [B, K, H, W] or null
+    float* __restrict__ tile_energy)          // [B·K, tiles, 2] or null
 {
+#ifdef __CUDA_ARCH__
     extern __shared__ float smem[];
-    const int hw = h * w;
-    float* alpha = smem;
-    float* map = alpha + C;
-    float* partial = map + hw;
-    float* scratch = partial + blockDim.x;
+#else
+    float* smem = bincam_host_shared<float>();
+#endif
+    const int hw = h * w, n = blockIdx.x, tile = blockIdx.y, k = n % K, t = threadIdx.x;
+    float* map = smem;
+    float* scratch = map + hw;
+    int* rows = (int*)(scratch + 64);
+    int* cols = rows + H;
+    int* counts = cols + W;
 
-    const int n = blockIdx.x, b = n / K, k = n % K;
-    const float z = logits[n];
-    const float s = mode == BINCAM_PREDICTED ? (z > 0.f ? 1.f : (z < 0.f ? -1.f : 0.f))
-                                             : (mode == BINCAM_POSITIVE ? 1.f : -1.f);
-    const float* a = acts + (size_t)b * C * hw;
-    const float* g = layout == BINCAM_DENSE ? grads + (size_t)n * C * hw : grads + (size_t)k * C;
-
-    // 1. channel weights alpha[c] of the methods that have them
-    const bool weighted = method == BINCAM_GRADCAM || method == BINCAM_XGRADCAM ||
-                          method == BINCAM_GRADCAMPP;
-    if (weighted) {
-        for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            const float* ac = a + (size_t)c * hw;
-            float sum_a = 0.f;
-            if (method != BINCAM_GRADCAM)
-                for (int p = 0; p < hw; ++p) sum_a += ac[p];
-            float acc = 0.f;
-            for (int p = 0; p < hw; ++p) {
-                const float gv = s * bincam_gradient(g, a, layout, mask_positive, c, p, hw);
-                if (method == BINCAM_GRADCAM) {
-                    acc += gv;
-                } else if (method == BINCAM_XGRADCAM) {
-                    acc += gv * ac[p];
-                } else if (gv != 0.f) {  // Grad-CAM++
-                    const float g2 = gv * gv;
-                    acc += fmaxf(gv, 0.f) * (g2 / (2.f * g2 + sum_a * g2 * gv + 1e-6f));
-                }
-            }
-            alpha[c] = method == BINCAM_GRADCAM ? acc / (float)hw
-                     : (method == BINCAM_XGRADCAM ? acc / (sum_a + 1e-7f) : acc);
-        }
-        __syncthreads();
-    }
-
-    // 2. raw[p]: thread t sums channels c ≡ t / hw (mod groups) for pixel t % hw
-    const int groups = max(1, (int)blockDim.x / hw);
-    for (int base = 0; base < hw; base += blockDim.x) {  // hw > blockDim: tile the pixels
-        const int t = threadIdx.x, p = base + (hw <= (int)blockDim.x ? t % hw : t);
-        const int grp = hw <= (int)blockDim.x ? t / hw : 0;
-        float acc = 0.f;
-        if (grp < groups && p < hw) {
-            for (int c = grp; c < C; c += groups) {
-                const float ac = a[(size_t)c * hw + p];
-                if (weighted) {
-                    acc += alpha[c] * ac;
-                } else {
-                    const float gv = s * bincam_gradient(g, a, layout, mask_positive, c, p, hw);
-                    acc += method == BINCAM_HIRESCAM ? gv * ac
-                         : (method == BINCAM_ELEMENTWISE ? fmaxf(gv * ac, 0.f)
-                                                         : fmaxf(gv, 0.f) * ac);  // LayerCAM
-                }
-            }
-        }
-        partial[t] = acc;
-        __syncthreads();
-        if (hw <= (int)blockDim.x) {
-            if (t < hw) {
-                float sum = 0.f;
-                for (int q = 0; q < groups; ++q) sum += partial[q * hw + t];
-                map[t] = sum;
-            }
-        } else if (p < hw) {
-            map[p] = partial[t];
-        }
-        __syncthreads();
-        if (hw <= (int)blockDim.x) break;
-    }
-    if (raw_out)
-        for (int p = threadIdx.x; p < hw; p += blockDim.x) raw_out[(size_t)n * hw + p] = map[p];
-
-    // 3. ReLU and the first min-max at feature resolution
+    // 1. raw map: the splits' partial sums in fixed order; ReLU and min-max at h×w
     float lo = bincam_identity<BINCAM_MIN>(), hi = bincam_identity<BINCAM_MAX>();
-    for (int p = threadIdx.x; p < hw; p += blockDim.x) {
-        const float v = fmaxf(map[p], 0.f);
-        lo = fminf(lo, v);
-        hi = fmaxf(hi, v);
+    for (int p = t; p < hw; p += blockDim.x) {
+        float v = 0.f;
+        for (int s = 0; s < splits; ++s) v += partial[((size_t)n * splits + s) * hw + p];
+        if (raw_out && tile == 0) raw_out[(size_t)n * hw + p] = v;
+        map[p] = bincam_relu(v);
+        lo = bincam_combine<BINCAM_MIN>(lo, map[p]);
+        hi = bincam_combine<BINCAM_MAX>(hi, map[p]);
     }
-    lo = bincam_block_reduce<BINCAM_MIN>(lo, scratch);
-    hi = bincam_block_reduce<BINCAM_MAX>(hi, scratch);
+    bincam_block_reduce2<BINCAM_MIN, BINCAM_MAX>(&lo, &hi, scratch);
     const float scale = 1.f / ((hi - lo) + BINCAM_EPS);
-    for (int p = threadIdx.x; p < hw; p += blockDim.x) map[p] = (fmaxf(map[p], 0.f) - lo) * scale;
-    __syncthreads();
+    for (int p = t; p < hw; p += blockDim.x) map[p] = (map[p] - lo) * scale;  // own p only
 
-    // 4. upsample: min and max of U, then write F and the energies
-    const int HW = H * W;
+    // 2. extremes of U on run-end rows × columns
+    const int nr = bincam_run_ends(h, H, rows, counts);  // its __syncthreads also orders map
+    const int nc = bincam_run_ends(w, W, cols, counts + 1);
     float ulo = bincam_identity<BINCAM_MIN>(), uhi = bincam_identity<BINCAM_MAX>();
-    for (int q = threadIdx.x; q < HW; q += blockDim.x) {
-        const float u = bincam_upsampled(map, h, w, H, W, q);
-        ulo = fminf(ulo, u);
-        uhi = fmaxf(uhi, u);
+    for (int i = t; i < nr * nc; i += blockDim.x) {
+        const float u = bincam_upsampled(map, h, w, H, W, rows[i / nc], cols[i % nc]);
+        ulo = bincam_combine<BINCAM_MIN>(ulo, u);
+        uhi = bincam_combine<BINCAM_MAX>(uhi, u);
     }
-    ulo = bincam_block_reduce<BINCAM_MIN>(ulo, scratch);
-    uhi = bincam_block_reduce<BINCAM_MAX>(uhi, scratch);
+    bincam_block_reduce2<BINCAM_MIN, BINCAM_MAX>(&ulo, &uhi, scratch);
     const float uscale = 1.f / ((uhi - ulo) + BINCAM_EPS);
-    const unsigned char* mask = masks ? masks + (size_t)k * HW : nullptr;
-    const size_t out = (size_t)n * HW;
+
+    // 3. this tile's rows of F, and its energies
+    const int per_tile = (H + tiles - 1) / tiles;
+    const int q_lo = min(H, tile * per_tile) * W, q_hi = min(H, (tile + 1) * per_tile) * W;
+    const unsigned char* mask = masks ? masks + (size_t)k * H * W : nullptr;
+    const size_t out = (size_t)n * H * W;
     float inside = 0.f, total = 0.f;
-    for (int q = threadIdx.x; q < HW; q += blockDim.x) {
-        const float f = (bincam_upsampled(map, h, w, H, W, q) - ulo) * uscale;
+    for (int q = q_lo + t; q < q_hi; q += blockDim.x) {
+        const float f = (bincam_upsampled(map, h, w, H, W, q / W, q % W) - ulo) * uscale;
         if (maps_f32) maps_f32[out + q] = f;
         if (maps_f16) maps_f16[out + q] = bincam_to_half(f);
         if (maps_u8) maps_u8[out + q] = (unsigned char)__float2int_rn(f * 255.f);
         total += f;
         if (mask && mask[q]) inside += f;
     }
-    if (energy) {
-        inside = bincam_block_reduce<BINCAM_SUM>(inside, scratch);
-        total = bincam_block_reduce<BINCAM_SUM>(total, scratch);
-        if (threadIdx.x == 0) {
-            energy[2 * n] = inside;
-            energy[2 * n + 1] = total;
+    if (tile_energy) {
+        bincam_block_reduce2<BINCAM_SUM, BINCAM_SUM>(&inside, &total, scratch);
+        if (t == 0) {
+            tile_energy[((size_t)n * tiles + tile) * 2] = inside;
+            tile_energy[((size_t)n * tiles + tile) * 2 + 1] = total;
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_energy(
+    const float* __restrict__ tile_energy,    // [B·K, tiles, 2]
+    int maps, int tiles,
+    float* __restrict__ energy)               // [B, K, 2]
+{
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= maps) return;
+    float inside = 0.f, total = 0.f;
+    for (int t = 0; t < tiles; ++t) {
+        inside += tile_energy[((size_t)n * tiles + t) * 2];
+        total += tile_energy[((size_t)n * tiles + t) * 2 + 1];
+    }
+    energy[2 * n] = inside;
+    energy[2 * n + 1] = total;
 }

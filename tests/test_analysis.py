@@ -111,6 +111,32 @@ def test_evidence_and_bias_split_the_logit(checkpoints):
         b_eff.numpy(), (5, 40)), atol=2e-5)
 
 
+def test_figures_scale_to_the_data():
+    from io import BytesIO
+
+    from PIL import Image
+
+    from bincam.analysis.plots import _error_limit, average_cam_grid, error_bars
+
+    def record(errors):
+        return {"models": {"m": {"per_attribute": {
+            a: {"minority_error": e, "majority_error": e and e / 2} for a, e in errors.items()}}}}
+
+    small, full = record({"A": 0.1, "B": 0.2}), record({"A": 1.0, "B": None})
+    assert _error_limit(small, ["A", "B"]) == 0.25 and _error_limit(full, ["A", "B"]) == 1.0
+    assert error_bars(small, ["A", "B"]) != error_bars(full, ["A", "B"])
+    rng = np.random.default_rng(0)
+
+    def grid(k):
+        return Image.open(BytesIO(average_cam_grid(
+            rng.random((2, k, 16, 16)), np.full((2, k), 3), [f"Long_Attribute_Name_{i}"
+                                                             for i in range(k)],
+            np.ones((k, 16, 16), bool), np.full((3, 16, 16), 128.0), "t"))).size
+
+    one, ten = grid(1), grid(10)
+    assert one[0] < ten[0] / 2 and ten[1] > one[1]  # one pair of tiles, not a row of five
+
+
 def test_aggregates_by_predicted_and_majority_class():
     z = np.array([[1.0, -1.0], [-2.0, 0.5], [0.0, -0.1], [-0.3, 2.0]], np.float32)
     labels = np.array([[1, 0], [1, 1], [0, 0], [0, 1]], np.uint8)
@@ -175,6 +201,24 @@ def test_analyze_matches_explain_and_writes_the_report(tmp_path, synth_root, che
     ort = columns(ort_out, "unbalanced")
     np.testing.assert_allclose(ort["logits"], res["logits"], atol=1e-4)
     assert np.median(np.abs(ort["pe"] - res["pe"])) < 1e-5
+    # the wall time covers the whole command, the checkpoint's export to ONNX included
+    timing = json.loads((ort_out / "timing.json").read_text())
+    model = timing["models"]["unbalanced"]
+    assert model["open_seconds_this_run"] > 0 and model["images_this_run"] == 40
+    assert timing["wall_seconds"] >= model["open_seconds_this_run"] + model[
+        "compute_seconds_all_shards"]
+    text = (ort_out / "report.md").read_text()
+    assert "domain.md" not in text and "Biased Binary Attribute Classifiers" in text
+    assert f"Wall time of this command {timing['wall_seconds']:.0f} s" in text
+    # a resume with nothing left to compute says where the results come from
+    analyze(AnalyzeOptions([f"unbalanced={checkpoints['unbalanced']}"], f"synth:{synth_root}",
+                           ort_out, split="all", limit=40, engine="ort", batch_size=8,
+                           shard_size=16), started=time.perf_counter() - 5)
+    again = json.loads((ort_out / "timing.json").read_text())
+    assert again["wall_seconds"] >= 5 and again["models"]["unbalanced"]["images_this_run"] == 0
+    text = (ort_out / "report.md").read_text()
+    assert "computed nothing" in text and "come from earlier runs" in text
+    assert f"shards record {model['compute_seconds_all_shards']:.0f} s of computing" in text
 
 
 def columns(out, name):

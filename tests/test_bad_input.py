@@ -103,3 +103,95 @@ def test_export_and_synth_out_paths_are_checked_first(tmp_path):
     _one_error(_bincam("data", "synth", "--out", str(file), "--n", "2"), "is a file")
     assert file.read_text() == "keep me" and not any(folder.iterdir())
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_analysis_folder_is_locked(tmp_path, synth_root):
+    """A second analyze on an OUT in use is refused at once, and touches nothing there."""
+    import fcntl
+    import os
+
+    out = tmp_path / "audit"
+    out.mkdir()
+    fd = os.open(out / ".bincam-analyze.lock", os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"4242")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        before = sorted(p.name for p in out.iterdir())
+        proc = _bincam("analyze", "--model", f"m={SMALL}", "--data", f"synth:{synth_root}",
+                       "--out", str(out), "--limit", "4", "--batch-size", "4",
+                       "--shard-size", "4")
+        _one_error(proc, "is in use by another bincam analyze (pid 4242)")
+        assert sorted(p.name for p in out.iterdir()) == before
+    finally:
+        os.close(fd)
+
+
+def test_cam_replaces_its_own_output_only(tmp_path, faces):
+    out = tmp_path / "o"
+    args = ("cam", str(SMALL), str(faces), "--out", str(out), "--attributes", "Bald")
+    assert _bincam(*args).returncode == 0
+    first = json.loads((out / "predictions.json").read_text())
+    (out / "grids" / "stale.png").write_bytes(b"from an earlier run")
+    assert _bincam(*args).returncode == 0, "an earlier cam output is replaced"
+    assert not (out / "grids" / "stale.png").exists()
+    assert json.loads((out / "predictions.json").read_text())["images"] == first["images"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own file")
+    _one_error(_bincam("cam", str(SMALL), str(faces), "--out", str(mine)),
+               "is a folder with other files in it (no predictions.json)")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    """What a killed writer left (``.NAME.PID-TID.*``) goes at the next write; a live writer's
+    temporaries stay."""
+    import os
+
+    from bincam.files import _host, atomic_folder, write_atomic
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    host = _host()
+    stale = tmp_path / f".m.onnx.{host}-{dead}-1.tmp.onnx"
+    live = tmp_path / f".m.onnx.{host}-{os.getpid()}-7.tmp.onnx"
+    other_host = tmp_path / f".m.onnx.{'0' * 8 if host != '0' * 8 else '1' * 8}-{dead}-1.tmp.onnx"
+    sibling = tmp_path / f".m.onnx.{host}-{dead}-1.tmp.onnx.keep"  # not a temporary's name
+    folder = tmp_path / f".m.onnx.{host}-{dead}-2.partial"
+    for path in (stale, live, other_host):
+        path.write_bytes(b"half")
+    folder.mkdir()
+    sibling.mkdir()
+    write_atomic(tmp_path / "m.onnx", b"whole")
+    assert (tmp_path / "m.onnx").read_bytes() == b"whole"
+    assert not stale.exists() and not folder.exists()
+    assert live.exists() and other_host.exists() and sibling.exists()
+    # killed between a folder's two renames: OUT is missing, its previous version is .old
+    old = tmp_path / f".out.{host}-{dead}-3.old"
+    old.mkdir()
+    (old / "predictions.json").write_text("the previous output")
+    half = tmp_path / f".out.{host}-{dead}-3.partial"
+    half.mkdir()
+    from bincam.files import remove_stale
+
+    remove_stale(tmp_path / "out")
+    assert (tmp_path / "out" / "predictions.json").read_text() == "the previous output"
+    assert not old.exists() and not half.exists()
+    with atomic_folder(tmp_path / "out") as tmp:
+        (tmp / "predictions.json").write_text("new")
+    assert (tmp_path / "out" / "predictions.json").read_text() == "new"
+
+
+def test_served_requests_with_nonfinite_logits_get_errors():
+    from bincam.serve.handler import _drop_nonfinite
+
+    logits = np.array([[0.5], [np.nan], [1.0], [2.0], [np.inf]], np.float32)
+    items = [(0, np.zeros((1, 3, 8, 8))), (1, np.zeros((2, 3, 8, 8))),
+             (2, np.zeros((1, 3, 8, 8))), (3, np.zeros((1, 3, 8, 8)))]
+    results = [None] * 4
+    kept, out = _drop_nonfinite(items, {"logits": logits, "energy": logits * 2}, results)
+    assert [i for i, _ in kept] == [0, 2]
+    assert out["logits"].tolist() == [[0.5], [2.0]] and out["energy"].tolist() == [[1.0], [4.0]]
+    assert isinstance(results[1], BincamError) and isinstance(results[3], BincamError)
+    assert "NaN or Inf for 1 of 2 image(s) (image 0)" in str(results[1])

@@ -1,6 +1,7 @@
 """``bincam bench``: statistics on known samples, fidelity metrics on hand-made maps, inputs,
 peak memory, the JSON record of a tiny end-to-end run, and its errors."""
 
+import io
 import json
 import math
 import subprocess
@@ -168,6 +169,18 @@ def test_tiny_bench_run_writes_the_record(tmp_path, checkpoint):
     assert set(fid["ort"]["per_attribute"]) == set(ATTRIBUTES)
     assert "| ort | 2 |" in (tmp_path / "r.md").read_text()
     assert "CAM / forward" in proc.stderr  # the Rich tables
+    from rich.console import Console
+
+    from bincam.bench.report import rich_tables
+
+    for width in (80, 100):  # the console tables fit the terminal, nothing cut to "…"
+        console = Console(width=width, record=True, file=io.StringIO())
+        for table in rich_tables(r):
+            console.print(table)
+        text = console.export_text()
+        assert max(map(len, text.splitlines())) <= width and "…" not in text
+        assert "pytorch-grad-cam" in text and "1−Pearson max" in text and "logits max" in text
+        assert "[range over 2 rounds]" in text  # a title's brackets are not read as markup
 
 
 def test_bench_errors(tmp_path, checkpoint):
@@ -181,7 +194,7 @@ def test_bench_errors(tmp_path, checkpoint):
     user_error(bench(str(checkpoint), "--engines", "tvm"),
                "--engines takes distinct names from torch, ort, trt, got tvm")
     user_error(bench(str(checkpoint), "--batch", "1,x"), "--batch takes comma-separated integers")
-    user_error(bench(str(checkpoint), "--iters", "5", "--rounds", "2"), "--iters ≥ 3 per round")
+    user_error(bench(str(checkpoint), "--iters", "5", "--rounds", "2"), "--iters must be at least 3 per round (3 × --rounds 2 = 6), got 5")
     user_error(bench(str(tmp_path / "none.onnx")), "does not exist")
     user_error(bench(str(checkpoint), "--images", str(tmp_path / "nowhere")),
                "synth, random or an image folder")

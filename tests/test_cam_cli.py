@@ -56,6 +56,36 @@ def test_cam_writes_everything_and_skips_bad_files(tmp_path, checkpoint, inputs)
     assert len(list((out / "grids").glob("*.png"))) == 3
     assert len(list((out / "overlays").rglob("*.png"))) == 9
     assert not list(out.rglob(".*tmp*"))
+    # --label writes the attribute and its prediction onto each single overlay; grids unchanged
+    labelled = tmp_path / "labelled"
+    proc = run(str(checkpoint), str(inputs), "--out", str(labelled), "--attributes",
+               "Eyeglasses,Male,Smiling", "--size", "96", "--label")
+    assert proc.returncode == 0, proc.stderr
+    for plain in (out / "overlays").rglob("*.png"):
+        assert (labelled / plain.relative_to(out)).read_bytes() != plain.read_bytes()
+    for grid in (out / "grids").glob("*.png"):
+        assert (labelled / "grids" / grid.name).read_bytes() == grid.read_bytes()
+
+
+def test_overlay_labels_and_grid_titles():
+    from io import BytesIO
+
+    from PIL import Image
+
+    from bincam.core.overlay import grid_figure, labelled, overlay, png_bytes
+
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    picture = overlay(face, rng.random((96, 96)))
+    text = labelled(picture, "Mouth_Slightly_Open: pos p=0.97")
+    assert text.shape == picture.shape and text.dtype == np.uint8
+    assert png_bytes(text) != png_bytes(picture)
+    assert (text[:8] != picture[:8]).any() and (text[20:] == picture[20:]).all()  # a top band
+    titles = [f"a{i}\npos p=0.50" for i in range(15)]
+    plain = grid_figure(face, [picture] * 15, titles)
+    titled = grid_figure(face, [picture] * 15, titles, title="model m · gradcam · mode predicted")
+    assert titled != plain
+    assert Image.open(BytesIO(titled)).height > Image.open(BytesIO(plain)).height
 
 
 def test_cam_fail_mode_writes_nothing(tmp_path, checkpoint, inputs):

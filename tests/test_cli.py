@@ -25,7 +25,7 @@ def assert_user_error(proc, pattern):
 
 def test_bad_data_spec_and_missing_dataset(tmp_path):
     assert_user_error(run("train", "--data", "imagenet", "--out", str(tmp_path / "o")),
-                      "--data must look like synth:DIR or celeba:DIR")
+                      "--data must look like synth:DIR, celeba:DIR or csv:FILE")
     assert_user_error(run("train", "--data", f"synth:{tmp_path / 'none'}", "--out",
                           str(tmp_path / "o")), "does not exist")
     assert not (tmp_path / "o").exists()

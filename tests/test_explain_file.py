@@ -292,7 +292,7 @@ def test_cli_refuses_bad_explain_options(tmp_path):
                    "--explain-attributes", "Smiling,Nope")
     assert proc.returncode == 2 and "unknown attribute(s) Nope" in proc.stderr
     proc = _bincam("export", str(SMALL), "--out", str(tmp_path / "x.onnx"), "--map-size", "64")
-    assert proc.returncode == 2 and "--map-size only apply with --explain" in proc.stderr
+    assert proc.returncode == 2 and "--map-size only applies with --explain" in proc.stderr
     assert not (tmp_path / "x.onnx").exists()
 
 

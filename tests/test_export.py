@@ -113,6 +113,8 @@ def test_any_onnx_classifier(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "self-check" in proc.stderr and "FAILED" not in proc.stderr  # the Rich table
+    assert "with_grads.onnx: dense gradients (gradients [B, K, C, h, w] of conv)" in " ".join(
+        proc.stderr.split())  # the wrote line names the layout
     engine = OrtEngine(tmp_path / "with_grads.onnx")
     assert engine.attributes == ["Male", "Young", "Smiling", "Bald"]
     x = np.random.default_rng(1).random((2, 3, 32, 32), dtype=np.float32)
@@ -172,8 +174,10 @@ def test_cam_command_same_files_with_ort(tmp_path, synth_root):
 
     save_checkpoint(model, card_for(model, list(ATTRIBUTES), 64), tmp_path / "ckpt")
     base = [sys.executable, "-m", "bincam"]
-    assert subprocess.run(base + ["export", str(tmp_path / "ckpt"), "--out",
-                                  str(tmp_path / "m.onnx")], capture_output=True).returncode == 0
+    proc = subprocess.run(base + ["export", str(tmp_path / "ckpt"), "--out",
+                                  str(tmp_path / "m.onnx")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "m.onnx: factored gradients (channel_weights [K, C]" in " ".join(proc.stderr.split())
     images = synth_root / "celeba" / "img_align_celeba"
     for engine, model_path in (("torch", tmp_path / "ckpt"), ("ort", tmp_path / "m.onnx")):
         proc = subprocess.run(base + ["cam", str(model_path), str(images / "000001.jpg"),

@@ -89,7 +89,9 @@ def test_check_torch_path_equals_the_reference():
             assert np.abs(th["raw"].numpy() - ref["raw"]).max() < 1e-12, (layout, method)
             assert np.abs(th["maps"].numpy() - ref["maps"]).max() < 1e-5, (layout, method)
             assert np.abs(th["pe"].numpy() - ref["pe"]).max() < 1e-5, (layout, method)
-    assert (case_inputs("dense", "xgradcam", 0, 1, 1, 4, 7, 8, device="cpu")["acts"] >= 0).all()
+    # signed activations for every method (XGrad-CAM's near-zero Σ A included: the kernel sums
+    # channels in double, so the GPU check needs no post-ReLU inputs)
+    assert (case_inputs("dense", "xgradcam", 0, 1, 1, 4, 7, 8, device="cpu")["acts"] < 0).any()
 
 
 def test_method_and_mode_ids_are_the_core_and_the_kernel_constants():
@@ -99,7 +101,7 @@ def test_method_and_mode_ids_are_the_core_and_the_kernel_constants():
     constants = {name: int(value) for name, value in
                  re.findall(r"\b(BINCAM_[A-Z]+)\s*=\s*(\d+)", code)}
     assert set(KERNEL_METHODS) == set(METHODS)
-    body = code.split("bincam_fused_epilogue(", 1)[1]
+    body = code.split("bincam_partials_dense(", 1)[1]
     for name, method in METHODS.items():
         assert constants[KERNEL_METHODS[name]] == method.id, name
         # LayerCAM is the last branch of the per-element methods' chain, the `else`
@@ -110,36 +112,83 @@ def test_method_and_mode_ids_are_the_core_and_the_kernel_constants():
     assert len(METHODS) == len({m.id for m in METHODS.values()}) == 6
 
 
-def test_launch_arguments_match_the_kernel_signature():
-    """The launcher packs one argument per kernel parameter, pointers as 64-bit, ints as int32,
-    in the order of the signature in the .cu file (a mismatch would corrupt every launch)."""
-    from bincam.gpu.launcher import KERNEL, kernel_arguments, kernel_source
-
-    code = re.sub(r"//[^\n]*", "", kernel_source())
-    head = re.search(KERNEL + r"\((.*?)\)\s*\{", code, re.S).group(1)
+def _signature(code, kernel):
+    head = re.search(kernel + r"\((.*?)\)\s*\{", code, re.S).group(1)
     params = [p.strip() for p in head.split(",")]
     kinds = ["pointer" if "*" in p else p.split()[0] for p in params]
-    names = [re.split(r"[\s*]+", p)[-1] for p in params]
-    args = kernel_arguments(acts=1, grads=2, logits=3, shape=(2, 40, 512, 7, 7), size=(224, 224),
-                            method="hirescam", layout="factored", mode="negative",
-                            mask_positive=False, masks=4, raw=5, maps_f32=6, maps_f16=7,
-                            maps_u8=8, energy=9)
-    assert len(args) == len(kinds) == 19
-    for kind, arg in zip(kinds, args):
-        assert (kind, arg.dtype) in (("pointer", np.uint64), ("int", np.int32)), (kind, arg)
-    values = dict(zip(names, (int(a) for a in args)))
-    assert values == {"acts": 1, "grads": 2, "logits": 3, "masks": 4, "K": 40, "C": 512, "h": 7,
-                      "w": 7, "H": 224, "W": 224, "method": 1, "layout": 1, "mode": 2,
-                      "mask_positive": 0, "raw_out": 5, "maps_f32": 6, "maps_f16": 7,
-                      "maps_u8": 8, "energy": 9}
+    return kinds, [re.split(r"[\s*]+", p)[-1] for p in params]
+
+
+@pytest.mark.parametrize("layout", ["dense", "factored"])
+def test_launch_arguments_match_the_kernel_signatures(layout):
+    """The launcher packs one argument per kernel parameter, pointers as 64-bit, ints as int32,
+    in the order of each signature in the .cu file (a mismatch would corrupt every launch)."""
+    from bincam.gpu.geometry import kernel_arguments, launch_geometry
+    from bincam.gpu.launcher import KERNELS, kernel_source
+
+    code = re.sub(r"//[^\n]*", "", kernel_source())
+    shape, size = (2, 40, 512, 7, 7), (224, 160)
+    g = launch_geometry(layout, shape, size, 128, sms=16)
+    args = kernel_arguments(g, acts=1, grads=2, logits=3, shape=shape, size=size,
+                            method="hirescam", layout=layout, mode="negative",
+                            mask_positive=False, partial=10, tile_energy=11, half_inputs=True,
+                            masks=4, raw=5,
+                            maps_f32=6, maps_f16=7, maps_u8=8, energy=9)
+    assert set(args) <= set(KERNELS) and len(args) == 3
+    values = {}
+    for kernel, packed in args.items():
+        kinds, names = _signature(code, kernel)
+        assert len(packed) == len(kinds), kernel
+        for kind, arg in zip(kinds, packed):
+            assert (kind, arg.dtype) in (("pointer", np.uint64), ("int", np.int32)), (kind, arg)
+        values[kernel] = dict(zip(names, (int(a) for a in packed)))
+    partials = values[f"bincam_partials_{layout}"]
+    assert partials["acts"] == 1 and partials["logits"] == 3 and partials["partial"] == 10
+    assert partials[("grads" if layout == "dense" else "weights")] == 2
+    assert (partials["K"], partials["C"], partials["hw"], partials["method"], partials["mode"],
+            partials["half"], partials["splits"], partials["tile"]) == \
+        (40, 512, 49, 1, 2, 1, g.splits, g.tile)
+    if layout == "factored":
+        assert partials["mask_positive"] == 0 and partials["kc"] == g.kc
+    assert values["bincam_finish"] == {"partial": 10, "masks": 4, "K": 40, "h": 7, "w": 7,
+                                       "H": 224, "W": 160, "splits": g.splits, "tiles": g.tiles,
+                                       "raw_out": 5, "maps_f32": 6, "maps_f16": 7, "maps_u8": 8,
+                                       "tile_energy": 11}
+    assert values["bincam_energy"] == {"tile_energy": 11, "maps": 80, "tiles": g.tiles,
+                                       "energy": 9}
+    no_energy = kernel_arguments(g, acts=1, grads=2, logits=3, shape=shape, size=size,
+                                 method="gradcam", layout=layout, mode="predicted",
+                                 mask_positive=True, partial=10, tile_energy=11)
+    assert "bincam_energy" not in no_energy and int(no_energy["bincam_finish"][-1]) == 0
     for method in METHODS:
-        args = kernel_arguments(acts=1, grads=2, logits=3, shape=(1, 1, 1, 1, 1), size=(1, 1),
-                                method=method, layout="dense", mode="predicted",
-                                mask_positive=True)
-        assert int(args[names.index("method")]) == METHODS[method].id
+        packed = kernel_arguments(g, acts=1, grads=2, logits=3, shape=shape, size=size,
+                                  method=method, layout=layout, mode="predicted",
+                                  mask_positive=True, partial=10, tile_energy=11)
+        assert int(packed[f"bincam_partials_{layout}"][6]) == METHODS[method].id
     with pytest.raises(BincamError, match="the fused kernel takes method gradcam/hirescam"):
-        kernel_arguments(acts=1, grads=2, logits=3, shape=(1, 1, 1, 1, 1), size=(1, 1),
-                         method="scorecam", layout="dense", mode="predicted", mask_positive=True)
+        kernel_arguments(g, acts=1, grads=2, logits=3, shape=shape, size=size,
+                         method="scorecam", layout=layout, mode="predicted", mask_positive=True,
+                         partial=10, tile_energy=11)
+
+
+PTXAS_FUNCTION = re.compile(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores, "
+                            r"(\d+) bytes spill loads.*?Used (\d+) registers", re.S)
+
+
+@pytest.mark.skipif(not HAS_NVRTC, reason="cuda-python is not installed")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_ptxas_registers_and_spills(arch):
+    """ptxas -v through NVRTC: every kernel without spills and at most 64 registers (so that
+    four blocks of 256 threads fit an SM's 64 K registers)."""
+    from bincam.gpu.launcher import KERNELS, compile_kernel
+
+    log = []
+    compile_kernel(arch, ptxas_verbose=True, log=log)
+    found = {m.group(1): (int(m.group(2)), int(m.group(3)), int(m.group(4)))
+             for m in PTXAS_FUNCTION.finditer(log[0])}
+    assert set(found) == set(KERNELS), log[0]
+    for name, (stores, loads, registers) in found.items():
+        assert stores == loads == 0 and registers <= 64, (arch, name, found[name])
 
 
 @pytest.mark.skipif(not HAS_NVRTC, reason="cuda-python is not installed")
@@ -151,8 +200,8 @@ def test_kernel_compiles_with_nvrtc(arch, tmp_path, monkeypatch):
     if arch.startswith("sm_"):
         assert out[:4] == b"\x7fELF" and len(out) > 1000  # a cubin is an ELF image
     else:
-        assert b".entry bincam_fused_epilogue" in out and f".target {arch.replace('compute', 'sm')}" \
-            .encode() in out
+        assert all(f".entry {name}".encode() in out for name in launcher.KERNELS)
+        assert f".target {arch.replace('compute', 'sm')}".encode() in out
     monkeypatch.setenv("BINCAM_CACHE", str(tmp_path))
     if arch.startswith("sm_"):
         first = launcher.cached_cubin(arch)
@@ -210,7 +259,7 @@ def test_launcher_refuses_bad_blocks_and_leaves_the_context():
 
     from bincam.gpu.launcher import FusedEpilogue
 
-    for block in (48, 2048):
+    for block in (0, 2048):
         with pytest.raises(BincamError, match="block size"):
             FusedEpilogue(block=block)
     before = driver.cuCtxGetCurrent()[1]

@@ -7,7 +7,7 @@ import sys
 import onnx
 import pytest
 
-from bincam.data.batches import synthetic_faces
+from bincam.data.batches import synthetic_faces, to_batch
 from bincam.checkpoint import load_checkpoint
 from bincam.errors import BincamError
 from bincam.export.checks import REDUCED_PRECISION_LIMITS, precision_fidelity, structural_checks
@@ -40,6 +40,45 @@ def test_fp16_graph_types_checks_and_fidelity(model, layout):
     assert fid["PE max abs"] <= REDUCED_PRECISION_LIMITS["PE max abs"]
     assert fid["prediction flip rate"] <= REDUCED_PRECISION_LIMITS["prediction flip rate"]
     assert 0 < fid["PE mean abs"] < 1e-3  # half precision does change the maps, a little
+
+
+def test_fp16_keeps_the_factored_channel_weights_float32(model):
+    """The factored head's channel weights are an output constant: they stay the float32 values
+    of the source file (the converter alone gave float16 values, relative error ~5e-4), and the
+    file holds no float16 copy of them."""
+    import numpy as np
+
+    source = export_checkpoint(model, None, "factored")
+    graph = reduce_precision(source, "fp16")
+    x = to_batch(synthetic_faces(2, 112, seed=1))
+    want = OrtEngine(source.SerializeToString()).run(x)["channel_weights"]
+    got = OrtEngine(graph.SerializeToString()).run(x)["channel_weights"]
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    producer = {o: n for n in graph.graph.node for o in n.output}
+    source_name = producer["channel_weights"].input[0]
+    (init,) = [t for t in graph.graph.initializer if t.name == source_name]
+    assert init.data_type == onnx.TensorProto.FLOAT
+    assert "bincam/channel_weights" not in {t.name for t in graph.graph.initializer}
+
+
+@pytest.mark.parametrize("layout", ["factored", "dense"])
+def test_fp16_half_outputs(model, layout):
+    """``half_outputs``: activations and dense gradients are float16 outputs (no Cast back: half
+    the bytes written and read by the fused kernel), logits and channel weights float32; ONNX
+    Runtime runs the file with the fp16 fidelity limits."""
+    graph = reduce_precision(export_checkpoint(model, None, layout), "fp16", half_outputs=True)
+    assert all(c.ok for c in structural_checks(graph)), structural_checks(graph)
+    types = {o.name: o.type.tensor_type.elem_type for o in graph.graph.output}
+    half, single = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    assert types == ({"logits": single, "activations": half, "gradients": half}
+                     if layout == "dense" else
+                     {"logits": single, "activations": half, "channel_weights": single})
+    assert not any(n.op_type == "Cast" and n.output[0] in ("activations", "gradients")
+                   for n in graph.graph.node)
+    engine = OrtEngine(graph.SerializeToString())
+    fid = precision_fidelity(engine, model, synthetic_faces(24, 112, seed=4))
+    assert fid["PE max abs"] <= REDUCED_PRECISION_LIMITS["PE max abs"]
+    assert fid["prediction flip rate"] <= REDUCED_PRECISION_LIMITS["prediction flip rate"]
 
 
 def test_precision_choices(model):

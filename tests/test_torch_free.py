@@ -23,7 +23,9 @@ from bincam.core.overlay import overlay
 raw = np.random.default_rng(0).normal(size=(1, 2, 7, 7))
 maps = epilogue(raw, 224)
 pe = MaskEnergy(attribute_masks(["Male", "Smiling"]), (7, 7))(raw)
-overlay(np.zeros((224, 224, 3), np.uint8), maps[0, 0])
+picture = overlay(np.zeros((224, 224, 3), np.uint8), maps[0, 0])
+from bincam.core.overlay import grid_figure, labelled
+grid_figure(picture, [labelled(picture, "Male: pos p=0.90")], ["Male"], title="m · gradcam")
 import bincam.files, bincam.runtime.ort_engine, bincam.runtime.trt_engine, bincam.runtime.trt_plan
 import bincam.gpu, bincam.gpu.launcher
 from bincam.gpu.reference import fused_epilogue_reference

@@ -20,6 +20,21 @@ def test_moon_weights():
     assert np.allclose(w_pos, [1.0, 10 / 90, 1.0]) and np.allclose(w_neg, [10 / 90, 1.0, 1.0])
 
 
+def test_moon_and_balanced_differ_by_a_per_attribute_scale_only():
+    """Same class ratio within an attribute; balanced = moon · N/(2·n_min); K = 1, a 10 %
+    task: majority weight p_min/p_maj = 1/9, minority 1."""
+    pos, neg = np.array([100, 700, 30, 1]), np.array([900, 300, 970, 999])
+    mp, mn = class_weights(pos, neg, "moon")
+    bp, bn = class_weights(pos, neg, "balanced")
+    np.testing.assert_allclose(mn / mp, bn / bp)
+    scale = (pos + neg) / (2 * np.minimum(pos, neg))
+    np.testing.assert_allclose(bp, mp * scale) and np.testing.assert_allclose(bn, mn * scale)
+    np.testing.assert_allclose((pos * mp + neg * mn) / (pos + neg),
+                               2 * np.minimum(pos, neg) / (pos + neg))  # moon's mean weight
+    w_pos, w_neg = class_weights(np.array([100]), np.array([900]), "moon")
+    assert w_pos.tolist() == [1.0] and w_neg == pytest.approx([1 / 9])
+
+
 def test_unbalanced_and_degenerate():
     w_pos, w_neg = class_weights(np.array([0, 3]), np.array([5, 3]), "balanced")
     assert w_pos[0] == w_neg[0] == 1.0

@@ -106,6 +106,19 @@ def read_pickled_module(path: Path | str) -> LayerRecord:
 
 
 def _read_zip(data: bytes, source: str) -> Any:
+    """torch's zip format; a damaged archive (bad member, missing or odd-sized storage, broken
+    pickle stream) is one ``BincamError`` naming the file."""
+    try:
+        return _unpickle_zip(data, source)
+    except BincamError:
+        raise
+    except (zipfile.BadZipFile, KeyError, ValueError, EOFError, pickle.UnpicklingError,
+            RuntimeError, TypeError, AttributeError) as exc:
+        raise BincamError(f"{source} is a damaged torch zip checkpoint "
+                          f"({exc.__class__.__name__}: {str(exc)[:120]})") from None
+
+
+def _unpickle_zip(data: bytes, source: str) -> Any:
     archive = zipfile.ZipFile(io.BytesIO(data))
     pkl = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
     if pkl is None:
@@ -117,6 +130,9 @@ def _read_zip(data: bytes, source: str) -> Any:
         _, stype, key, _location, _numel = pid[:5]
         if key not in cache:
             raw = bytearray(archive.read(f"{prefix}data/{key}"))
+            if len(raw) % stype.dtype.itemsize:
+                raise BincamError(f"{source}: storage {key} holds {len(raw)} bytes, not a whole "
+                                  f"number of {stype.dtype} values; the file is damaged")
             cache[key] = torch.frombuffer(raw, dtype=stype.dtype) if raw else torch.empty(
                 0, dtype=stype.dtype)
         return cache[key]

@@ -117,6 +117,16 @@ def attribute_masks(attributes: Sequence[str], size: int = FRAME) -> np.ndarray:
     return np.stack([mask_array(a, size) for a in attributes])
 
 
+def known_masks(attributes: Sequence[str], size: int = FRAME) -> tuple[np.ndarray, np.ndarray]:
+    """``(bool [K, size, size], known [K])``: the mask region of each attribute that has one
+    (CelebA's), all False where it has none (another dataset's label)."""
+    known = np.array([a in ATTRIBUTE_REGION for a in attributes], dtype=bool)
+    masks = np.zeros((len(known), size, size), dtype=bool)
+    for k in np.flatnonzero(known):
+        masks[k] = mask_array(attributes[k], size)
+    return masks, known
+
+
 def check_attributes(names: Iterable[str], known: Sequence[str] = ATTRIBUTES) -> list[str]:
     """Return ``names`` as a list, raising one clear error for any name not in ``known``."""
     names = list(names)

@@ -31,8 +31,9 @@ def shard_sums(cols: dict[str, np.ndarray], majority_positive: np.ndarray) -> di
     with np.errstate(invalid="ignore"):
         share = np.abs(evidence) / (np.abs(evidence) + np.abs(bias) + 1e-30)
     cue = np.isfinite(cols["pe_cue"])
-    values = {"pe": (cols["pe"], None), "evidence_share": (share, np.isfinite(share)),
-              "pe_cue": (cols["pe_cue"], cue), "pe_box_on_cue": (cols["pe"], cue)}
+    has_pe = np.isfinite(cols["pe"])  # NaN: no evidence region for that image and attribute
+    values = {"pe": (cols["pe"], has_pe), "evidence_share": (share, np.isfinite(share)),
+              "pe_cue": (cols["pe_cue"], cue), "pe_box_on_cue": (cols["pe"], cue & has_pe)}
     flags = {"empty": cols["empty"].astype(bool),
              "bias_decides": np.sign(evidence) != np.where(pred, 1.0, -1.0)}
     out = {"shards": np.ones(z.shape[1], np.int64),
@@ -84,6 +85,7 @@ def figures(sums: dict, majority_positive: np.ndarray) -> dict[str, np.ndarray]:
             if name == "pe":
                 var = _ratio(sums[f"{name}_{g}_sq"], cnt) - mean ** 2
                 out[f"pe_std_{g}"] = np.sqrt(np.maximum(var, 0))
+                out[f"n_pe_{g}"] = cnt.astype(np.float64)  # images with a region
         for name in FRACTIONS:
             out[f"{name}_{g}"] = _ratio(sums[f"{name}_{g}_count"], sums[f"n_{g}"])
     no_head = sums["affine"] < sums["shards"]

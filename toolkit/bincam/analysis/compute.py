@@ -2,7 +2,9 @@
 
 For every (image, attribute), with ``x`` the normalised ``h×w`` map of the predicted class:
 
-- ``pe``: proportional energy of the final map inside the attribute's mask (fast exact form);
+- ``pe``: proportional energy of the final map inside the evidence region (fast exact form): the
+  image's own region where the dataset gives one (a CSV dataset's boxes or mask images), else the
+  attribute's fixed mask (CelebA regions; a CSV dataset's ``label_masks/``), else NaN;
 - ``empty``: the final map is all zero (no positive evidence for the predicted class);
 - ``evidence``: for an affine head, ``e = Σ_c W[k,c]·Σ_hw ReLU(A_c)`` so that ``z = e + b_eff``:
   the part of the logit that comes from the image (the rest is the bias);
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bincam.data.synth_render import cue_mask
-from bincam.core.energy import attribute_energy
+from bincam.core.energy import MaskEnergy, attribute_energy
 from bincam.core.epilogue import EPS
 from bincam.core.explanation import raw_from_outputs
 
@@ -64,6 +66,20 @@ class CueProjector:
         return inside, area
 
 
+class RegionProjector:
+    """Image ``i`` of a CSV dataset → ``(R_yᵀ M R_x [K, h, w], |M| [K])`` of its own evidence
+    regions (``data.csvset.CsvDataset.regions``; area 0 where it has none)."""
+
+    def __init__(self, ds, attributes: list[str], size: int, energy):
+        self.ds, self.attributes, self.size = ds, list(attributes), size
+        self.ry_t, self.rx = np.ascontiguousarray(energy.ry.T), energy.rx
+
+    def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        masks = self.ds.regions(i, self.size, self.attributes).astype(np.float64)
+        inside = np.einsum("iy,kyx,xj->kij", self.ry_t, masks, self.rx, optimize=True)
+        return inside, masks.sum(axis=(1, 2))
+
+
 @dataclass
 class BatchAnalyzer:
     """Turns engine outputs for a batch into per-image columns and average-map sums."""
@@ -74,25 +90,37 @@ class BatchAnalyzer:
     factored: bool
     mask_positive: bool
     save_maps: bool = False
-    _energy: object = field(default=None, repr=False)
+    masks: tuple[np.ndarray, np.ndarray] | None = None  # fixed (bool [K,S,S], known [K]); None:
+    _energy: object = field(default=None, repr=False)   # the attributes' CelebA regions
 
     def energy(self, feature: tuple[int, int]):
         if self._energy is None:
-            self._energy = attribute_energy(tuple(self.attributes), self.size, feature)
+            self._energy = attribute_energy(tuple(self.attributes), self.size, feature) \
+                if self.masks is None else MaskEnergy(self.masks[0], feature)
         return self._energy
 
     def __call__(self, out: dict[str, np.ndarray], index: np.ndarray, labels: np.ndarray,
-                 images: np.ndarray, cues: tuple[np.ndarray, np.ndarray] | None = None
+                 images: np.ndarray, cues: tuple[np.ndarray, np.ndarray] | None = None,
+                 regions: tuple[np.ndarray, np.ndarray] | None = None
                  ) -> tuple[dict[str, np.ndarray], Sums]:
-        """Columns for images ``index``; ``cues``: ``CueProjector`` results stacked over the
-        batch (``[B, K, h, w]``, ``[B, K]``), or None."""
+        """Columns for images ``index``; ``cues`` / ``regions``: ``CueProjector`` /
+        ``RegionProjector`` results stacked over the batch (``[B, K, h, w]``, ``[B, K]``), or
+        None."""
         logits = np.asarray(out["logits"], dtype=np.float32)
         _, raw = raw_from_outputs(dict(out, logits=logits), self.method, "predicted",
                                   self.mask_positive)
         energy = self.energy(tuple(raw.shape[-2:]))
         x, low, high = energy.normalised(raw)
+        pe = energy.energy(x, low)
+        if self.masks is not None:
+            pe[:, ~np.asarray(self.masks[1], bool)] = np.nan
+        if regions is not None:
+            inside, area = regions
+            own = area > 0
+            if own.any():
+                pe[own] = energy.energy(x[own], low[own], inside[own], area[own])
         cols = {"index": np.asarray(index, np.int64), "labels": np.asarray(labels, np.uint8),
-                "logits": logits, "pe": energy.energy(x, low).astype(np.float32),
+                "logits": logits, "pe": pe.astype(np.float32),
                 "empty": x.max(axis=(-2, -1)) <= 0,
                 "evidence": self._evidence(out, len(logits)).astype(np.float32),
                 "pe_cue": np.full(logits.shape, np.nan, np.float32)}

@@ -144,9 +144,11 @@ def majority_from(facts: ModelInfo, ds_root, attributes: list[str]
         share = pos / (pos + np.asarray(facts.negative_counts, float))
         return share, share > 0.5, "the model's training class counts"
     from bincam.data.celeba import CelebA
+    from bincam.data.csvset import CsvDataset
 
     try:
-        train = CelebA(ds_root, split="train", attributes=attributes)
+        csv = str(ds_root).endswith(".csv")
+        train = (CsvDataset if csv else CelebA)(ds_root, split="train", attributes=attributes)
         if len(train):
             share = train.labels.mean(0)
             return share, share > 0.5, "the dataset's training split"

@@ -20,6 +20,7 @@ from bincam.analysis import store
 from bincam.analysis.compute import BatchAnalyzer, CueProjector
 from bincam.analysis.models import ModelSource, open_model
 from bincam.analysis.stream import ImageStream
+from bincam.core.checks import check_logits
 from bincam.errors import BincamError
 
 
@@ -105,6 +106,9 @@ def dataset_digest(ds) -> str:
     h.update("\n".join(ds.files).encode())
     h.update("\n".join(ds.attributes).encode())
     h.update(np.ascontiguousarray(ds.labels).tobytes())
+    from bincam.data.dataset import digest_extra
+
+    h.update(digest_extra(ds).encode())  # a CSV dataset's fit rule and regions ("" for faces)
     return h.hexdigest()
 
 
@@ -132,6 +136,7 @@ def identity(options: AnalyzeOptions, sources: list[ModelSource], ds, cues: bool
 
 def check_options(options: AnalyzeOptions) -> list[ModelSource]:
     from bincam.core.methods import cam_method
+    from bincam.files import check_output
     from bincam.runtime import ENGINES, resolve_engine
 
     cam_method(options.method)
@@ -141,6 +146,11 @@ def check_options(options: AnalyzeOptions) -> list[ModelSource]:
         raise BincamError(f"--device must be cpu or cuda, got {options.device!r}")
     if options.batch_size < 1 or options.shard_size < 1:
         raise BincamError("--batch-size and --shard-size must be at least 1")
+    for option, value in (("--limit", options.limit), ("--workers", options.workers),
+                          ("--threads", options.threads)):
+        if value is not None and value < 1:
+            raise BincamError(f"{option} must be at least 1, got {value}")
+    check_output(options.out, "--out", folder=True)
     if options.shard_size % options.batch_size:
         raise BincamError(f"--shard-size ({options.shard_size}) must be a multiple of "
                           f"--batch-size ({options.batch_size})")
@@ -158,8 +168,12 @@ def check_options(options: AnalyzeOptions) -> list[ModelSource]:
     return sources
 
 
-def analyze(options: AnalyzeOptions, progress: Progress | None = None) -> dict | None:
-    """Run (or resume) the audit; rank 0 returns the report record, other ranks None."""
+def analyze(options: AnalyzeOptions, progress: Progress | None = None,
+            started: float | None = None) -> dict | None:
+    """Run (or resume) the audit; rank 0 returns the report record, other ranks None.
+    ``started``: ``time.perf_counter()`` at the start of the command (default: now), so the
+    report's wall time covers all of it, exports of checkpoints to ONNX included."""
+    started = time.perf_counter() if started is None else started
     progress = progress or Progress()
     sources = check_options(options)
     ds = open_dataset(options)
@@ -169,22 +183,32 @@ def analyze(options: AnalyzeOptions, progress: Progress | None = None) -> dict |
     world = join_world()
     pin_gpu(world, options.device)
     out = Path(options.out)
-    if world.rank == 0:
-        store.prepare(out, ident, options.restart)
-    world.barrier()
-    if world.rank != 0 and not store.matches(out, ident):
-        raise BincamError(f"rank {world.rank}: {out} was not prepared by rank 0")
-    started = time.perf_counter()
-    timings = {}
-    for source in sources:
-        timings[source.name] = _run_model(options, source, ds, cues, world, progress, out)
-    world.barrier()
     if world.rank != 0:
+        world.barrier()
+        if not store.matches(out, ident):
+            raise BincamError(f"rank {world.rank}: {out} was not prepared by rank 0")
+        _run_all(options, sources, ds, cues, world, progress, out)
         return None
-    from bincam.analysis.report import write_report
+    store.check_target(out, ident, options.restart)  # refusals first: nothing is touched
+    with store.locked(out) as created:
+        try:
+            store.prepare(out, ident, options.restart)
+            world.barrier()
+            timings = _run_all(options, sources, ds, cues, world, progress, out)
+            from bincam.analysis.report import write_report
 
-    return write_report(options, sources, facts, ds, out, timings,
-                        time.perf_counter() - started)
+            return write_report(options, sources, facts, ds, out, timings, started)
+        except BaseException:
+            if created and world.size == 1:  # other ranks may still be writing shards
+                store.discard_if_unstarted(out)
+            raise
+
+
+def _run_all(options, sources, ds, cues, world, progress, out) -> dict:
+    timings = {source.name: _run_model(options, source, ds, cues, world, progress, out)
+               for source in sources}
+    world.barrier()
+    return timings
 
 
 def _checked_facts(source: ModelSource, ds):
@@ -195,8 +219,8 @@ def _checked_facts(source: ModelSource, ds):
     unknown = [a for a in facts.attributes if a not in ds.attributes]
     if unknown:
         raise BincamError(f"model {source.name} has attribute(s) {', '.join(unknown[:5])} that "
-                          f"the dataset's list_attr_celeba.txt lacks; analyze it on a dataset "
-                          "labelled with the model's attributes")
+                          f"the dataset lacks (its labels: {', '.join(ds.attributes[:8])}); "
+                          "analyze it on a dataset labelled with the model's attributes")
     return facts
 
 
@@ -208,20 +232,30 @@ def _run_model(options, source, ds, cues, world, progress, out) -> dict:
     done = sum(b - a for a, b in mine) - sum(b - a for a, b in todo)
     progress.start(source.name, sum(b - a for a, b in mine), done)
     if not todo:
-        return {"images": 0, "seconds": 0.0}
+        return {"images": 0, "seconds": 0.0, "open_seconds": 0.0}
+    opening = time.perf_counter()  # a checkpoint given to ort/trt is exported to ONNX here
     model = open_model(source, options.engine, options.device, options.threads, out / "onnx")
+    opened = {"open_seconds": time.perf_counter() - opening}
     try:
+        from bincam.analysis.compute import RegionProjector
+        from bincam.data.dataset import fixed_masks, has_regions, is_csv
+
         cols = [ds.attributes.index(a) for a in model.attributes]
         analyzer = BatchAnalyzer(model.attributes, options.method, model.image_size,
-                                 model.factored, model.mask_positive, options.save_maps)
-        project = CueProjector(model.attributes, model.image_size,
-                               analyzer.energy(model.feature_size())) if cues else None
-        stream = ImageStream(ds, model.image_size, options.workers, cues=cues, project=project)
+                                 model.factored, model.mask_positive, options.save_maps,
+                                 fixed_masks(ds, model.attributes, model.image_size)
+                                 if is_csv(ds) else None)
+        energy = analyzer.energy(model.feature_size()) if cues or has_regions(ds) else None
+        project = CueProjector(model.attributes, model.image_size, energy) if cues else None
+        regions = RegionProjector(ds, model.attributes, model.image_size, energy) \
+            if has_regions(ds) else None
+        stream = ImageStream(ds, model.image_size, options.workers, cues=cues, project=project,
+                             regions=regions)
         plan = [(shard, np.arange(s, min(s + options.batch_size, shard[1])))
                 for shard in todo for s in range(shard[0], shard[1], options.batch_size)]
         with threadpool_limits(1, user_api="blas"):
             return _stream_shards(plan, stream, model, analyzer, ds.labels[:, cols], progress,
-                                  out, source.name)
+                                  out, source.name) | opened
     finally:
         model.close()
 
@@ -234,8 +268,10 @@ def _stream_shards(plan, stream, model, analyzer, labels, progress, out, name) -
     small GEMM and took a core from the engine's next run (measured: 50 → 100 ms per batch)."""
     images, seconds, parts, sums = 0, 0.0, [], None
     t0 = time.perf_counter()
-    for (shard, _), (idx, pixels, cue) in zip(plan, stream.batches([b for _, b in plan])):
-        part, batch_sums = analyzer(model.run(pixels), idx, labels[idx], pixels, cue)
+    for (shard, _), (idx, pixels, cue, region) in zip(plan, stream.batches([b for _, b in plan])):
+        result = model.run(pixels)
+        check_logits(result["logits"], [stream.ds.files[i] for i in idx])
+        part, batch_sums = analyzer(result, idx, labels[idx], pixels, cue, region)
         parts.append(part)
         if sums is None:
             sums = batch_sums

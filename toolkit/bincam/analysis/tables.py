@@ -99,7 +99,7 @@ def per_attribute_csv(record: dict) -> str:
 
 
 def headline_markdown(record: dict) -> str:
-    """Means over attributes, one row per model (domain.md's summary table, plus context)."""
+    """Means over attributes, one row per model (the README's audit summary table)."""
     lines = ["| model | " + " | ".join(label for _, label in HEADLINE_COLUMNS) + " |",
              "|---|" + "---:|" * len(HEADLINE_COLUMNS)]
     for name, model in record["models"].items():

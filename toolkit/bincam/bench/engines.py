@@ -89,10 +89,11 @@ class PytorchGradCamBaseline:
         return out
 
     def _pe(self, maps: np.ndarray) -> np.ndarray:
-        from bincam.attributes import attribute_masks
+        from bincam.attributes import known_masks
         from bincam.core.energy import proportional_energy_full
 
-        return proportional_energy_full(maps, attribute_masks(self.attributes, maps.shape[-1]))
+        masks, known = known_masks(self.attributes, maps.shape[-1])
+        return np.where(known, proportional_energy_full(maps, masks), np.nan)  # NaN: no mask
 
     def end_to_end(self, images: np.ndarray) -> None:
         import torch
@@ -112,7 +113,9 @@ class PytorchGradCamBaseline:
 class TorchCamBaseline(PytorchGradCamBaseline):
     """torch-cam (``torchcam``) the same way: one forward and one backward per attribute and
     image, the ``|z|`` target given as a per-sample callable; its low-resolution maps (ReLU,
-    min-max) resized bilinearly to the input size, as its ``overlay_mask`` does."""
+    min-max) resized bilinearly to the input size, as its ``overlay_mask`` does. torch-cam
+    normalises once, before the resize (no second min-max as in the reference epilogue), so its
+    final maps are an affine rescaling of the reference's (README: Results, engines)."""
 
     name = "torch-cam"
     CLASSES = {"gradcam": "GradCAM", "xgradcam": "XGradCAM", "gradcam++": "GradCAMpp",

@@ -23,6 +23,7 @@ import numpy as np
 
 from bincam.bench.engines import BASELINES, TimedEngine, available_baselines
 from bincam.core.fidelity import compare
+from bincam.core.checks import check_logits
 from bincam.data.batches import bench_images, to_batch
 from bincam.bench.memory import PeakMemory
 from bincam.bench.stats import latency_stats, ratio_stats, unpaired_ratio_stats
@@ -31,6 +32,8 @@ from bincam.errors import BincamError
 SCHEMA = "bincam.bench/1"
 SCOPES = ("forward", "cam", "end_to_end")
 REFERENCE = "torch"  # fidelity is measured against the eager fp32 torch engine
+ENGINE_NAMES = ("torch", "ort", "trt")
+MIN_ITERS_PER_ROUND = 3  # a round's median needs a few samples of each scope
 
 
 @dataclass
@@ -51,6 +54,41 @@ class BenchConfig:
     fidelity_images: int = 8
     threads: int | None = None       # ORT intra-op threads (default: one per core)
     checkpoint: str | None = None    # the torch model of an ONNX MODEL
+
+    def check(self) -> "BenchConfig":
+        """Every option's rule, checked before any work (each message states its rule)."""
+        from bincam.bench.engines import BASELINES
+
+        if self.rounds < 1:
+            raise BincamError(f"--rounds must be at least 1, got {self.rounds}")
+        if self.iters < MIN_ITERS_PER_ROUND * self.rounds:
+            raise BincamError(f"--iters must be at least {MIN_ITERS_PER_ROUND} per round "
+                              f"({MIN_ITERS_PER_ROUND} × --rounds {self.rounds} = "
+                              f"{MIN_ITERS_PER_ROUND * self.rounds}), got {self.iters}")
+        for option, value in (("--warmup", self.warmup), ("--reference-images",
+                                                          self.reference_images),
+                              ("--fidelity-images", self.fidelity_images)):
+            if value < 0:
+                raise BincamError(f"{option} must be at least 0, got {value}")
+        if not self.batches or not all(1 <= b <= 4096 for b in self.batches):
+            raise BincamError(f"--batch takes batch sizes between 1 and 4096, got {self.batches}")
+        if self.threads is not None and self.threads < 1:
+            raise BincamError(f"--threads must be at least 1, got {self.threads}")
+        if self.device not in ("cpu", "cuda"):
+            raise BincamError(f"--device must be cpu or cuda, got {self.device!r}")
+        unknown = [e for e in self.engines if e not in ENGINE_NAMES]
+        if unknown or not self.engines or len(set(self.engines)) != len(self.engines):
+            raise BincamError(f"--engines takes distinct names from {', '.join(ENGINE_NAMES)}, "
+                              f"got {', '.join(self.engines) or 'none'}")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise BincamError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
+        if self.images not in ("synth", "random") and not Path(self.images).is_dir():
+            raise BincamError(f"--images must be synth, random or an image folder; "
+                              f"{self.images!r} is none")
+        if not self.model.startswith("arch:") and not Path(self.model).exists():
+            raise BincamError(f"model {self.model} does not exist")
+        return self
 
 
 def _load(config: BenchConfig):
@@ -226,12 +264,7 @@ def total_steps(config: BenchConfig) -> int:
 
 def run_bench(config: BenchConfig, advance: Callable[[str], None] = lambda _d: None) -> dict:
     """The benchmark record (see ``SCHEMA``); ``advance(description)`` is called after each step."""
-    if config.rounds < 1 or config.iters < 3 * config.rounds or config.warmup < 0 \
-            or not config.batches or min(config.batches) < 1:
-        raise BincamError("need --rounds ≥ 1, --iters ≥ 3 per round, --warmup ≥ 0 and batch "
-                          "sizes ≥ 1")
-    if config.device not in ("cpu", "cuda"):
-        raise BincamError(f"--device must be cpu or cuda, got {config.device!r}")
+    config.check()
     model, onnx_bytes, described = _load(config)
     engines = _engines(config, model, onnx_bytes)
     try:
@@ -251,6 +284,10 @@ def _record(config: BenchConfig, model, engines: dict, described: str, advance) 
     baselines = {name: BASELINES[name][0](model, config.method, attributes) for name in usable}
     n = max(max(config.batches), config.fidelity_images, config.reference_images)
     images = bench_images(config.images, n, size, config.seed)
+    for engine in engines.values():  # timing a model whose answers are NaN would mislead
+        batch = images[:min(len(images), max(config.batches))]
+        check_logits(engine.engine.run_forward(to_batch(batch)),
+                     [f"benchmark image {i}" for i in range(len(batch))])
     timed, base = _measure(engines, baselines, images, config, advance)
     record = {"schema": SCHEMA, "command": sys.argv, "config": asdict(config),
               "model": {"spec": config.model, "described": described, "image_size": size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import List
 
@@ -34,7 +35,8 @@ class _RichProgress:
 @app.command("analyze")
 def analyze(model: List[str] = typer.Option(..., help="NAME=CHECKPOINT_OR_ONNX; repeat for "
                                             "several models (e.g. unbalanced=… balanced=…)."),
-            data: str = typer.Option(..., help="synth:DIR or celeba:DIR"),
+            data: str = typer.Option(..., help="synth:DIR, celeba:DIR or csv:FILE (PE against "
+                                     "each image's own boxes/masks where given)"),
             out: Path = typer.Option(..., help="Output folder; rerun the same command to resume."),
             split: str = typer.Option("test", help="train, valid, test or all"),
             frontal: bool = typer.Option(False, help="Keep near-frontal faces only (d/D ≤ 0.1)."),
@@ -56,6 +58,7 @@ def analyze(model: List[str] = typer.Option(..., help="NAME=CHECKPOINT_OR_ONNX; 
                                          "with a different command line.")) -> None:
     """Error rates by class, PE of binary CAMs by predicted class, evidence vs bias, average
     maps: tables (Markdown, LaTeX, CSV), plots and OUT/report.md."""
+    started = time.perf_counter()  # the report's wall time: the whole command
     from bincam.analysis import AnalyzeOptions, analyze as run
 
     options = AnalyzeOptions(list(model), data, out, split, frontal, method, engine, device,
@@ -63,7 +66,7 @@ def analyze(model: List[str] = typer.Option(..., help="NAME=CHECKPOINT_OR_ONNX; 
                              restart)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(),
                   TimeRemainingColumn(), console=console) as bar:
-        record = run(options, _RichProgress(bar))
+        record = run(options, _RichProgress(bar), started)
     if record is not None:
         console.print(f"analysed {record['images']} images × {len(record['models'])} model(s) "
                       f"→ {out / 'report.md'}")

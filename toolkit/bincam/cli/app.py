@@ -12,6 +12,26 @@ from bincam import __version__
 from bincam.errors import BincamError
 
 console = Console(stderr=True)
+FULL_PROFILE = ("torch", "torchvision", "safetensors", "onnxscript")  # pip install 'bincam[full]'
+
+
+def _hide_flag_types() -> None:
+    """Typer 0.29's help shows a ``<bool>`` type after every flag (``--help <bool>``); a flag
+    takes no value, so show none (the one place bincam adjusts Typer's rendering)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "bincam", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.bincam = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_hide_flag_types()
 app = typer.Typer(help="Binary class activation maps for multi-attribute binary classifiers.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 
@@ -33,12 +53,40 @@ def _register() -> None:
                             export_cmd, model_cmd, serve_cmd, train_cmd)
 
 
+def _usage_error(exc: typer.TyperException) -> None:
+    """A command-line usage error (unknown option, a value of the wrong type) on one line."""
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    message = " ".join(exc.format_message().split()) if hasattr(exc, "format_message") \
+        else str(exc)
+    console.print(f"[bold red]error:[/] {escape(message)}{escape(where)}", highlight=False,
+                  soft_wrap=True)
+    sys.exit(2)
+
+
 def main() -> None:
     _register()
     try:
-        app()
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except typer.Abort:
+        console.print("[yellow]aborted[/]")
+        sys.exit(1)
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed already
+            sys.exit(2)
+        _usage_error(exc)
     except BincamError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in FULL_PROFILE:
+            raise
+        message = (f"this needs {exc.name.split('.')[0]}, which the runtime install lacks (it "
+                   "explains, audits and serves exported ONNX files); install the full profile "
+                   "for checkpoints, training and export: pip install 'bincam[full]'")
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

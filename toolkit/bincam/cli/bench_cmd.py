@@ -24,12 +24,13 @@ def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .on
           engines: str = typer.Option("torch,ort", help="Comma-separated: torch, ort, trt "
                                       "(TensorRT, NVIDIA GPU)."),
           batch: str = typer.Option("1,8", help="Comma-separated batch sizes."),
-          method: str = typer.Option("gradcam"),
+          method: str = typer.Option("gradcam", help="gradcam, hirescam, gradcam-elementwise, "
+                                     "xgradcam, gradcam++ or layercam."),
           attributes: str = typer.Option("all", help="Comma-separated names or indices."),
           device: str = typer.Option("cpu", help="cpu or cuda."),
           warmup: int = typer.Option(2, help="Untimed calls of each scope first."),
           iters: int = typer.Option(15, help="Timed iterations in all (each runs every scope "
-                                    "once), spread over the rounds."),
+                                    "once), spread over the rounds; at least 3 per round."),
           rounds: int = typer.Option(5, help="Rounds over all batches, engines and baselines; "
                                      "the ratios' noise band is their range over rounds."),
           images: str = typer.Option("synth", help="synth (faces rendered in memory), random, "
@@ -51,6 +52,7 @@ def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .on
     from bincam.bench.report import markdown, rich_tables, skipped_lines, write_json
     from bincam.bench.runner import BenchConfig, run_bench, total_steps
     from bincam.core.methods import cam_method
+    from bincam.files import check_output
 
     cam_method(method)
     config = BenchConfig(model=model, engines=[e.strip() for e in engines.split(",") if e.strip()],
@@ -58,7 +60,10 @@ def bench(model: str = typer.Argument(..., help="Checkpoint folder, exported .on
                          device=device, warmup=warmup, iters=iters, rounds=rounds, images=images,
                          reference_images=reference_images, fidelity_images=fidelity_images,
                          baselines=[b.strip() for b in baselines.split(",") if b.strip()],
-                         threads=threads, checkpoint=checkpoint)
+                         threads=threads, checkpoint=checkpoint).check()
+    for option, path in (("--json", json_out), ("--markdown", markdown_out)):
+        if path is not None:
+            check_output(path, option, folder=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task("loading", total=total_steps(config))

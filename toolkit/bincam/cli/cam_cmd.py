@@ -15,6 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bincam.cli.app import app, console
 from bincam.errors import BincamError
 
+MANIFEST = "predictions.json"   # marks a folder as an earlier `bincam cam` output
+
 
 def _expand(inputs: list[Path]) -> list[Path]:
     files = []
@@ -30,14 +32,16 @@ def _expand(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def _read_all(files: list[Path], model_size: int, size: int, on_error: str):
-    """Decode every input first (model input and display copy), so a failure stops before output."""
-    from bincam.data.celeba import load_aligned
+def _read_all(files: list[Path], model_size: int, size: int, on_error: str,
+              fit: str = "celeba"):
+    """Decode every input first (model input and display copy, both by the model's fit rule,
+    ``data.fit``), so a failure stops before output."""
+    from bincam.data.fit import load_fitted
 
     readable, pixels = [], []
     for path in files:
         try:
-            pixels.append((load_aligned(path, model_size), load_aligned(path, size)))
+            pixels.append((load_fitted(path, model_size, fit), load_fitted(path, size, fit)))
             readable.append(path)
         except BincamError as exc:
             if on_error == "fail":
@@ -49,18 +53,21 @@ def _read_all(files: list[Path], model_size: int, size: int, on_error: str):
 
 
 def _write_pictures(out: Path, stem: str, shown: np.ndarray, maps: np.ndarray, names: list[str],
-                    probs: np.ndarray) -> None:
-    """One overlay per attribute and the image's grid figure."""
-    from bincam.core.overlay import grid_figure, overlay, png_bytes
+                    probs: np.ndarray, title: str | None = None, label: bool = False) -> None:
+    """One overlay per attribute (with ``label``: the attribute and its prediction written on
+    it) and the image's grid figure (``title``: model, method, mode above it)."""
+    from bincam.core.overlay import grid_figure, labelled, overlay, png_bytes
     from bincam.files import write_atomic
 
     pictures, titles = [], []
     for k, attr in enumerate(names):
         picture = overlay(shown, maps[k])
-        write_atomic(out / "overlays" / stem / f"{attr}.png", png_bytes(picture))
+        predicted = f"{'pos' if probs[k] >= 0.5 else 'neg'} p={probs[k]:.2f}"
+        write_atomic(out / "overlays" / stem / f"{attr}.png", png_bytes(
+            labelled(picture, f"{attr}: {predicted}") if label else picture))
         pictures.append(picture)
-        titles.append(f"{attr}\n{'pos' if probs[k] >= 0.5 else 'neg'} p={probs[k]:.2f}")
-    write_atomic(out / "grids" / f"{stem}.png", grid_figure(shown, pictures, titles))
+        titles.append(f"{attr}\n{predicted}")
+    write_atomic(out / "grids" / f"{stem}.png", grid_figure(shown, pictures, titles, title=title))
 
 
 def unique_stems(paths: list[Path]) -> dict[Path, str]:
@@ -87,7 +94,8 @@ def unique_stems(paths: list[Path]) -> dict[Path, str]:
 def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an exported ONNX "
                                          "file with --engine ort."),
         inputs: List[Path] = typer.Argument(..., help="Images and/or folders of images."),
-        out: Path = typer.Option(..., help="Output folder."),
+        out: Path = typer.Option(..., help="Output folder, written whole (it replaces an "
+                                 "earlier cam output there)."),
         method: str = typer.Option(None, help="gradcam (default), hirescam, "
                                    "gradcam-elementwise, xgradcam, gradcam++ or layercam; an "
                                    "explaining file's own method by default"),
@@ -100,12 +108,15 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
         engine: str = typer.Option("auto", help="auto (torch for a checkpoint, ort for ONNX), "
                                    "torch, ort or trt (trt needs TensorRT and an NVIDIA GPU); a "
                                    "checkpoint on ort/trt is exported first."),
-        on_error: str = typer.Option("skip", help="skip or fail on unreadable inputs.")) -> None:
+        on_error: str = typer.Option("skip", help="skip or fail on unreadable inputs."),
+        label: bool = typer.Option(False, "--label", help="Write the attribute and its "
+                                   "prediction onto each single overlay (default: clean "
+                                   "images).")) -> None:
     """Explain every selected attribute of each image for its predicted class."""
     from bincam.attributes import resolve_attributes
     from bincam.core.methods import cam_method
     from bincam.core.modes import check_mode
-    from bincam.files import check_output, write_atomic
+    from bincam.files import atomic_folder, check_output, check_replaceable, write_atomic
     from bincam.runtime import open_engine
 
     if on_error not in ("skip", "fail"):
@@ -115,6 +126,7 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
     if not 8 <= size <= 4096:
         raise BincamError(f"--size must be between 8 and 4096 pixels, got {size}")
     check_output(out, "--out", folder=True)
+    check_replaceable(out, "--out", MANIFEST)
     cam_method(method or "gradcam"), check_mode(mode or "predicted")
     files = _expand(inputs)
     with open_engine(checkpoint, engine, layer=layer) as session:
@@ -123,23 +135,32 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
         names = resolve_attributes(attributes, session.attributes)
         summary = {"model": str(checkpoint), "engine": session.kind, "method": method,
                    "mode": mode, "layer": session.info.target_layer, "attributes": names}
-        readable, pixels = _read_all(files, session.info.image_size, size, on_error)
-        records, arrays = _explain_all(session, readable, pixels, out, size, batch_size,
-                                       method=method, mode=mode, attributes=names)
-    write_atomic(out / "predictions.json", json.dumps(summary | {"images": records},
-                                                      indent=2).encode())
-    buf = io.BytesIO()
-    np.savez_compressed(buf, files=np.array([str(p) for p in readable]), attributes=np.array(names),
-                        **arrays, method=method, mode=mode)
-    write_atomic(out / "cams.npz", buf.getvalue())
+        readable, pixels = _read_all(files, session.info.image_size, size, on_error,
+                                     session.info.input_fit)
+        with atomic_folder(out) as tmp:  # OUT appears whole when everything is written
+            title = (f"model {Path(checkpoint).name} · {method} · mode {mode} · layer "
+                     f"{session.info.target_layer} · {session.kind} engine")
+            records, arrays = _explain_all(session, readable, pixels, tmp, size, batch_size,
+                                           (title, label), method=method, mode=mode,
+                                           attributes=names)
+            buf = io.BytesIO()
+            np.savez_compressed(buf, files=np.array([str(p) for p in readable]),
+                                attributes=np.array(names), **arrays, method=method, mode=mode)
+            write_atomic(tmp / "cams.npz", buf.getvalue())
+            write_atomic(tmp / MANIFEST, json.dumps(summary | {"images": records},
+                                                    indent=2).encode())
     console.print(f"explained {len(records)} image(s) × {len(names)} attribute(s) → {out}")
 
 
 def _explain_all(session, readable: list[Path], pixels: list, out: Path, size: int,
-                 batch_size: int, **explain) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """Explain the decoded images batch by batch, writing each image's pictures; return the
+                 batch_size: int, pictures: tuple = (None, False), **explain
+                 ) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Explain the decoded images batch by batch, writing each image's pictures (``pictures``:
+    the grid title and whether overlays are labelled); return the
     per-image records and the stacked ``logits``, ``raw`` and ``proportional_energy`` (an
     explaining file without raw maps: its own ``heatmaps`` instead of ``raw``)."""
+    from bincam.core.checks import check_logits
+
     records, raws, logits, energies = [], [], [], []
     stems = unique_stems(readable)
     with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(),
@@ -149,11 +170,12 @@ def _explain_all(session, readable: list[Path], pixels: list, out: Path, size: i
             chunk = pixels[start:start + batch_size]
             x = np.stack([p[0] for p in chunk]).transpose(0, 3, 1, 2)
             result = session.explain(x, **explain)
+            check_logits(result.logits, [str(p) for p in readable[start:start + batch_size]])
             maps, pe, probs = result.heatmaps(size), result.proportional_energy(), \
                 result.probabilities
             for i, path in enumerate(readable[start:start + batch_size]):
                 _write_pictures(out, stems[path], chunk[i][1], maps[i], result.attributes,
-                                probs[i])
+                                probs[i], *pictures)
                 records.append({"file": str(path), "pictures": stems[path],
                                 "logits": result.logits[i].tolist(),
                                 "probabilities": probs[i].tolist(),

@@ -1,4 +1,5 @@
-"""``bincam data synth``: write a synthetic-faces dataset."""
+"""``bincam data synth``: write a synthetic-faces dataset; ``bincam data synth-task``: the synthetic
+one-logit lesion task in the CSV layout."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bincam.cli.app import app, console
 
-data_app = typer.Typer(help="Datasets: synthesize faces.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: synthesize faces or a one-logit lesion task.",
+                       no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
@@ -35,3 +37,29 @@ def synth(out: Path = typer.Option(..., help="Folder to write; the dataset goes 
                             split=split,
                             progress=lambda done: bar.update(task, completed=done))
     console.print(f"wrote {n} faces to {folder}")
+
+
+@data_app.command("synth-task")
+def synth_task(out: Path = typer.Option(..., help="Folder to write (it receives labels.csv); "
+                                        "train on it with --data csv:OUT."),
+               n: int = typer.Option(2000, help="Number of images (80/10/10 % train/valid/test)."),
+               seed: int = typer.Option(0, help="Random seed; the same seed gives the same bytes."),
+               size: int = typer.Option(64, help="Side of the square grey images in pixels."),
+               prevalence: float = typer.Option(0.1, help="Share of lesion images in each split."),
+               confound: float = typer.Option(0.0, help="Share of the lesion images that also "
+                                              "carry a spurious corner tag (never drawn without "
+                                              "a lesion); 0 = no tags."),
+               overwrite: bool = typer.Option(False, help="Replace an existing OUT.")) -> None:
+    """One-logit "lesion present" on textured grey images, with per-image lesion boxes
+    (boxes:lesion) and the tags' boxes (markers.json) as ground truth."""
+    from bincam.data.synth_task import synthesize_task
+    from bincam.files import check_output
+
+    check_output(out, "--out", folder=True)
+    with Progress(TextColumn("rendering"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("synth-task", total=n)
+        folder = synthesize_task(out, n, seed=seed, size=size, prevalence=prevalence,
+                                 confound=confound, overwrite=overwrite,
+                                 progress=lambda done: bar.update(task, completed=done))
+    console.print(f"wrote {n} images to {folder} (train with --data csv:{folder})")

@@ -78,6 +78,8 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
             raise BincamError(f"--triton-repo {triton_repo} is a file or not empty; give a new "
                               "or empty folder")
         parse_config('name: "probe"', "a probe config")  # tritonclient present, before work
+    if onnx_model is not None and not onnx_model.is_file():
+        raise BincamError(f"--onnx {onnx_model} does not exist")
     if list_activations:
         return _list_activations(onnx_model, logits)
     if onnx_model is not None and (checkpoint is not None or not activation or not logits):
@@ -91,7 +93,8 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         ("map_dtype", map_dtype, "float32"), ("raw_maps", raw_maps, False),
         ("masks", masks, None), ("cam_precision", cam_precision, "float32")) if v != default]
     if given and not explain:
-        raise BincamError(f"{', '.join(given)} only apply with --explain")
+        raise BincamError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} "
+                          "with --explain")
     if onnx_model is not None and layer is not None:
         raise BincamError("--layer is for checkpoints; with --onnx name the tensor with "
                           "--activation")
@@ -116,8 +119,20 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
     if checks:
         _report_checks(run_checks(model, torch_model))
     save_onnx(model, out)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out}: {layout_note(model)}", markup=False, highlight=False,
+                  soft_wrap=True)
     _triton_repository(triton_repo, out, stock=False)
+
+
+def layout_note(model) -> str:
+    """Which gradient layout the file carries (the choice ``--gradients auto`` made), in words."""
+    from bincam.core.model_info import onnx_info
+
+    info = onnx_info(model, "the exported model")
+    if info.gradient_layout == "factored":
+        return (f"factored gradients (channel_weights [K, C]: the head after {info.target_layer} "
+                "is affine)")
+    return f"dense gradients (gradients [B, K, C, h, w] of {info.target_layer})"
 
 
 def _triton_repository(folder: Path | None, model: Path, stock: bool) -> None:
@@ -177,7 +192,8 @@ def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, o
     explain = onnx_info(made.model, str(out)).explain
     console.print(f"wrote {out}: outputs {', '.join(o.name for o in made.model.graph.output)} — "
                   f"{spec.method}, mode {spec.mode}, {len(explain['mask_fraction'])} attribute(s), "
-                  f"{spec.map_dtype} maps {explain['map_size'][0]}² (metadata: bincam.explain)")
+                  f"{spec.map_dtype} maps {explain['map_size'][0]}² (metadata: bincam.explain); "
+                  f"from {layout_note(made.gradient)}", markup=False, highlight=False)
 
 
 def _list_activations(onnx_model: Path | None, logits: str | None) -> None:

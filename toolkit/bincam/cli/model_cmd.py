@@ -17,7 +17,9 @@ def convert_affact(weights: Path = typer.Argument(..., help="The authors' pickle
                                                   "(default: the 40 CelebA attributes).")) -> None:
     """Convert released AFFACT weights with a restricted unpickler (no code from the file runs)."""
     from bincam.affact_import import convert_affact as convert
+    from bincam.files import check_output
 
+    check_output(out, "--out", folder=True)
     names = [a.strip() for a in attributes.split(",")] if attributes else None
     folder = convert(weights, out, names)
     console.print(f"wrote checkpoint {folder}")
@@ -25,15 +27,18 @@ def convert_affact(weights: Path = typer.Argument(..., help="The authors' pickle
 
 @app.command("info")
 def info(checkpoint: Path = typer.Argument(..., help="A checkpoint folder.")) -> None:
-    """Show a checkpoint's model card."""
-    from bincam.checkpoint import read_card
+    """Show a checkpoint's model card (its weights are loaded and checked too)."""
+    from bincam.checkpoint import load_checkpoint
 
-    card = read_card(checkpoint)
+    model = load_checkpoint(checkpoint)
+    card = model.card
     table = Table(show_header=False, box=None)
     table.add_row("architecture", str(card.arch))
     table.add_row("attributes", f"{len(card.attributes)}: {', '.join(card.attributes[:6])}…")
     table.add_row("input", f"{card.image_size}px RGB in {list(card.pixel_range)}, "
                            f"mean {list(card.mean)}, std {list(card.std)}")
+    table.add_row("weights", f"{sum(p.numel() for p in model.parameters()):,} parameters, "
+                             "all finite")
     table.add_row("CAM layers", f"{', '.join(card.cam_layers)} (default {card.default_cam_layer})")
     if card.validation:
         means = card.validation.get("means", {})

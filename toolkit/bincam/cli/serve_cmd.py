@@ -71,9 +71,13 @@ def serve(model: Path = typer.Argument(..., help="Checkpoint folder, or an ONNX 
         raise BincamError(f"--repo {repo} is a file or not empty; give a new or empty folder")
     if log is not None and not log.parent.is_dir():
         raise BincamError(f"--log {log}: the folder {log.parent} does not exist")
+    if http_port == grpc_port:
+        raise BincamError("--http-port and --grpc-port must differ")
+    if not model.exists():
+        raise BincamError(f"model {model} does not exist")
+    data = _model_bytes(model, layer)  # the model and options first, then the machine
     check_ports(server)
     serving = serving_env(env)
-    data = _model_bytes(model, layer)
     work = Path(tempfile.mkdtemp(prefix="bincam-serve-"))
     try:
         repository = repo or work / "repository"

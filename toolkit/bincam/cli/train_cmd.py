@@ -50,8 +50,20 @@ class RichReporter:
                       f"err {r['val_majority_error']:.3f}, {r['images_per_s']:.0f} img/s")
 
 
+def _labels(data: str, attributes: str | None) -> list[str] | None:
+    """The label subset: CelebA names or indices for faces, the CSV's own names for csv:."""
+    from bincam.attributes import resolve_attributes
+
+    if not attributes:
+        return None
+    if data.startswith("csv:"):
+        return [a.strip() for a in attributes.split(",") if a.strip()]
+    return resolve_attributes(attributes)
+
+
 @app.command("train")
-def train(data: str = typer.Option(..., help="synth:DIR or celeba:DIR"),
+def train(data: str = typer.Option(..., help="synth:DIR, celeba:DIR or csv:FILE (labels.csv "
+                                    "with any binary labels; a folder holding it too)"),
           out: Path = typer.Option(..., help="Checkpoint folder (best epoch) and training state."),
           arch: str = typer.Option("small", help="small, resnet18, resnet34, resnet50 or affact"),
           width: int = typer.Option(16, help="Base width of the small net."),
@@ -60,20 +72,20 @@ def train(data: str = typer.Option(..., help="synth:DIR or celeba:DIR"),
           lr: float = typer.Option(2e-3), weight_decay: float = typer.Option(1e-4),
           image_size: int = typer.Option(112, help="Training resolution of the aligned face."),
           seed: int = typer.Option(0), flip: bool = typer.Option(True, help="Random h-flips."),
-          attributes: str = typer.Option(None, help="Comma-separated subset (default: all)."),
+          attributes: str = typer.Option(None, help="Comma-separated subset of the labels "
+                                         "(default: all)."),
           max_train_images: int = typer.Option(None, help="Use only the first N training images."),
           max_val_images: int = typer.Option(None, help="Use only the first N validation images."),
           threads: int = typer.Option(None, help="Torch CPU threads per process."),
           resume: bool = typer.Option(False, help="Continue the run saved in --out.")) -> None:
     """Per-attribute BCE with attribute-specific class weights; best epoch by validation loss."""
-    from bincam.attributes import resolve_attributes
     from bincam.training import TrainConfig
     from bincam.training.loop import train as run
 
     config = TrainConfig(data=data, out=str(out), arch=arch, width=width, weighting=weighting,
                          epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          image_size=image_size, seed=seed, flip=flip,
-                         attributes=resolve_attributes(attributes) if attributes else None,
+                         attributes=_labels(data, attributes),
                          max_train_images=max_train_images, max_val_images=max_val_images,
                          threads=threads, resume=resume)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

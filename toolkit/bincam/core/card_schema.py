@@ -1,4 +1,5 @@
-"""The schema of ``card.json``, validated declaratively with pydantic before a card is used.
+"""The schemas of ``card.json`` and of an exported file's ``bincam.*`` metadata, validated
+declaratively with pydantic before either is used.
 
 Types are strict (no ``"big"`` for a size, no ``true`` for a count), ranges sane (input side
 8–2048 px), and the cross-field rules hold: unique attribute names, as many as the net has
@@ -8,10 +9,10 @@ One ``BincamError`` names the first broken field, e.g. ``card.json: image_size: 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr,
-                      ValidationError, model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt,
+                      StrictStr, ValidationError, model_validator)
 
 from bincam.errors import BincamError
 
@@ -19,7 +20,7 @@ MAX_IMAGE_SIZE = 2048
 # each architecture's keys beyond arch and num_outputs (nets/: ``arch_config``)
 ARCH_KEYS = {"small": {"width", "blocks"}, "resnet18": set(), "resnet34": set(),
              "resnet50": set(), "affact": set()}
-Number = StrictFloat | StrictInt
+Number = Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictInt  # finite
 
 
 class ArchSchema(BaseModel):
@@ -58,6 +59,7 @@ class CardSchema(BaseModel):
     default_cam_layer: StrictStr = ""
     positive_counts: list[StrictInt] | None = None
     negative_counts: list[StrictInt] | None = None
+    input_fit: Literal["celeba", "stretch", "crop", "pad"] = "celeba"
     training: dict[str, Any] = {}
     validation: dict[str, Any] = {}
     bincam_version: StrictStr = ""
@@ -65,25 +67,76 @@ class CardSchema(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self):
-        names = self.attributes
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"attributes: names repeat: {', '.join(repeated)}")
-        if len(names) != self.arch.num_outputs:
-            raise ValueError(f"attributes: {len(names)} names for a net with "
+        if len(self.attributes) != self.arch.num_outputs:
+            raise ValueError(f"attributes: {len(self.attributes)} names for a net with "
                              f"{self.arch.num_outputs} outputs")
+        _check_attributes(self)
         if not self.pixel_range[0] < self.pixel_range[1]:
             raise ValueError(f"pixel_range: {list(self.pixel_range)} is not an interval")
-        if min(self.std) <= 0:
-            raise ValueError(f"std: {list(self.std)} must be positive")
-        for field in ("positive_counts", "negative_counts"):
-            counts = getattr(self, field)
-            if counts is not None and (len(counts) != len(names) or min(counts) < 0):
-                raise ValueError(f"{field}: needs one count ≥ 0 per attribute ({len(names)})")
         if self.default_cam_layer and self.cam_layers and \
                 self.default_cam_layer not in self.cam_layers:
             raise ValueError(f"default_cam_layer: {self.default_cam_layer!r} is not in cam_layers")
         return self
+
+
+class MetadataSchema(BaseModel):
+    """The ``bincam.*`` metadata of an exported ONNX file, its JSON values decoded."""
+    model_config = ConfigDict(extra="forbid")
+
+    attributes: list[StrictStr] = Field(min_length=1)
+    target_layer: StrictStr
+    gradient_layout: Literal["dense", "factored"]
+    image_size: StrictInt | None = Field(None, ge=8, le=MAX_IMAGE_SIZE)
+    mask_positive: StrictBool = True
+    mean: tuple[Number, Number, Number] = (0.0, 0.0, 0.0)
+    std: tuple[Number, Number, Number] = (1.0, 1.0, 1.0)
+    positive_counts: list[StrictInt] | None = None
+    negative_counts: list[StrictInt] | None = None
+    input_name: StrictStr = "images"
+    version: StrictStr = ""
+    precision: Literal["fp32", "fp16"] = "fp32"
+    token_layout: Literal["none", "vit", "swin"] = "none"
+    explain: dict[str, Any] | None = None
+    input_fit: Literal["celeba", "stretch", "crop", "pad"] = "celeba"
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        _check_attributes(self)
+        return self
+
+
+def _check_attributes(schema) -> None:
+    """What a card and a file's metadata share: unique names, positive stds, one class count per
+    attribute."""
+    names = schema.attributes
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"attributes: names repeat: {', '.join(repeated)}")
+    if not all(s > 0 for s in schema.std):
+        raise ValueError(f"std: {list(schema.std)} must be positive")
+    for field in ("positive_counts", "negative_counts"):
+        counts = getattr(schema, field)
+        if counts is not None and (len(counts) != len(names) or min(counts) < 0):
+            raise ValueError(f"{field}: needs one count ≥ 0 per attribute ({len(names)})")
+
+
+def validate_metadata(data: dict, source: str) -> dict:
+    """The decoded metadata, validated (one error naming the first broken entry)."""
+    try:
+        return MetadataSchema.model_validate(data).model_dump()
+    except ValidationError as exc:
+        raise BincamError(f"{source} has broken bincam metadata ({_where(exc)}); re-export it "
+                          "with bincam export") from None
+
+
+def _where(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    loc = list(error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if loc and isinstance(loc[-1], int) and error["type"] in ("missing", "too_long"):
+        loc, message = loc[:-1], "wrong number of values"
+    where = ".".join(str(p) for p in loc)
+    return f"{where + ': ' if where else ''}{message}"
 
 
 def validate_card(data: Any, source: str) -> dict:
@@ -91,10 +144,4 @@ def validate_card(data: Any, source: str) -> dict:
     try:
         return CardSchema.model_validate(data).model_dump()
     except ValidationError as exc:
-        error = exc.errors()[0]
-        loc = [p for p in error["loc"]]
-        message = error["msg"].removeprefix("Value error, ")
-        if loc and isinstance(loc[-1], int) and error["type"] in ("missing", "too_long"):
-            loc, message = loc[:-1], "wrong number of values"
-        where = ".".join(str(p) for p in loc)
-        raise BincamError(f"{source}: {where + ': ' if where else ''}{message}") from None
+        raise BincamError(f"{source}: {_where(exc)}") from None

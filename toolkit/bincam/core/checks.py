@@ -52,3 +52,17 @@ def check_batch(images, size: int | None) -> np.ndarray:
     finite = np.isfinite(x).reshape(len(x), -1).all(1)
     check_float_values(np.flatnonzero(~finite).tolist(), float(x.min()), float(x.max()))
     return x.astype(np.float32)
+
+
+def check_logits(logits, images: Sequence[str]) -> None:
+    """Logits must be finite: NaN or Inf means broken weights or inputs, never a class (a NaN
+    logit compares false with 0 and would read as "negative"). The message names the images."""
+    z = np.asarray(logits)
+    if z.size == 0:
+        return
+    bad = np.flatnonzero(~np.isfinite(z).reshape(len(z), -1).all(1))
+    if len(bad):
+        named = ", ".join(str(images[i]) for i in bad[:3]) + (", …" if len(bad) > 3 else "")
+        raise BincamError(f"the model's logits are NaN or Inf for {len(bad)} of {len(z)} "
+                          f"image(s) ({named}): its weights or these inputs are broken, and no "
+                          "class can be read from a NaN; fix the model or remove these inputs")

@@ -8,7 +8,8 @@ Inputs are NumPy arrays from both sides: logits ``[B,K]``, raw maps ``[B,K,h,w]`
 - Pearson correlation of the final maps (1 when both are constant and equal, 0 when only one is);
 - top-20 % region IoU: the region is the pixels at or above the map's 80th percentile that are
   also > 0 (an empty map has an empty region; two empty regions have IoU 1);
-- PE abs difference; prediction flips compare ``z ≥ 0``.
+- PE abs difference (0 where both are NaN: an attribute without a mask); prediction flips
+  compare ``z ≥ 0``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def top_region_iou(maps: np.ndarray, ref: np.ndarray, fraction: float = TOP_FRAC
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 1.0)
 
 
+def pe_abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``|a − b|`` of two PE arrays; 0 where both are NaN (an attribute without a mask, e.g. a
+    CSV dataset's label), ∞ where only one is."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    both = np.isnan(a) & np.isnan(b)
+    diff = np.abs(np.where(both, 0.0, a) - np.where(both, 0.0, b))
+    return np.where(np.isnan(diff), np.inf, diff)
+
+
 def per_map_figures(ours: dict, ref: dict) -> dict[str, np.ndarray]:
     """``[B,K]`` arrays of every figure (keys as in ``AGGREGATES``); the raw-map figure only when
     both sides have raw maps (the reference tool gives final maps only)."""
@@ -58,7 +68,7 @@ def per_map_figures(ours: dict, ref: dict) -> dict[str, np.ndarray]:
         "final-map max abs diff": np.abs(_flat(ours["maps"]) - _flat(ref["maps"])).max(-1),
         "pearson": pearson(ours["maps"], ref["maps"]),
         "top-20% IoU": top_region_iou(ours["maps"], ref["maps"]),
-        "PE abs diff": np.abs(ours["pe"].astype(np.float64) - ref["pe"]),
+        "PE abs diff": pe_abs_diff(ours["pe"], ref["pe"]),
     }
     if ours.get("raw") is not None and ref.get("raw") is not None:
         figures["raw-map rel error"] = relative_error(ours["raw"], ref["raw"])

@@ -5,7 +5,9 @@ ONNX keys: ``bincam.version``, ``bincam.attributes`` (list), ``bincam.target_lay
 ``bincam.gradient_layout`` (``dense``: output ``gradients [B,K,C,h,w]``; ``factored``: output
 ``channel_weights [K,C]`` with ``bincam.mask_positive``), ``bincam.modes``, ``bincam.image_size``,
 ``bincam.class_counts`` ({positive, negative}), ``bincam.precision`` (fp32 | fp16),
-``bincam.input``, ``bincam.token_layout`` (vit | swin, only for token activations),
+``bincam.input``, ``bincam.input_fit`` (how images of any size enter the square input:
+``data.fit``; absent = ``celeba``), ``bincam.token_layout`` (vit | swin, only for token
+activations),
 ``bincam.explain`` (only in an explaining file: method, mode, map size and type, value range,
 the attributes with masks and what each output is; ``export/explain_graph.py``), and the
 ONNX image keys ``Image.BitmapPixelFormat`` (Rgb8),
@@ -46,6 +48,7 @@ class ModelCard:
     default_cam_layer: str = ""
     positive_counts: list[int] | None = None
     negative_counts: list[int] | None = None
+    input_fit: str = "celeba"        # data.fit: celeba | stretch | crop | pad
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     bincam_version: str = __version__
@@ -114,6 +117,7 @@ class ModelInfo:
     weighting: str | None = None     # training class weighting (cards only)
     token_layout: str = "none"       # vit | swin: the CAM tensor was a transformer's tokens
     explain: dict | None = None      # an explaining file: what its outputs are (bincam.explain)
+    input_fit: str = "celeba"        # how an image of any size enters the input (data.fit)
 
     @classmethod
     def from_card(cls, card: ModelCard, layer: str | None = None,
@@ -122,7 +126,7 @@ class ModelInfo:
         return cls(list(card.attributes), layer or card.default_cam_layer, gradient_layout,
                    card.image_size, mask_positive, tuple(card.mean), tuple(card.std),
                    card.positive_counts, card.negative_counts, version=card.bincam_version,
-                   weighting=config.get("weighting"))
+                   weighting=config.get("weighting"), input_fit=card.input_fit)
 
     def to_metadata(self) -> dict[str, str]:
         """``metadata_props`` of an exported model."""
@@ -132,6 +136,7 @@ class ModelInfo:
             "bincam.mask_positive": json.dumps(self.mask_positive),
             "bincam.modes": json.dumps(list(MODES)),
             "bincam.image_size": json.dumps(self.image_size), "bincam.input": self.input_name,
+            "bincam.input_fit": self.input_fit,
             "bincam.precision": self.precision,
             "bincam.mean": json.dumps(list(self.mean)), "bincam.std": json.dumps(list(self.std)),
             "bincam.class_counts": json.dumps({"positive": self.positive_counts,
@@ -146,25 +151,35 @@ class ModelInfo:
         """From a model's metadata map; a clear error if it was not made by bincam."""
         if "bincam.attributes" not in props:
             raise BincamError(f"{source} has no bincam metadata; {HOW_TO_EXPORT}")
-        try:
-            counts = json.loads(props.get("bincam.class_counts", "{}"))
-            return cls(
-                attributes=json.loads(props["bincam.attributes"]),
-                target_layer=props["bincam.target_layer"],
-                gradient_layout=props["bincam.gradient_layout"],
-                image_size=json.loads(props.get("bincam.image_size", "null")),
-                mask_positive=json.loads(props.get("bincam.mask_positive", "true")),
-                mean=tuple(json.loads(props.get("bincam.mean", "[0, 0, 0]"))),
-                std=tuple(json.loads(props.get("bincam.std", "[1, 1, 1]"))),
-                positive_counts=counts.get("positive"), negative_counts=counts.get("negative"),
-                input_name=props.get("bincam.input", "images"),
-                version=props.get("bincam.version", ""),
-                precision=props.get("bincam.precision", "fp32"),
-                token_layout=props.get("bincam.token_layout", "none"),
-                explain=json.loads(props.get("bincam.explain", "null")))
-        except (KeyError, ValueError) as exc:
-            raise BincamError(f"{source} has broken bincam metadata ({exc}); "
-                              f"{HOW_TO_EXPORT}") from None
+        from bincam.core.card_schema import validate_metadata
+
+        decoded: dict = {}
+        for key in METADATA_JSON_KEYS:
+            if f"bincam.{key}" in props:
+                try:
+                    decoded[key] = json.loads(props[f"bincam.{key}"])
+                except ValueError:
+                    raise BincamError(f"{source} has broken bincam metadata (bincam.{key} is not "
+                                      f"JSON); re-export it with bincam export") from None
+        for key, field in METADATA_TEXT_KEYS.items():
+            if f"bincam.{key}" in props:
+                decoded[field] = props[f"bincam.{key}"]
+        counts = decoded.pop("class_counts", None) or {}
+        if not isinstance(counts, dict):
+            raise BincamError(f"{source} has broken bincam metadata (bincam.class_counts is not "
+                              "an object); re-export it with bincam export")
+        decoded.update(positive_counts=counts.get("positive"),
+                       negative_counts=counts.get("negative"))
+        fields = validate_metadata(decoded, source)
+        return cls(**{k: tuple(v) if k in ("mean", "std") else v for k, v in fields.items()})
+
+
+# metadata entries stored as JSON, and as plain text (key → ModelInfo field)
+METADATA_JSON_KEYS = ("attributes", "image_size", "mask_positive", "mean", "std",
+                      "class_counts", "explain")
+METADATA_TEXT_KEYS = {"target_layer": "target_layer", "gradient_layout": "gradient_layout",
+                      "input": "input_name", "version": "version", "precision": "precision",
+                      "token_layout": "token_layout", "input_fit": "input_fit"}
 
 
 def require_gradients(info: ModelInfo, source: str, command: str) -> None:

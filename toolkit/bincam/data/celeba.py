@@ -15,14 +15,14 @@ padding outside), then resized; a square image is only resized.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from bincam.attributes import FRAME, check_attributes
+from bincam.data.fit import open_rgb
 from bincam.data.frontal import frontal_mask
 from bincam.data.listfiles import read_table
 from bincam.errors import BincamError
@@ -76,12 +76,19 @@ class CelebA:
         bad = np.argwhere((attr.values != 1) & (attr.values != -1))
         if len(bad):
             row, col = bad[0]
-            raise BincamError(f"{self.list_dir / ATTR_FILE}:{row + 3}: attribute values must be 1 "
-                              f"or -1, got {attr.values[row, col]} for {attr.columns[col]}")
+            raise BincamError(f"{attr.where(self.list_dir / ATTR_FILE, row)}: attribute values "
+                              f"must be 1 or -1, got {attr.values[row, col]} for "
+                              f"{attr.columns[col]}")
         columns = [attr.columns.index(a) for a in self.attributes]
         keep = np.ones(len(attr.names), dtype=bool)
         partition = read_table(self.list_dir / PARTITION_FILE, counted=False, header=False,
                                n_values=1)
+        unknown = np.flatnonzero(~np.isin(partition.values[:, 0], list(SPLITS.values())))
+        if len(unknown):
+            row = unknown[0]
+            raise BincamError(f"{partition.where(self.list_dir / PARTITION_FILE, row)}: partition "
+                              f"values must be 0 (train), 1 (valid) or 2 (test), got "
+                              f"{partition.values[row, 0]} for {partition.names[row]}")
         split_of = dict(zip(partition.names, partition.values[:, 0]))
         missing = [n for n in attr.names if n not in split_of]
         if missing:
@@ -133,20 +140,11 @@ class CelebA:
 
 def load_aligned(path: Path, size: int = FRAME) -> np.ndarray:
     """Decode one image with Pillow, as RGB, in the square aligned frame of side ``size``."""
+    img = open_rgb(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-    except FileNotFoundError:
-        raise BincamError(f"image {path} is listed but missing") from None
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise BincamError(f"image {path} has more than {Image.MAX_IMAGE_PIXELS:,} pixels; "
-                          "refused as a possible decompression bomb") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BincamError(f"image {path} does not decode ({exc.__class__.__name__}); "
-                          "replace or remove it") from None
-    return np.array(to_frame(img, size))
+        return np.array(to_frame(img, size))
+    except BincamError as exc:
+        raise BincamError(f"{path}: {exc}") from None
 
 
 def to_frame(img: Image.Image, size: int = FRAME) -> Image.Image:
@@ -156,7 +154,8 @@ def to_frame(img: Image.Image, size: int = FRAME) -> Image.Image:
         img = img.crop((-dx, -dy, FRAME - dx, FRAME - dy))
     elif img.size[0] != img.size[1]:
         raise BincamError(f"image of size {img.size[0]}×{img.size[1]} is neither CelebA-aligned "
-                          "(178×218) nor square pre-aligned")
+                          "(178×218) nor square pre-aligned; align and crop it to a square face "
+                          "first")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     return img

@@ -9,7 +9,7 @@ Formats (as CelebA ships them):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +26,11 @@ class Table:
     names: list[str]
     columns: list[str]
     values: np.ndarray  # [N, len(columns)] int64
+    lines: list[int] = field(default_factory=list)  # each row's line number in the file
+
+    def where(self, path: Path, row: int) -> str:
+        """``FILE:LINE`` of row ``row``, for error messages."""
+        return f"{path}:{self.lines[row]}" if row < len(self.lines) else str(path)
 
 
 def read_table(path: Path, *, counted: bool, header: bool, n_values: int | None = None) -> Table:
@@ -59,6 +64,8 @@ def read_table(path: Path, *, counted: bool, header: bool, n_values: int | None 
     width = len(columns) if header else n_values
     names: list[str] = []
     rows: list[list[int]] = []
+    numbers: list[int] = []
+    first_seen: dict[str, int] = {}
     for lineno, line in enumerate(lines[pos:], start=pos + 1):
         parts = line.split()
         if not parts:
@@ -71,12 +78,17 @@ def read_table(path: Path, *, counted: bool, header: bool, n_values: int | None 
         except ValueError:
             raise BincamError(f"{path}:{lineno}: values must be integers: {line.strip()[:80]!r}") \
                 from None
+        if parts[0] in first_seen:
+            raise BincamError(f"{path}:{lineno}: image {parts[0]} is listed twice (first on line "
+                              f"{first_seen[parts[0]]}); remove the repeated row")
+        first_seen[parts[0]] = lineno
         names.append(parts[0])
+        numbers.append(lineno)
     if expected_rows is not None and expected_rows != len(rows):
         raise BincamError(f"{path}: the first line says {expected_rows} images, "
                           f"the file lists {len(rows)}")
     values = np.asarray(rows, dtype=np.int64).reshape(len(rows), width or 0)
-    return Table(names, columns, values)
+    return Table(names, columns, values, numbers)
 
 
 def write_table(path: Path, names: Sequence[str], values: np.ndarray, *, columns: Sequence[str] = (),
@@ -87,7 +99,8 @@ def write_table(path: Path, names: Sequence[str], values: np.ndarray, *, columns
         lines.append(str(len(names)))
     if columns:
         lines.append(header_prefix + " ".join(columns))
-    for name, row in zip(names, np.asarray(values).reshape(len(names), -1), strict=True):
+    rows = np.asarray(values).reshape(len(names), -1) if len(names) else []
+    for name, row in zip(names, rows, strict=True):
         lines.append(name + " " + " ".join(f"{int(v):>{width}d}" for v in row))
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
 

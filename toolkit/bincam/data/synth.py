@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from pydantic import BaseModel, StrictStr, ValidationError
 from PIL import Image
 
 from bincam.attributes import ATTRIBUTES, FRAME
@@ -60,8 +61,10 @@ def synthesize(out: Path | str, n: int, seed: int = 0, size: int = FRAME, worker
         raise BincamError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
     if n < 1:
         raise BincamError(f"--n must be at least 1, got {n}")
-    if size < 32:
-        raise BincamError(f"--size must be at least 32 pixels, got {size}")
+    if not 32 <= size <= 4096:
+        raise BincamError(f"--size must be between 32 and 4096 pixels, got {size}")
+    if workers < 1:
+        raise BincamError(f"--workers must be at least 1, got {workers}")
     out = Path(out)
     final = out / "celeba"
     if final.exists() and not overwrite:
@@ -142,11 +145,29 @@ def read_cues(dataset_dir: Path | str) -> dict[str, dict[str, list]]:
         raise BincamError(f"no {CUES_FILE} in {dataset_dir}: only datasets written by `bincam "
                           "data synth` carry cue ground truth")
     out = {}
-    with open(path) as fh:
-        for line in fh:
-            rec = json.loads(line)
-            out[rec["image"]] = rec["cues"]
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            rec = cue_record(line, path, number)
+            out[rec.image] = rec.cues
     return out
+
+
+class CueRecord(BaseModel):
+    """One line of ``cues.jsonl``: an image name and its cue primitives by attribute."""
+    image: StrictStr
+    cues: dict[str, list]
+
+
+def cue_record(line: bytes, path: Path, number: int) -> CueRecord:
+    """Parse line ``number`` of ``path``; a broken line is one error naming the file and line."""
+    try:
+        return CueRecord.model_validate_json(line)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise BincamError(f"{path}:{number}: not a cue record "
+                          f"({where + ': ' if where else ''}{error['msg']}); restore the file "
+                          "or regenerate the dataset") from None
 
 
 class CueIndex:
@@ -157,8 +178,11 @@ class CueIndex:
         self.offsets: dict[str, int] = {}
         with open(self.path, "rb") as fh:
             offset = 0
-            for line in fh:
-                self.offsets[json.loads(line)["image"]] = offset
+            for number, line in enumerate(fh, start=1):
+                name = cue_record(line, self.path, number).image
+                if name in self.offsets:
+                    raise BincamError(f"{self.path}:{number}: a second record for image {name}")
+                self.offsets[name] = offset
                 offset += len(line)
 
     def cues(self, name: str) -> dict[str, list]:
@@ -167,7 +191,7 @@ class CueIndex:
             raise BincamError(f"{self.path} has no record for image {name}")
         with open(self.path, "rb") as fh:
             fh.seek(self.offsets[name])
-            return json.loads(fh.readline())["cues"]
+            return CueRecord.model_validate_json(fh.readline()).cues
 
 
 def cue_masks(cues: dict[str, list], attributes: list[str], size: int = FRAME) -> np.ndarray:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from bincam.core.fidelity import pe_abs_diff
 from bincam.export.lint import lint_tensorrt
 
 MASK_FLIP_LIMIT = 5e-2  # worst image: one ReLU unit within float32 rounding of 0 may flip
@@ -122,8 +123,8 @@ def parity(engine, torch_model, batch: int = 4, runs: int = 2, seed: int | None 
             "gradients rel L2 (own activations)": rel_l2(g_ort, g_own),
             "final maps max abs": np.abs(ours.heatmaps() - theirs.heatmaps()).reshape(
                 batch, -1).max(axis=1),
-            "PE max abs": np.abs(ours.proportional_energy()
-                                 - theirs.proportional_energy()).max(axis=1),
+            "PE max abs": pe_abs_diff(ours.proportional_energy(),
+                                        theirs.proportional_energy()).max(axis=1),
             "prediction flips": (ours.predictions != theirs.predictions).sum(axis=1),
         }
         for name, values in figures.items():
@@ -197,7 +198,7 @@ def precision_fidelity(engine, torch_model, images: np.ndarray) -> dict[str, flo
     flipped = ours.predictions != theirs.predictions
     same = ~flipped  # a flipped prediction explains the other class: its map is not comparable
     r = pearson(ours.raw, theirs.raw)[same]
-    pe = np.abs(ours.proportional_energy() - theirs.proportional_energy())[same]
+    pe = pe_abs_diff(ours.proportional_energy(), theirs.proportional_energy())[same]
     return {"raw-map Pearson (mean)": float(r.mean()), "raw-map Pearson (min)": float(r.min()),
             "PE max abs": float(pe.max()), "PE mean abs": float(pe.mean()),
             "prediction flip rate": float(flipped.mean())}

@@ -102,9 +102,14 @@ def append_explanation(model: onnx.ModelProto, spec: ExplainSpec,
     out.CopyFrom(model)
     g = out.graph
     factored, weight_name = info.gradient_layout == "factored", FACTORED_WEIGHTS
-    if factored:
-        weight_type = next(i.data_type for i in g.initializer if i.name == FACTORED_WEIGHTS)
-        g.node.remove(next(n for n in g.node if n.output[0] == "channel_weights"))
+    if factored:  # the initializer behind the channel_weights output (an Identity of it; after
+        producer = next(n for n in g.node if n.output[0] == "channel_weights")  # fp16: renamed)
+        behind = next(i for i in g.initializer if i.name == producer.input[0])
+        for stale in [i for i in g.initializer if i.name == FACTORED_WEIGHTS and i is not behind]:
+            g.initializer.remove(stale)
+        behind.name = FACTORED_WEIGHTS
+        weight_type = behind.data_type
+        g.node.remove(producer)
     del g.output[:]
     rename_tensor(g, "logits", LOGITS)
     b, k = OnnxBuilder(out), len(names)

@@ -65,7 +65,8 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto",
         mean=tuple(card.mean) if card else (0.0, 0.0, 0.0),
         std=tuple(card.std) if card else (1.0, 1.0, 1.0),
         positive_counts=card.positive_counts if card else None,
-        negative_counts=card.negative_counts if card else None))
+        negative_counts=card.negative_counts if card else None,
+        input_fit=card.input_fit if card else "celeba"))
     return graph
 
 

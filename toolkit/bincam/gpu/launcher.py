@@ -1,6 +1,12 @@
-"""The fused epilogue kernel (``kernels/binary_cam_epilogue.cu``) from Python, through
-cuda-python only (no torch): NVRTC compilation, a per-architecture cubin cache, and launches on
-device pointers — an engine's output buffers, read in place.
+"""The fused epilogue kernels (``kernels/binary_cam_epilogue.cu``) from Python, through
+cuda-python only (no torch): NVRTC compilation, a per-architecture cubin cache, the launch
+geometry, and launches on device pointers — an engine's output buffers, read in place.
+
+One ``launch`` enqueues four kernels on one stream: partial sums over channel splits (dense or
+factored), the finishing pass over row tiles of the maps, the energies' sum (see the .cu file).
+``launch_geometry`` picks the splits ``S``, channel tile, attribute group ``kc`` and row tiles
+``T`` so that about two blocks per SM are in flight even at batch 1; it is a pure function, so
+the host emulator (``gpu.emulation``) runs the kernels with the very geometry a GPU gets.
 
 A cubin for the device's own architecture is preferred to PTX: PTX from an NVRTC newer than the
 driver is refused, cubins keep CUDA's minor-version compatibility. Cache key: SHA-256 of the
@@ -19,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bincam.core.methods import METHODS
-from bincam.core.modes import MODES
 from bincam.errors import BincamError
 from bincam.files import write_atomic
+from bincam.gpu.geometry import (MAX_THREADS, Geometry, check_choices, kernel_arguments,
+                                 launch_geometry)
 
-KERNEL = "bincam_fused_epilogue"
+KERNELS = ("bincam_partials_dense", "bincam_partials_factored", "bincam_finish",
+           "bincam_energy")
 SOURCE_NAME = "binary_cam_epilogue.cu"
-LAYOUT_IDS = {"dense": 0, "factored": 1}
 
 
 def kernel_source() -> str:
@@ -52,12 +58,7 @@ def _nvrtc():
 def _ok(nvrtc, result, prog=None, what=""):
     err, *values = result
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        log = ""
-        if prog is not None:
-            _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-            buf = b" " * size
-            nvrtc.nvrtcGetProgramLog(prog, buf)
-            log = buf.decode(errors="replace").strip()
+        log = _program_log(nvrtc, prog) if prog is not None else ""
         raise BincamError(f"NVRTC {what} failed ({err.name}){': ' + log if log else ''}")
     return values[0] if len(values) == 1 else values
 
@@ -67,16 +68,29 @@ def nvrtc_version() -> tuple[int, int]:
     return tuple(_ok(nvrtc, nvrtc.nvrtcVersion(), what="version"))
 
 
-def compile_kernel(arch: str, source: str | None = None) -> bytes:
-    """Compile to a cubin (``arch`` = ``sm_XY``) or to PTX (``arch`` = ``compute_XY``)."""
+def _program_log(nvrtc, prog) -> str:
+    _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    buf = b" " * size
+    nvrtc.nvrtcGetProgramLog(prog, buf)
+    return buf.decode(errors="replace").rstrip("\0").strip()
+
+
+def compile_kernel(arch: str, source: str | None = None, ptxas_verbose: bool = False,
+                   log: list | None = None) -> bytes:
+    """Compile to a cubin (``arch`` = ``sm_XY``) or to PTX (``arch`` = ``compute_XY``);
+    ``ptxas_verbose`` appends ptxas's register and spill report to ``log``."""
     nvrtc = _nvrtc()
     source = source if source is not None else kernel_source()
     prog = _ok(nvrtc, nvrtc.nvrtcCreateProgram(source.encode(), SOURCE_NAME.encode(), 0, [], []),
                what="program creation")
     try:
         options = [f"--gpu-architecture={arch}".encode(), b"--std=c++17"]
+        if ptxas_verbose:
+            options.append(b"--ptxas-options=-v")
         _ok(nvrtc, nvrtc.nvrtcCompileProgram(prog, len(options), options), prog,
             f"compilation for {arch}")
+        if log is not None:
+            log.append(_program_log(nvrtc, prog))
         if arch.startswith("compute_"):
             size = _ok(nvrtc, nvrtc.nvrtcGetPTXSize(prog), what="PTX size")
             out = b" " * size
@@ -98,7 +112,7 @@ def cached_cubin(arch: str) -> bytes:
     """The cubin for ``arch``, compiled once per source, architecture and NVRTC version."""
     source = kernel_source()
     key = hashlib.sha256(f"{source}\0{arch}\0{nvrtc_version()}".encode()).hexdigest()[:24]
-    path = cache_dir() / f"{KERNEL}-{arch}-{key}.cubin"
+    path = cache_dir() / f"binary_cam_epilogue-{arch}-{key}.cubin"
     if path.is_file():
         return path.read_bytes()
     cubin = compile_kernel(arch, source)
@@ -106,48 +120,38 @@ def cached_cubin(arch: str) -> bytes:
     return cubin
 
 
-def shared_bytes(channels: int, cells: int, block: int) -> int:
-    """Dynamic shared memory of one block: floats alpha[C], map[h·w], partial[block], scratch[32]."""
-    return 4 * (channels + cells + block + 32)
-
-
-def kernel_arguments(*, acts: int, grads: int, logits: int, shape, size, method: str,
-                     layout: str, mode: str, mask_positive: bool, masks: int = 0, raw: int = 0,
-                     maps_f32: int = 0, maps_f16: int = 0, maps_u8: int = 0,
-                     energy: int = 0) -> list:
-    """The kernel's parameters in signature order: pointers as ``uint64``, ints as ``int32``."""
-    _, k, c, h, w = shape
-    if method not in METHODS or layout not in LAYOUT_IDS or mode not in MODES:
-        raise BincamError(f"the fused kernel takes method {'/'.join(METHODS)}, layout "
-                          f"{'/'.join(LAYOUT_IDS)}, mode {'/'.join(MODES)}")
-    pointer, integer = np.uint64, np.int32
-    return [pointer(acts), pointer(grads), pointer(logits), pointer(masks),
-            *(integer(v) for v in (k, c, h, w, size[0], size[1], METHODS[method].id,
-                                   LAYOUT_IDS[layout], MODES[mode], int(mask_positive))),
-            pointer(raw), pointer(maps_f32), pointer(maps_f16), pointer(maps_u8),
-            pointer(energy)]
-
-
 class Launch:
-    """One launch with its arguments packed once; each call enqueues it again (for timing)."""
+    """One launch — the four kernels' arguments packed once; each call enqueues them again
+    (outside any timed region: ``gpu.check`` times only the calls)."""
 
-    def __init__(self, kernel: "FusedEpilogue", values: list, blocks: int, smem: int,
+    def __init__(self, kernel: "FusedEpilogue", geometry: Geometry, arguments: dict[str, list],
                  stream: int):
-        self.kernel, self.blocks, self.smem, self.stream = kernel, blocks, smem, stream
-        self._holders = [np.array([v], dtype=type(v)) for v in values]
-        self._params = np.array([h.ctypes.data for h in self._holders], dtype=np.uint64)
+        self.kernel, self.geometry, self.stream = kernel, geometry, stream
+        grids = {"bincam_partials_dense": geometry.grid_partials,
+                 "bincam_partials_factored": geometry.grid_partials,
+                 "bincam_finish": geometry.grid_finish, "bincam_energy": geometry.grid_energy}
+        smem = {"bincam_finish": geometry.smem_finish, "bincam_energy": 0}
+        self._holders, self.steps = [], []
+        for name, values in arguments.items():
+            holders = [np.array([v], dtype=type(v)) for v in values]
+            params = np.array([h.ctypes.data for h in holders], dtype=np.uint64)
+            self._holders.append((holders, params))
+            self.steps.append((name, grids[name], smem.get(name, geometry.smem_partials),
+                               params.ctypes.data))
 
     def __call__(self) -> None:
         k = self.kernel
         with k.current():
-            k._check(k.driver.cuLaunchKernel(k.function, self.blocks, 1, 1, k.block, 1, 1,
-                                             self.smem, self.stream, self._params.ctypes.data, 0))
+            for name, grid, smem, params in self.steps:
+                k._check(k.driver.cuLaunchKernel(k.functions[name], *grid, self.geometry.block,
+                                                 1, 1, smem, self.stream, params, 0))
 
 
 class FusedEpilogue:
-    """The compiled kernel on device ``device``, in that device's primary context (the one the
-    CUDA runtime, TensorRT and torch use), made current only around each call so the caller's
-    current context is left as it was. ``launch`` takes device pointers (ints; 0 = none)."""
+    """The compiled kernels on device ``device``, in that device's primary context (the one the
+    CUDA runtime, TensorRT and torch use), pushed around each call — from any thread — and
+    popped after, so the caller's current context is left as it was. ``launch`` takes device
+    pointers (ints; 0 = none). A workspace per stream holds the partial sums."""
 
     def __init__(self, device: int = 0, block: int = 256):
         try:
@@ -155,34 +159,38 @@ class FusedEpilogue:
         except ImportError:
             raise BincamError("the fused epilogue needs cuda-python: pip install 'bincam[gpu]'") \
                 from None
-        if block < 32 or block % 32:
-            raise BincamError(f"the block size must be a positive multiple of 32, got {block}")
+        if not 1 <= block <= MAX_THREADS:
+            raise BincamError(f"the block size must be 1..{MAX_THREADS}, got {block}")
         self.driver, self.block, self.module, self.context = driver, block, None, None
+        self.device_index, self.functions = device, {}
+        self._workspaces: dict[int, tuple[int, int]] = {}  # stream → (pointer, bytes)
+        self._retired: list[int] = []
         self._check(driver.cuInit(0))
         self.device = self._check(driver.cuDeviceGet(device))
         attr = driver.CUdevice_attribute
-        major, minor, self.max_shared = (
+        major, minor, self.max_shared, self.sms = (
             self._check(driver.cuDeviceGetAttribute(getattr(attr, f"CU_DEVICE_ATTRIBUTE_{a}"),
                                                     self.device))
             for a in ("COMPUTE_CAPABILITY_MAJOR", "COMPUTE_CAPABILITY_MINOR",
-                      "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN"))
+                      "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", "MULTIPROCESSOR_COUNT"))
         self.arch = f"sm_{major}{minor}"
         self.context = self._check(driver.cuDevicePrimaryCtxRetain(self.device))
         try:
             with self.current():
                 self.module = self._check(driver.cuModuleLoadData(cached_cubin(self.arch)))
-                self.function = self._check(driver.cuModuleGetFunction(self.module,
-                                                                       KERNEL.encode()))
-                max_threads = self._check(driver.cuFuncGetAttribute(
-                    driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
-                    self.function))
-            if block > max_threads:
-                raise BincamError(f"block size {block} exceeds the {max_threads} threads per "
-                                  f"block the kernel allows on {self.arch}")
+                for name in KERNELS:
+                    self.functions[name] = self._check(
+                        driver.cuModuleGetFunction(self.module, name.encode()))
+                    max_threads = self._check(driver.cuFuncGetAttribute(
+                        driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
+                        self.functions[name]))
+                    if block > max_threads:
+                        raise BincamError(f"block size {block} exceeds the {max_threads} threads "
+                                          f"per block {name} allows on {self.arch}")
         except BaseException:
             self.close()
             raise
-        self._smem_limit = 48 * 1024  # dynamic shared memory allowed without opting in
+        self._smem_limit = {name: 48 * 1024 for name in KERNELS}  # allowed without opting in
 
     def _check(self, result):
         err, *values = result
@@ -199,42 +207,66 @@ class FusedEpilogue:
         finally:
             self._check(self.driver.cuCtxPopCurrent())
 
+    def _opt_in(self, name: str, smem: int) -> None:
+        if smem > self._smem_limit[name]:
+            attr = self.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            self._check(self.driver.cuFuncSetAttribute(self.functions[name], attr, smem))
+            self._smem_limit[name] = smem
+
+    def _workspace(self, stream: int, nbytes: int) -> int:
+        """This stream's workspace of at least ``nbytes``; a smaller one is retired (freed at
+        ``close``: launches prepared earlier may still use it)."""
+        ptr, size = self._workspaces.get(stream, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self._retired.append(ptr)
+            size = max(nbytes, 2 * size)
+            ptr = int(self._check(self.driver.cuMemAlloc(size)))
+            self._workspaces[stream] = (ptr, size)
+        return ptr
+
     def prepare(self, *, acts: int, grads: int, logits: int,
                 shape: tuple[int, int, int, int, int], size: tuple[int, int],
                 method: str = "gradcam", layout: str = "dense", mode: str = "predicted",
                 mask_positive: bool = True, masks: int = 0, raw: int = 0, maps_f32: int = 0,
-                maps_f16: int = 0, maps_u8: int = 0, energy: int = 0, stream: int = 0) -> Launch:
+                maps_f16: int = 0, maps_u8: int = 0, energy: int = 0, stream: int = 0,
+                half_inputs: bool = False) -> Launch:
         """The launch of ``launch``'s arguments, packed, checked and ready to enqueue."""
+        check_choices(method, layout, mode)
         b, k, c, h, w = shape
-        values = kernel_arguments(acts=acts, grads=grads, logits=logits, shape=shape, size=size,
-                                  method=method, layout=layout, mode=mode,
-                                  mask_positive=mask_positive, masks=masks, raw=raw,
-                                  maps_f32=maps_f32, maps_f16=maps_f16, maps_u8=maps_u8,
-                                  energy=energy)
-        smem = shared_bytes(c, h * w, self.block)
-        if smem > self.max_shared:
-            raise BincamError(f"{c} channels × {h}×{w} cells need {smem} bytes of shared memory; "
-                              f"this GPU allows {self.max_shared}")
-        if smem > self._smem_limit:
-            attr = self.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-            with self.current():
-                self._check(self.driver.cuFuncSetAttribute(self.function, attr, smem))
-            self._smem_limit = smem
-        return Launch(self, values, b * k, smem, stream)
+        geometry = launch_geometry(layout, shape, size, self.block, self.sms, self.max_shared)
+        partial_floats, energy_floats = geometry.workspace_floats(b * k, h * w)
+        with self.current():
+            base = self._workspace(int(stream), 4 * (partial_floats + energy_floats))
+            for name in KERNELS:
+                self._opt_in(name, geometry.smem_finish if name == "bincam_finish"
+                             else geometry.smem_partials)
+        arguments = kernel_arguments(
+            geometry, acts=acts, grads=grads, logits=logits, shape=shape, size=size,
+            method=method, layout=layout, mode=mode, mask_positive=mask_positive, partial=base,
+            tile_energy=base + 4 * partial_floats, half_inputs=half_inputs, masks=masks, raw=raw,
+            maps_f32=maps_f32, maps_f16=maps_f16, maps_u8=maps_u8, energy=energy)
+        return Launch(self, geometry, arguments, int(stream))
 
     def launch(self, **arguments) -> None:
-        """Enqueue the kernel on ``stream`` for float32 ``acts [B,C,h,w]``, ``grads``
-        (``[B,K,C,h,w]`` dense or ``[K,C]`` factored) and ``logits [B,K]``; ``masks`` is uint8
+        """Enqueue the kernels on ``stream`` for ``acts [B,C,h,w]``, ``grads`` (``[B,K,C,h,w]``
+        dense or ``[K,C]`` factored, float32) and ``logits [B,K]`` (float32); acts and dense
+        grads are float32, or binary16 with ``half_inputs``; ``masks`` is uint8
         ``[K,H,W]``; outputs ``raw [B,K,h,w]``, maps ``[B,K,H,W]`` (float32, binary16 bits,
         uint8) and ``energy [B,K,2]``. Arguments as for ``prepare``."""
         self.prepare(**arguments)()
 
     def close(self) -> None:
-        """Unload the module and release the primary context; idempotent."""
-        if self.module is not None:
-            with self.current():
-                self.driver.cuModuleUnload(self.module)
-            self.module = None
+        """Free the workspaces, unload the module, release the primary context; idempotent."""
         if self.context is not None:
+            with self.current():
+                if self._workspaces or self._retired:
+                    self.driver.cuCtxSynchronize()
+                for ptr in [p for p, _ in self._workspaces.values()] + self._retired:
+                    self.driver.cuMemFree(ptr)
+                self._workspaces.clear(), self._retired.clear()
+                if self.module is not None:
+                    self.driver.cuModuleUnload(self.module)
+                    self.module = None
             self.driver.cuDevicePrimaryCtxRelease(self.device)
             self.context = None

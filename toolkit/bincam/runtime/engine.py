@@ -59,7 +59,11 @@ class Engine:
         return names, [self.info.attributes.index(n) for n in names]
 
     def run(self, images, attributes: Attributes = None) -> dict[str, np.ndarray]:
-        """Logits, activations and gradients (dense or factored) of the selected attributes."""
+        """The engine's raw outputs for ``images`` (uint8 or float in [0, 1], ``[B, 3, S, S]``)
+        and the selected attributes (names or indices; default all, ``K`` of them): ``logits
+        [B, K_all]``, ``activations [B, C, h, w]`` and either ``gradients [B, K, C, h, w]``
+        (dense: ``∂z_k/∂A``) or ``channel_weights [K, C]`` (factored: an affine head's
+        ``W_eff/(h·w)``). An explaining file returns its own outputs instead."""
         _, indices = self._indices(attributes)
         return self._run(images, indices)
 
@@ -72,7 +76,11 @@ class Engine:
 
     def explain(self, images, method: str = "gradcam", mode: str = "predicted",
                 attributes: Attributes = None) -> Explanation:
-        """Binary CAMs of the selected attributes (default: all) from one run of the engine.
+        """Binary CAMs of the selected attributes (default: all, ``K`` of them) from one run of
+        the engine. ``images``: uint8 or float in [0, 1], ``[B, 3, S, S]`` at the model's input
+        size. Returns an ``Explanation`` (NumPy): ``logits [B, K]``, ``raw [B, K, h, w]``,
+        ``heatmaps(size) → [B, K, size, size]`` in [0, 1], ``proportional_energy() → [B, K]``.
+        ``mode``: ``predicted`` explains each attribute's predicted class (``sign(z)·∂z/∂A``).
         An explaining file's method and mode are fixed: asking for others is an error."""
         cam_method(method), check_mode(mode)
         names, indices = self._indices(attributes)

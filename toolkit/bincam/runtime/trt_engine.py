@@ -316,10 +316,20 @@ class TrtEngine(Engine):
         b, k = len(x), len(self.attributes)
         with self._on_device():
             outputs = self._checked(self._plan.enqueue(x), b)
-            inputs = ("logits", "activations", self.grad_output)
-            if any(outputs[n][2] != np.float32 for n in inputs):
-                raise BincamError("the fused kernel reads float32 outputs; this plan gives "
-                                  + ", ".join(f"{n} {outputs[n][2]}" for n in inputs))
+            # logits and channel weights float32; activations (and dense gradients) float32, or
+            # all float16 (an export with half outputs), read as binary16 without a cast pass
+            large = ("activations", "gradients") if self.grad_output == "gradients" \
+                else ("activations",)
+            kinds = {outputs[n][2] for n in large}
+            if outputs["logits"][2] != np.float32 or len(kinds) != 1 or \
+                    outputs[self.grad_output][2] not in (np.float16, np.float32) or \
+                    (self.grad_output == "channel_weights" and
+                     outputs["channel_weights"][2] != np.float32):
+                raise BincamError("the fused kernel reads float32 logits and channel weights and "
+                                  "float32 or float16 activations and gradients; this plan gives "
+                                  + ", ".join(f"{n} {outputs[n][2]}" for n in
+                                              ("logits", "activations", self.grad_output)))
+            half = kinds == {np.dtype(np.float16)}
             if self._kernel is None:
                 self._kernel = FusedEpilogue(device=self.device)
             (acts, (_, c, h, w), _), grads = outputs["activations"], outputs[self.grad_output][0]
@@ -336,7 +346,7 @@ class TrtEngine(Engine):
                                 layout=self.info.gradient_layout, mode=mode,
                                 mask_positive=self.info.mask_positive,
                                 masks=self._device_masks(size), energy=fetch["energy"][0],
-                                stream=int(self.stream), **pointers)
+                                stream=int(self.stream), half_inputs=half, **pointers)
             out = self._plan.download(fetch)
         inside, total = out.pop("energy").astype(np.float64).transpose(2, 0, 1)
         out["pe"] = np.where(total > 0, inside / np.where(total > 0, total, 1), 0.0)

@@ -1,8 +1,9 @@
 """Requests → one engine call → responses, for the Triton Python backend (and tests).
 
 Each request carries exactly one image input — ``images`` float32 ``[N,3,S,S]`` in [0, 1],
-``pixels`` uint8 ``[N,H,W,3]`` (RGB as clients have them; square or CelebA-aligned 178×218, brought
-into the model's frame by the card's rule, ``data.celeba.to_frame``) or ``encoded`` bytes ``[N]``
+``pixels`` uint8 ``[N,H,W,3]`` (RGB as clients have them, brought into the model's frame by the
+fit rule its card records, ``data.fit``: square or CelebA-aligned 178×218 for a face model, any
+size for ``stretch``/``crop``/``pad``) or ``encoded`` bytes ``[N]``
 (PNG/JPEG files) — and asks for any of ``logits``, ``probabilities``, ``energy`` and ``heatmaps``
 (uint8 ``⌊255·F + ½⌋``, at an explaining file's own map size). Only what is asked is computed:
 logits alone run the forward pass; energy or heatmaps run ``explain``. The valid requests of one
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bincam.core.checks import check_logits
 from bincam.errors import BincamError
 
 IMAGE_INPUTS = ("images", "pixels", "encoded")
@@ -36,11 +38,11 @@ class Request:
     requested: list[str]
 
 
-def _decode(data: np.ndarray, size: int) -> np.ndarray:
+def _decode(data: np.ndarray, size: int, fit: str = "celeba") -> np.ndarray:
     """Encoded image files ``[N]`` → uint8 ``[N, S, S, 3]`` in the model's frame."""
     from PIL import Image, UnidentifiedImageError
 
-    from bincam.data.celeba import to_frame
+    from bincam.data.fit import fit_image
 
     out = []
     for i, blob in enumerate(np.asarray(data, dtype=object).reshape(-1)):
@@ -53,7 +55,7 @@ def _decode(data: np.ndarray, size: int) -> np.ndarray:
                 if img.width * img.height > MAX_DECODED_PIXELS or max(img.size) > MAX_SIDE:
                     raise BincamError(f"encoded image {i} is {img.width}×{img.height}: sides up "
                                       f"to {MAX_SIDE} are taken")
-                out.append(np.asarray(to_frame(img.convert("RGB"), size)))
+                out.append(np.asarray(fit_image(img.convert("RGB"), size, fit)))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise BincamError(f"encoded image {i} declares too many pixels (a decompression "
                               "bomb?)") from None
@@ -63,10 +65,10 @@ def _decode(data: np.ndarray, size: int) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
 
-def _pixels(data: np.ndarray, size: int) -> np.ndarray:
+def _pixels(data: np.ndarray, size: int, fit: str = "celeba") -> np.ndarray:
     from PIL import Image
 
-    from bincam.data.celeba import to_frame
+    from bincam.data.fit import fit_image
 
     if data.dtype != np.uint8 or data.ndim != 4 or data.shape[-1] != 3:
         raise BincamError(f"pixels must be uint8 [N, H, W, 3], got {data.dtype} "
@@ -76,11 +78,12 @@ def _pixels(data: np.ndarray, size: int) -> np.ndarray:
                           "are taken")
     if data.shape[1:3] == (size, size):
         return data
-    return np.stack([np.asarray(to_frame(Image.fromarray(p), size)) for p in data])
+    return np.stack([np.asarray(fit_image(Image.fromarray(p), size, fit)) for p in data])
 
 
-def batch_of(request: Request, size: int) -> np.ndarray:
-    """The request's images as the engines take them, ``[N, 3, S, S]`` (uint8 or float32)."""
+def batch_of(request: Request, size: int, fit: str = "celeba") -> np.ndarray:
+    """The request's images as the engines take them, ``[N, 3, S, S]`` (uint8 or float32);
+    ``fit``: the model's fit rule (``data.fit``) for pixels and encoded files."""
     given = [n for n in IMAGE_INPUTS if n in request.inputs]
     if len(given) != 1:
         raise BincamError(f"give exactly one of the inputs {', '.join(IMAGE_INPUTS)}; got "
@@ -91,9 +94,9 @@ def batch_of(request: Request, size: int) -> np.ndarray:
                           f"{', '.join(OUTPUTS)}")
     name, data = given[0], request.inputs[given[0]]
     if name == "encoded":
-        x = _decode(data, size).transpose(0, 3, 1, 2)
+        x = _decode(data, size, fit).transpose(0, 3, 1, 2)
     elif name == "pixels":
-        x = _pixels(np.asarray(data), size).transpose(0, 3, 1, 2)
+        x = _pixels(np.asarray(data), size, fit).transpose(0, 3, 1, 2)
     else:
         x = np.asarray(data)
         if x.dtype != np.float32:
@@ -122,7 +125,7 @@ class Handler:
         batches: dict[bool, list[tuple[int, np.ndarray]]] = {False: [], True: []}
         for i, request in enumerate(requests):
             try:
-                x = batch_of(request, self.size)
+                x = batch_of(request, self.size, self.engine.info.input_fit)
             except BincamError as exc:
                 results[i] = exc
                 continue
@@ -171,6 +174,7 @@ class Handler:
                 results[i] = exc
             return
         out["logits"] = np.asarray(out["logits"], dtype=np.float32)
+        items, out = _drop_nonfinite(items, out, results)
         out["probabilities"] = (1.0 / (1.0 + np.exp(-out["logits"].astype(np.float64)))
                                 ).astype(np.float32)
         start = 0
@@ -179,3 +183,22 @@ class Handler:
             results[i] = {n: np.ascontiguousarray(out[n][start:start + len(batch)]).astype(
                 np.float32 if n != "heatmaps" else np.uint8) for n in wanted}
             start += len(batch)
+
+
+def _drop_nonfinite(items, out: dict, results: list):
+    """Requests whose logits are not all finite get an error (a NaN logit is no answer); the
+    other requests' rows are kept."""
+    keep, rows, start = [], [], 0
+    for i, batch in items:
+        span = range(start, start + len(batch))
+        start += len(batch)
+        try:
+            check_logits(out["logits"][span.start:span.stop],
+                         [f"image {j}" for j in range(len(batch))])
+        except BincamError as exc:
+            results[i] = exc
+            continue
+        keep.append((i, batch))
+        rows += span
+    index = np.asarray(rows, dtype=np.int64)
+    return keep, {name: value[index] for name, value in out.items()}

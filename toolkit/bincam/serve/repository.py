@@ -41,6 +41,8 @@ class ServeOptions:
         cam_method(self.method), check_mode(self.mode)
         if self.engine not in ("ort", "trt"):
             raise BincamError(f"--engine must be ort or trt, got {self.engine!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise BincamError(f"--device must be cpu or cuda, got {self.device!r}")
         for what, value, low, high in (("--max-batch", self.max_batch, 1, 4096),
                                        ("--instances", self.instances, 1, 64),
                                        ("--max-queue-delay-us", self.max_queue_delay_us, 0,

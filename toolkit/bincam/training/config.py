@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bincam.core.card_schema import MAX_IMAGE_SIZE
 from bincam.errors import BincamError
+from bincam.files import check_output
 from bincam.nets import ARCHITECTURES
 from bincam.training.weights import WEIGHTINGS
 
@@ -15,7 +18,7 @@ RESUMABLE_CHANGES = ("epochs", "resume", "threads", "decode_workers")
 
 @dataclass
 class TrainConfig:
-    data: str                      # "synth:DIR" or "celeba:DIR"
+    data: str                      # "synth:DIR", "celeba:DIR" or "csv:FILE"
     out: str
     arch: str = "small"
     width: int = 16                # small net only
@@ -37,10 +40,9 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> "TrainConfig":
-        from bincam.data.celeba import locate
-        from bincam.training.data import parse_data_spec
+        from bincam.data.spec import check_data_spec
 
-        locate(parse_data_spec(self.data)[1])
+        check_data_spec(self.data)
         if self.arch not in ARCHITECTURES:
             raise BincamError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.weighting not in WEIGHTINGS:
@@ -50,10 +52,20 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise BincamError(f"--{name.replace('_', '-')} must be positive, "
                                   f"got {getattr(self, name)}")
-        if self.image_size < 32:
-            raise BincamError(f"--image-size must be at least 32, got {self.image_size}")
-        if not self.lr > 0:
-            raise BincamError(f"--lr must be positive, got {self.lr}")
+        if not 32 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise BincamError(f"--image-size must be between 32 and {MAX_IMAGE_SIZE}, "
+                              f"got {self.image_size}")
+        if self.width > 1024:
+            raise BincamError(f"--width must be at most 1024, got {self.width}")
+        for name in ("max_train_images", "max_val_images", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BincamError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not 0 < self.lr < math.inf:
+            raise BincamError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise BincamError(f"--weight-decay must be a number ≥ 0, got {self.weight_decay}")
+        check_output(self.out, "--out", folder=True)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bincam.checkpoint import card_for, save_checkpoint
+from bincam.data.dataset import describe as describe_dataset, fit_of
 from bincam.data.listfiles import atomic_write_text
 from bincam.errors import BincamError
 from bincam.core.metrics import error_rates
@@ -119,7 +120,7 @@ def train(config: TrainConfig, reporter: TrainReporter | None = None) -> Path:
     training_info = {"config": config.to_dict(), "class_weights": {
         "positive": w_pos_np.tolist(), "negative": w_neg_np.tolist()},
         "world_size": world.size, "device": device.type, "train_images": len(train_ds),
-        "val_images": len(val_ds)}
+        "val_images": len(val_ds), "dataset": describe_dataset(train_ds)}
 
     for epoch in range(start_epoch, config.epochs):
         g = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
@@ -157,7 +158,7 @@ def train(config: TrainConfig, reporter: TrainReporter | None = None) -> Path:
             history.append(record)
             if val["loss"] < best_loss:
                 best_loss = val["loss"]
-                card = card_for(model, attributes, config.image_size,
+                card = card_for(model, attributes, config.image_size, input_fit=fit_of(train_ds),
                                 positive_counts=pos.tolist(), negative_counts=neg.tolist(),
                                 training={**training_info, "epoch": epoch, "history": history},
                                 validation={"epoch": epoch, "loss": val["loss"],

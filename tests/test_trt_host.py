@@ -1,0 +1,452 @@
+"""Host logic of the TensorRT plan builder and engine, run against TEST DOUBLES of the
+``tensorrt`` module and of ``cuda.bindings.runtime`` defined below (they record calls and
+answer from the ONNX file; nothing here is TensorRT or a GPU, and nothing here counts as
+"TensorRT ran"). What they check: the optimisation profile comes from the network's own
+input, the timing cache is per TensorRT version and GPU and its refusals are errors while a
+missing one is not, plans are cached and reused, every TensorRT return value is checked, host
+copies are page-locked, captured CUDA graphs are destroyed, and the engine's device is the one
+made current (and the caller's restored) for the plan and for the fused kernel."""
+
+import ctypes
+import enum
+import json
+import sys
+import types
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from bincam.errors import BincamError
+
+
+# ---------------------------------------------------------------- the tensorrt test double
+class _DataType(enum.Enum):
+    FLOAT, HALF, INT32 = range(3)
+
+
+ONNX_TO_DOUBLE = {TensorProto.FLOAT: _DataType.FLOAT, TensorProto.FLOAT16: _DataType.HALF,
+                  TensorProto.INT32: _DataType.INT32}
+
+
+def _io(model_bytes):
+    """[(name, is_input, dtype, shape with -1 for a symbolic axis)] of an ONNX file."""
+    graph = onnx.load_model_from_string(model_bytes).graph
+    out = []
+    for is_input, values in ((True, graph.input), (False, graph.output)):
+        for v in values:
+            dims = [d.dim_value if d.HasField("dim_value") else -1
+                    for d in v.type.tensor_type.shape.dim]
+            out.append((v.name, is_input, ONNX_TO_DOUBLE[v.type.tensor_type.elem_type], dims))
+    return out
+
+
+def tensorrt_double(**knobs):
+    """A stand-in ``tensorrt`` module; ``knobs``: set_timing_cache_ok, timing_cache_none,
+    parse_ok, input_ok, execute_ok, dtypes (name → _DataType)."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.99.0+test-double"
+    trt.log = {"builds": 0, "profiles": [], "timing_blobs": [], "executes": 0}
+    trt.knobs = {"set_timing_cache_ok": True, "timing_cache_none": False, "parse_ok": True,
+                 "input_ok": True, "execute_ok": True, "dtypes": {}, **knobs}
+    trt.DataType = _DataType
+    trt.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
+    trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("Flag", {"STRONGLY_TYPED": 0})
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            self.level = level
+
+    class Tensor:
+        def __init__(self, name, shape):
+            self.name, self.shape = name, tuple(shape)
+
+    class Network:
+        def __init__(self):
+            self.io = []
+
+        @property
+        def num_inputs(self):
+            return sum(1 for _, is_in, _, _ in self.io if is_in)
+
+        def get_input(self, i):
+            name, _, _, shape = [t for t in self.io if t[1]][i]
+            return Tensor(name, shape)
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.network, self.num_errors = network, 0
+
+        def parse(self, data):
+            if not trt.knobs["parse_ok"]:
+                self.num_errors = 1
+                return False
+            self.network.io = _io(data)
+            return True
+
+        def get_error(self, i):
+            return "node 3: unsupported (test double)"
+
+    class TimingCache:
+        def __init__(self, blob):
+            self.blob = bytes(blob)
+
+        def serialize(self):
+            return self.blob + b"+tactics"
+
+    class Config:
+        def __init__(self):
+            self.cache = None
+
+        def set_memory_pool_limit(self, pool, size):
+            pass
+
+        def add_optimization_profile(self, profile):
+            trt.log["profiles"].append(profile.shapes)
+            return 0
+
+        def create_timing_cache(self, blob):
+            trt.log["timing_blobs"].append(bytes(blob))
+            return TimingCache(blob)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+            return trt.knobs["set_timing_cache_ok"]
+
+        def get_timing_cache(self):
+            return None if trt.knobs["timing_cache_none"] else self.cache
+
+    class Profile:
+        def set_shape(self, name, *shapes):
+            self.shapes = (name, [tuple(s) for s in shapes])
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return Network()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            trt.log["builds"] += 1
+            return json.dumps([[n, i, d.name, s] for n, i, d, s in network.io]).encode()
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.batch, self.addresses = engine, None, {}
+
+        def set_input_shape(self, name, shape):
+            self.batch = shape[0]
+            return trt.knobs["input_ok"]
+
+        def get_tensor_shape(self, name):
+            return tuple(self.batch if d < 0 else d for d in self.engine.shapes[name])
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = ptr
+
+        def execute_async_v3(self, stream):
+            trt.log["executes"] += 1
+            return trt.knobs["execute_ok"]
+
+    class Engine:
+        def __init__(self, spec):
+            self.names = [n for n, *_ in spec]
+            self.inputs = {n for n, is_in, *_ in spec if is_in}
+            self.shapes = {n: s for n, _, _, s in spec}
+            self.types = {n: trt.knobs["dtypes"].get(n, _DataType[d]) for n, _, d, _ in spec}
+            self.num_io_tensors = len(spec)
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if name in self.inputs else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name):
+            return self.types[name]
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, plan):
+            return Engine(json.loads(bytes(plan)))
+
+    for cls in (Logger, OnnxParser, Builder, Runtime):
+        setattr(trt, cls.__name__, cls)
+    return trt
+
+
+# ------------------------------------------------------ the cuda.bindings.runtime test double
+def runtime_double(devices=2):
+    """A stand-in ``cuda.bindings.runtime``: device and host memory are real host buffers (so
+    copies move bytes), streams and graphs are counters, and every call is logged."""
+    rt = types.ModuleType("cuda.bindings.runtime")
+    rt.cudaError_t = enum.Enum("cudaError_t", {"cudaSuccess": 0, "cudaErrorInvalidValue": 1})
+    rt.cudaMemcpyKind = enum.Enum("cudaMemcpyKind", "cudaMemcpyHostToDevice cudaMemcpyDeviceToHost")
+    rt.cudaStreamCaptureMode = enum.Enum("cudaStreamCaptureMode",
+                                         "cudaStreamCaptureModeThreadLocal")
+    ok = rt.cudaError_t.cudaSuccess
+    rt.state = {"device": 0, "buffers": {}, "pinned": {}, "copies": [], "graphs": set(),
+                "execs": set(), "destroyed": [], "device_log": [], "next": 1}
+
+    def alloc(table, n):
+        buf = ctypes.create_string_buffer(max(int(n), 1))
+        table[ctypes.addressof(buf)] = buf
+        return ctypes.addressof(buf)
+
+    def new_id():
+        rt.state["next"] += 1
+        return rt.state["next"]
+
+    def set_device(d):
+        if not 0 <= d < devices:
+            return (rt.cudaError_t.cudaErrorInvalidValue,)
+        rt.state["device"] = d
+        rt.state["device_log"].append(d)
+        return (ok,)
+
+    def copy(dst, src, n, kind, stream=None):
+        rt.state["copies"].append((dst, src, n, kind, stream is not None))
+        ctypes.memmove(dst, src, n)
+        return (ok,)
+
+    def destroy(kind):
+        def fn(handle):
+            rt.state["destroyed"].append((kind, handle))
+            return (ok,)
+        return fn
+
+    props = types.SimpleNamespace(name=b"Test Double GPU", major=9, minor=0)
+    rt.__dict__.update(
+        cudaGetDevice=lambda: (ok, rt.state["device"]), cudaSetDevice=set_device,
+        cudaGetDeviceProperties=lambda d: (ok, props),
+        cudaMalloc=lambda n: (ok, alloc(rt.state["buffers"], n)),
+        cudaFree=lambda p: (ok, rt.state["buffers"].pop(p)) and (ok,),
+        cudaMallocHost=lambda n: (ok, alloc(rt.state["pinned"], n)),
+        cudaFreeHost=lambda p: (ok, rt.state["pinned"].pop(p)) and (ok,),
+        cudaMemcpyAsync=copy, cudaMemcpy=lambda d, s, n, k: copy(d, s, n, k),
+        cudaStreamCreate=lambda: (ok, new_id()), cudaStreamSynchronize=lambda s: (ok,),
+        cudaStreamDestroy=destroy("stream"),
+        cudaStreamBeginCapture=lambda s, mode: (ok,),
+        cudaStreamEndCapture=lambda s: (ok, rt.state["graphs"].add(g := new_id()) or g),
+        cudaGraphInstantiate=lambda g, flags: (ok, rt.state["execs"].add(e := new_id()) or e),
+        cudaGraphLaunch=lambda e, s: (ok,),
+        cudaGraphExecDestroy=destroy("exec"), cudaGraphDestroy=destroy("graph"))
+    return rt
+
+
+@pytest.fixture
+def doubles(monkeypatch):
+    """Install both doubles for one test (sys.modules restored afterwards)."""
+    def install(devices=2, **knobs):
+        trt, rt = tensorrt_double(**knobs), runtime_double(devices)
+        cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+        cuda.bindings, bindings.runtime = bindings, rt
+        for name, module in (("tensorrt", trt), ("cuda", cuda), ("cuda.bindings", bindings),
+                             ("cuda.bindings.runtime", rt)):
+            monkeypatch.setitem(sys.modules, name, module)
+        from bincam.runtime import trt_plan
+        trt_plan.logger.cache_clear()
+        return trt, rt
+    yield install
+    from bincam.runtime import trt_plan
+    trt_plan.logger.cache_clear()
+
+
+def _model(shape, outputs=(("y", [-1, 4]),)):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    ys = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs]
+    nodes = [helper.make_node("Identity", ["x"], [n]) for n, _ in outputs]
+    return helper.make_model(helper.make_graph(nodes, "g", [x], ys)).SerializeToString()
+
+
+GPU = {"gpu": "Test Double GPU", "compute_capability": "9.0"}
+
+
+# ----------------------------------------------------------------------------- plans
+def test_the_profile_is_the_network_inputs_own_shape(doubles, tmp_path):
+    """A grayscale, non-square input gets (1|8|32, 1, 50, 40): nothing is assumed to be
+    (n, 3, S, S); a dynamic non-batch axis is refused."""
+    from bincam.runtime.trt_plan import build_plan
+
+    trt, _ = doubles()
+    build_plan(_model(["N", 1, 50, 40]), (1, 8, 32))
+    assert trt.log["profiles"] == [("x", [(1, 1, 50, 40), (8, 1, 50, 40), (32, 1, 50, 40)])]
+    with pytest.raises(BincamError, match="only its batch axis may be dynamic"):
+        build_plan(_model(["N", 3, "H", 64]), (1, 8, 32))
+
+
+def test_timing_cache_refusals_and_absence(doubles, tmp_path):
+    from bincam.runtime.trt_plan import build_plan, cached_plan
+
+    doubles(set_timing_cache_ok=False)
+    with pytest.raises(BincamError, match="TensorRT refused the timing cache"):
+        build_plan(_model(["N", 3, 8, 8]), (1, 2, 4), tmp_path / "t.cache")
+    # a build whose timing cache comes back None still returns and stores the plan
+    trt, _ = doubles(timing_cache_none=True)
+    plan, key = cached_plan(_model(["N", 3, 8, 8]), "fp32", (1, 2, 4), tmp_path, 0)
+    assert plan and (tmp_path / "trt" / f"{key['key']}.plan").read_bytes() == plan
+    assert not list((tmp_path / "trt").glob("timing-*"))
+
+
+def test_timing_cache_per_version_and_gpu_is_read_and_written(doubles, tmp_path):
+    from bincam.runtime.trt_plan import cached_plan, timing_cache_path
+
+    trt, rt = doubles()
+    cached_plan(_model(["N", 3, 8, 8]), "fp32", (1, 2, 4), tmp_path, 0)
+    path = timing_cache_path(tmp_path / "trt", trt.__version__, GPU)
+    assert path.read_bytes() == b"+tactics" and trt.log["timing_blobs"] == [b""]
+    cached_plan(_model(["N", 3, 16, 16]), "fp32", (1, 2, 4), tmp_path, 0)  # another model
+    assert trt.log["timing_blobs"][-1] == b"+tactics"  # read back for the next build
+    assert trt.log["builds"] == 2
+    cached_plan(_model(["N", 3, 16, 16]), "fp32", (1, 2, 4), tmp_path, 0)  # from the cache
+    assert trt.log["builds"] == 2
+
+
+def test_parse_errors_are_reported(doubles):
+    from bincam.runtime.trt_plan import build_plan
+
+    doubles(parse_ok=False)
+    with pytest.raises(BincamError, match="cannot parse the ONNX model: node 3: unsupported"):
+        build_plan(_model(["N", 3, 8, 8]), (1, 2, 4))
+
+
+# ----------------------------------------------------------------------------- execution
+def _plan(trt_knobs, doubles, cuda_graphs=False):
+    from bincam.runtime.trt_plan import build_plan
+    from bincam.runtime.trt_engine import _Plan
+
+    trt, rt = doubles(**trt_knobs)
+    blob = build_plan(_model(["N", 3, 4, 4], [("y", [-1, 3, 4, 4]), ("z", [-1, 2])]), (1, 2, 8))
+    return _Plan(blob, 7, cuda_graphs), trt, rt
+
+
+@pytest.mark.parametrize("knob, message", [("input_ok", "refused input shape"),
+                                           ("execute_ok", "execution failed")])
+def test_tensorrt_return_values_are_checked(doubles, knob, message):
+    plan, _, _ = _plan({knob: False}, doubles)
+    with pytest.raises(BincamError, match=message):
+        plan.enqueue(np.zeros((2, 3, 4, 4), np.float32))
+
+
+def test_output_types_are_checked(doubles):
+    with pytest.raises(BincamError, match="tensor z of the plan is .*INT32"):
+        _plan({"dtypes": {"z": _DataType.INT32}}, doubles)
+
+
+def test_host_copies_are_page_locked_and_graphs_destroyed(doubles):
+    plan, trt, rt = _plan({}, doubles, cuda_graphs=True)
+    x = np.arange(2 * 48, dtype=np.float32).reshape(2, 3, 4, 4)
+    for batch in (x, x, x[:1]):
+        out = plan.enqueue(batch)
+        host = plan.download({"y": out["y"]})["y"]
+    assert host.shape == (1, 3, 4, 4)
+    pinned = [(p, len(b)) for p, b in rt.state["pinned"].items()]
+    for dst, src, n, kind, is_async in rt.state["copies"]:
+        host_ptr = src if kind == rt.cudaMemcpyKind.cudaMemcpyHostToDevice else dst
+        assert is_async and any(p <= host_ptr and host_ptr + n <= p + s for p, s in pinned)
+    assert len(rt.state["graphs"]) == 2  # batch 2 captured once, batch 1 once
+    plan.enqueue(np.zeros((8, 3, 4, 4), np.float32))  # larger buffers: old graphs dropped
+    destroyed = {kind for kind, _ in rt.state["destroyed"]}
+    assert {"exec", "graph"} <= destroyed
+    plan.close()
+    graphs = {h for kind, h in rt.state["destroyed"] if kind == "graph"}
+    assert graphs == rt.state["graphs"] and not rt.state["buffers"] and not rt.state["pinned"]
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory):
+    import torch
+
+    from bincam.attributes import ATTRIBUTES
+    from bincam.checkpoint import card_for
+    from bincam.export.model import export_checkpoint, save_onnx
+    from bincam.nets import build_net
+
+    torch.manual_seed(0)
+    model = build_net("small", width=8).eval()
+    model.card = card_for(model, list(ATTRIBUTES), 64)
+    return save_onnx(export_checkpoint(model), tmp_path_factory.mktemp("m") / "m.onnx")
+
+
+def test_engine_device_is_current_for_plan_and_fused_kernel(doubles, small_onnx, tmp_path,
+                                                            monkeypatch):
+    """An engine on cuda:1 called from a thread on device 0: its work runs with device 1
+    current, the caller's device 0 is restored after every call, and the fused kernel is built
+    for device 1 (it used to be built on device 0)."""
+    from bincam.gpu import launcher
+    from bincam.runtime.trt_engine import TrtEngine
+
+    _, rt = doubles(devices=2)
+    built, launched = [], []
+
+    class FusedDouble:  # records the device; the kernel itself is the emulator's business
+        def __init__(self, device=0, block=256):
+            built.append((device, rt.state["device"]))
+
+        def launch(self, **arguments):
+            assert rt.state["device"] == 1 and arguments["stream"]
+            launched.append(arguments["half_inputs"])
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(launcher, "FusedEpilogue", FusedDouble)
+    engine = TrtEngine(small_onnx, device="cuda:1", cache=tmp_path, max_batch=4, opt_batch=2)
+    assert rt.state["device"] == 0 and 1 in rt.state["device_log"]
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    out = engine.run(x)
+    assert out["logits"].shape == (2, 40) and rt.state["device"] == 0
+    engine.fused(x, maps="u8")
+    assert built == [(1, 1)] and launched == [False] and rt.state["device"] == 0
+    engine.close()
+    assert rt.state["device"] == 0 and not rt.state["buffers"]
+
+
+@pytest.mark.parametrize("activations, weights, ok", [(_DataType.HALF, _DataType.FLOAT, True),
+                                                      (_DataType.FLOAT, _DataType.HALF, False)])
+def test_fused_reads_half_activations_but_not_half_head_weights(doubles, small_onnx, tmp_path,
+                                                                monkeypatch, activations,
+                                                                weights, ok):
+    """float16 activations (an fp16 export with half outputs) go to the kernel as binary16;
+    float16 channel weights (part of the head, which stays float32) are refused."""
+    from bincam.gpu import launcher
+    from bincam.runtime.trt_engine import TrtEngine
+
+    doubles(dtypes={"activations": activations, "channel_weights": weights})
+    launched = []
+
+    class FusedDouble:
+        def __init__(self, device=0, block=256):
+            pass
+
+        def launch(self, **arguments):
+            launched.append(arguments["half_inputs"])
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(launcher, "FusedEpilogue", FusedDouble)
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    with TrtEngine(small_onnx, cache=tmp_path, max_batch=2, opt_batch=1) as engine:
+        if ok:
+            engine.fused(x, maps=None)
+            assert launched == [True]
+        else:
+            with pytest.raises(BincamError, match="float32 logits and channel weights"):
+                engine.fused(x, maps=None)
