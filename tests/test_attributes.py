@@ -1,4 +1,4 @@
-"""Attribute names, prevalences and mask geometry (areas as in domain.md's table)."""
+"""Attribute names, prevalences and mask geometry (areas as in the mask table of bincam.attributes)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from bincam.attributes import (ATTRIBUTE_REGION, ATTRIBUTES, MASK_REGIONS, TRAIN
                                attribute_masks, mask_array, resolve_attributes)
 from bincam.errors import BincamError
 
-AREAS = {  # rows × cols of domain.md's rectangles on the 224 frame
+AREAS = {  # rows × cols of the mask rectangles on the 224 frame
     "upper_head": 96 * 96, "hat": 96 * 160, "eyes": 64 * 96, "nose_cheeks": 64 * 96,
     "ears": 2 * 96 * 64, "mouth": 32 * 96, "goatee": 64 * 32, "double_chin": 32 * 96,
     "neck": 64 * 96, "face": 160 * 96, "global": 192 * 160, "hair": 192 * 160 - 160 * 96,

@@ -66,3 +66,20 @@ def test_modes_and_unknown_names():
     a, g = _case(True)
     with pytest.raises(BincamError, match="unknown method 'scorecam'; choose one of gradcam"):
         raw_maps("scorecam", a, g)
+
+
+def test_nan_and_zero_logits_agree_between_dense_and_factored_forms():
+    """A NaN logit gives a NaN map and a zero logit an empty one, in both forms of every method
+    (an empty map for a NaN logit would read as "no evidence")."""
+    from bincam.core.methods import METHODS, factored_gradients, raw_maps
+
+    rng = np.random.default_rng(5)
+    a, w = rng.normal(size=(1, 4, 3, 3)), rng.normal(size=(2, 4))
+    sign = np.array([[np.nan, 0.0]])
+    dense = sign[:, :, None, None, None] * np.broadcast_to(
+        w[None, :, :, None, None] / 9, (1, 2, 4, 3, 3))
+    for method in METHODS:
+        for maps in (raw_maps(method, a, factored_gradients(a, sign, w, False)),
+                     raw_maps(method, a, dense)):
+            assert np.isnan(maps[0, 0]).all(), method
+            assert np.nan_to_num(maps[0, 1], nan=1.0).max() == 0.0, method

@@ -2,7 +2,7 @@
 
 ``render_face(labels, rng)`` draws one aligned 224×224 face whose landmarks sit at the AFFACT mean
 positions (plus pose jitter), with every attribute shown as a visible cue inside its mask region
-(domain.md's table). Each drawn cue is recorded as geometric primitives in the 224 frame, so its
+(the mask table in bincam.attributes). Each drawn cue is recorded as geometric primitives in the 224 frame, so its
 exact pixel mask can be rebuilt later (``cue_mask``).
 
 Primitives: ``["ellipse", [x0, y0, x1, y1], width]``, ``["polygon", [x, y, …], 0]``,
