@@ -168,23 +168,22 @@ def run_cases(driver: Path, cases: list[Case], timeout: int = 600) -> list[dict[
     return results
 
 
-def to_half_bits(driver: Path, values: np.ndarray) -> np.ndarray:
-    """The kernel's float → binary16 conversion (``bincam_to_half``) of ``values``."""
+def _convert(driver: Path, flag: str, values: np.ndarray, dtype) -> np.ndarray:
+    """Run the driver's conversion mode ``flag`` on ``values`` (through files)."""
     with tempfile.TemporaryDirectory() as tmp:
-        np.ascontiguousarray(values, dtype=np.float32).tofile(f"{tmp}/in")
-        proc = subprocess.run([str(driver), "--half", f"{tmp}/in", f"{tmp}/out"],
+        np.ascontiguousarray(values).tofile(f"{tmp}/in")
+        proc = subprocess.run([str(driver), flag, f"{tmp}/in", f"{tmp}/out"],
                               capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise EmulationError(proc.stderr[-4000:])
-        return np.fromfile(f"{tmp}/out", dtype=np.uint16)
+        return np.fromfile(f"{tmp}/out", dtype=dtype)
+
+
+def to_half_bits(driver: Path, values: np.ndarray) -> np.ndarray:
+    """The kernel's float → binary16 conversion (``bincam_to_half``) of ``values``."""
+    return _convert(driver, "--half", np.asarray(values, dtype=np.float32), np.uint16)
 
 
 def from_half_bits(driver: Path, bits: np.ndarray) -> np.ndarray:
     """The kernel's binary16 → float conversion (``bincam_from_half``) of ``bits``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        np.ascontiguousarray(bits, dtype=np.uint16).tofile(f"{tmp}/in")
-        proc = subprocess.run([str(driver), "--from-half", f"{tmp}/in", f"{tmp}/out"],
-                              capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            raise EmulationError(proc.stderr[-4000:])
-        return np.fromfile(f"{tmp}/out", dtype=np.float32)
+    return _convert(driver, "--from-half", np.asarray(bits, dtype=np.uint16), np.float32)
