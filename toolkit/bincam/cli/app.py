@@ -68,6 +68,8 @@ def main() -> None:
     _register()
     try:
         code = app(standalone_mode=False)
+        if code == 130:  # Typer turns Ctrl-C inside a command into exit status 130
+            console.print("[yellow]interrupted[/]")
         if isinstance(code, int) and code:
             sys.exit(code)
     except typer.Abort:
