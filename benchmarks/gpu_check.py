@@ -20,12 +20,9 @@ from pathlib import Path
 import torch
 
 from bincam.core.methods import METHODS
-from bincam.gpu.check import copy_bandwidth, run_fused_case, time_case
+from bincam.gpu.check import LIMITS, copy_bandwidth, run_fused_case, time_case
 from bincam.gpu.launcher import FusedEpilogue
 from bincam.machine import machine_info, machine_line
-
-LIMITS = {"raw rel": 1e-5, "maps max abs": 1e-5, "PE max abs": 1e-5, "uint8 maps max diff": 1,
-          "fp16 maps max abs": 1e-3, "non-finite outputs": 0}
 
 
 def main() -> None:

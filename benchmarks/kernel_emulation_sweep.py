@@ -2,7 +2,10 @@
 (every method × layout × mode × mask choice on every shape of bincam.gpu.sweep, 270 cases) under
 AddressSanitizer + UBSan and under ThreadSanitizer against the float64 reference, and the
 mutation test for every __syncthreads() of the source (each removed in turn must fail the
-harness: a ThreadSanitizer report, a sanitizer abort or a wrong output). Writes JSON + Markdown.
+harness: a ThreadSanitizer report, a sanitizer abort or a wrong output), and the GPU check's own
+configuration (AFFACT @224: B=8, K=40, C=2048, 7×7; every method and layout, gpu.check's inputs
+and limits) on a plain -O2 build, so the limits a GPU run is held to are known to be met by
+the kernel's arithmetic. Writes JSON + Markdown.
 
     python benchmarks/kernel_emulation_sweep.py --out benchmarks/results
 """
@@ -15,7 +18,8 @@ import re
 import time
 from pathlib import Path
 
-from bincam.gpu.emulation import EmulationError, build_driver, run_cases
+from bincam.core.methods import METHODS
+from bincam.gpu.emulation import Case, EmulationError, build_driver, run_cases
 from bincam.gpu.launcher import kernel_source
 from bincam.gpu.sweep import LIMITS, compare, failures, sweep_cases
 from bincam.machine import machine_info, machine_line
@@ -59,6 +63,27 @@ def mutations(cases) -> list[dict]:
     return rows
 
 
+def gpu_configuration(seed: int = 0) -> list[dict]:
+    """gpu_check's cases at its own size on the emulator: errors against its LIMITS."""
+    from bincam.gpu.check import LIMITS as GPU_LIMITS
+    from bincam.gpu.check import case_inputs, reference_errors
+
+    driver, rows = build_driver(None), []
+    for layout in ("dense", "factored"):
+        for method in METHODS:
+            x = {n: v.numpy() for n, v in
+                 case_inputs(layout, method, seed, 8, 40, 2048, 7, 224, device="cpu").items()}
+            case = Case(x["acts"], x["grads"], x["logits"], (224, 224), method, layout,
+                        masks=x["masks"], block=256, seed=seed)
+            t0 = time.perf_counter()
+            (out,) = run_cases(driver, [case], timeout=1800)
+            errors = reference_errors(out, x, layout, method, 224)
+            rows.append({"layout": layout, "method": method, "seed": seed,
+                         "run_s": time.perf_counter() - t0,
+                         "ok": all(errors[n] <= lim for n, lim in GPU_LIMITS.items()), **errors})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -66,8 +91,9 @@ def main() -> None:
     cases = sweep_cases(full=True, seed=7)
     runs = [sweep("address", cases), sweep("thread", cases)]
     muts = mutations([c for c in sweep_cases(seed=3) if c.block in (32, 64, 128)][:12])
+    gpu = gpu_configuration()
     record = {"benchmark": "kernel_emulation_sweep", "machine": machine_info(), "limits": LIMITS,
-              "sweeps": runs, "mutations": muts}
+              "sweeps": runs, "mutations": muts, "gpu_check_configuration": gpu}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernel_emulation_sweep.json").write_text(json.dumps(record, indent=1))
     lines = ["# Fused epilogue kernels on the CPU emulator", "",
@@ -81,6 +107,14 @@ def main() -> None:
     lines += ["", "Mutation test (each `__syncthreads()` removed in turn, ThreadSanitizer build):",
               "", "| line | code | caught by |", "|---|---|---|"]
     lines += [f"| {m['line']} | `{m['code']}` | {m['caught']} |" for m in muts]
+    lines += ["", "The GPU check's configuration (B=8, K=40, C=2048, 7×7 → 224×224, its inputs with "
+              "torch's CPU generator, seed 0; plain -O2 build) against its limits (raw rel, maps "
+              "and PE max abs 1e-5; fp16 maps 1e-3; u8 1):", "",
+              "| layout | method | raw rel | maps max abs | PE max abs | fp16 max abs | u8 max diff "
+              "| ok |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {g['layout']} | {g['method']} | {g['raw rel']:.1e} | {g['maps max abs']:.1e} | "
+              f"{g['PE max abs']:.1e} | {g['fp16 maps max abs']:.1e} | "
+              f"{g['uint8 maps max diff']} | {'yes' if g['ok'] else 'NO'} |" for g in gpu]
     text = "\n".join(lines) + "\n"
     (args.out / "kernel_emulation_sweep.md").write_text(text)
     print(text)

@@ -15,7 +15,6 @@ audited on the test split of the confound-free task (tags gone), to show what th
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path

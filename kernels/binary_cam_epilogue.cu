@@ -32,7 +32,8 @@
 //     cells, so it is extreme at the first or last sample of a run), then rows of tile t of F.
 //  3. bincam_energy            grid ⌈B·K/block⌉: Σ of the T tiles' energies (fixed order).
 // Activations and dense gradients may be float32 or binary16 (an fp16 engine's own outputs,
-// read without a cast pass); channel weights, logits and sums are float32, channel sums double.
+// read without a cast pass); channel weights, logits and sums are float32; channel sums and
+// Grad-CAM++'s α denominator are double.
 // Deterministic (no atomics). Any block size from 1 to 512 is correct (partial warps use exact
 // masks). Dynamic shared memory: gpu/geometry.py (partials_shared_bytes, finish_shared_bytes).
 // No headers: compiles with NVRTC as is; the lines that differ on the host emulator
@@ -40,7 +41,7 @@
 
 #define BINCAM_EPS 1e-7f
 #define BINCAM_XGRAD_EPS 1e-7
-#define BINCAM_PLUSPLUS_EPS 1e-6f
+#define BINCAM_PLUSPLUS_EPS 1e-6
 #define BINCAM_MAX_THREADS 512  // __launch_bounds__: ≤ 128 registers, ptxas picks ~40
 
 enum { BINCAM_GRADCAM = 0, BINCAM_HIRESCAM = 1, BINCAM_ELEMENTWISE = 2, BINCAM_XGRADCAM = 3,
@@ -157,6 +158,15 @@ __device__ __forceinline__ void bincam_split(int C, int splits, int split, int* 
     *c_hi = min(C, *c_lo + per);
 }
 
+// Grad-CAM++'s α = g² / (2g² + Σ_hw A · g³ + 1e-6) for g ≠ 0, its denominator in double: where
+// Σ_hw A · g nears −2 it cancels down to the 1e-6, and in float32 (Σ_hw A rounded to 24 bits) it
+// would be off by up to 1e-3 relative in the channel that then dominates the map. The quotient
+// is float32 (relative error 1e-7; a double division would spill registers on sm_90).
+__device__ __forceinline__ float bincam_plusplus_alpha(float g, double sum_a) {
+    const double gv = g, g2 = gv * gv;
+    return (float)g2 / (float)(2.0 * g2 + sum_a * g2 * gv + BINCAM_PLUSPLUS_EPS);
+}
+
 // Channel weight of a weighted method from a shared row: g (signed), a; sums in double.
 __device__ float bincam_channel_weight(int method, const float* g, const float* a, int hw) {
     double sum_g = 0.0, sum_ga = 0.0, sum_a = 0.0;
@@ -167,12 +177,9 @@ __device__ float bincam_channel_weight(int method, const float* g, const float* 
     }
     if (method == BINCAM_GRADCAM) return (float)(sum_g / hw);
     if (method == BINCAM_XGRADCAM) return (float)(sum_ga / (sum_a + BINCAM_XGRAD_EPS));
-    const float sa = (float)sum_a;  // Grad-CAM++
-    double w = 0.0;
-    for (int p = 0; p < hw; ++p) {
-        const float gv = g[p], g2 = gv * gv;
-        if (gv != 0.f) w += bincam_relu(gv) * (g2 / (2.f * g2 + sa * g2 * gv + BINCAM_PLUSPLUS_EPS));
-    }
+    double w = 0.0;  // Grad-CAM++
+    for (int p = 0; p < hw; ++p)
+        if (g[p] != 0.f) w += bincam_relu(g[p]) * bincam_plusplus_alpha(g[p], sum_a);
     return (float)w;
 }
 
@@ -299,9 +306,7 @@ extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_partials
                 const double num = mask_positive ? pos_a[c] : sum_a[c];
                 v = w * (float)(num / (sum_a[c] + BINCAM_XGRAD_EPS));
             } else if (method == BINCAM_GRADCAMPP) {
-                const float w2 = w * w, sa = (float)sum_a[c];
-                const float al = w != 0.f ? w2 / (2.f * w2 + sa * w2 * w + BINCAM_PLUSPLUS_EPS)
-                                          : 0.f;
+                const float al = w != 0.f ? bincam_plusplus_alpha(w, sum_a[c]) : 0.f;
                 v = bincam_relu(w) * al * (float)cnt;
             } else if (method == BINCAM_HIRESCAM) {
                 v = w;

@@ -338,6 +338,8 @@ def _more_cases(root, good, faces, notimage, bomb, taken, out, onnx_files) -> li
     for args, expect in [
         (["--gradients", "nope"], "--gradients must be one of"),
         (["--precision", "nope"], "--precision"),
+        (["--half-outputs"], "--half-outputs needs --precision fp16"),
+        (["--half-outputs", "--precision", "fp16", "--explain"], "--half-outputs needs"),
         (["--layer", "nope"], "nope"),
         (["--method", "hirescam"], "--explain"),
         (["--explain", "--map-size", "0"], "--map-size"),
@@ -360,6 +362,8 @@ def _more_cases(root, good, faces, notimage, bomb, taken, out, onnx_files) -> li
         "garbage.onnx")
     add("export --onnx bad tensor", ["export", "--onnx", onnx_files["plain"], "--activation",
                                      "nope", "--logits", "y", "--out", root / "m.onnx"], "nope")
+    add("info garbage onnx", ["info", onnx_files["garbage"]], "is not a loadable ONNX model")
+    add("info plain onnx", ["info", onnx_files["plain"]], "has no bincam metadata")
 
     _data_cases(root, good, out, taken, add)
     return cases

@@ -83,3 +83,23 @@ def test_nan_and_zero_logits_agree_between_dense_and_factored_forms():
                      raw_maps(method, a, dense)):
             assert np.isnan(maps[0, 0]).all(), method
             assert np.nan_to_num(maps[0, 1], nan=1.0).max() == 0.0, method
+
+
+def test_a_nan_activation_marks_the_same_pixels_in_both_forms_whatever_the_sign():
+    """A NaN activation is NaN in the dense form even under a zero logit (``0·NaN``); the
+    factored form (and the CUDA kernel) must mark the same pixels, not an empty map."""
+    from bincam.core.methods import METHODS, factored_gradients, raw_maps
+
+    rng = np.random.default_rng(11)
+    a, w = rng.normal(size=(1, 4, 3, 3)), rng.normal(size=(4, 4)) / 9
+    a[0, 1, 2, 0] = np.nan
+    sign = np.array([[0.0, 1.0, -1.0, np.nan]])
+    for mask_positive in (False, True):
+        fac = factored_gradients(a, sign, w, mask_positive)
+        dense = fac.dense((3, 3))
+        for method in METHODS:
+            got, want = raw_maps(method, a, fac), raw_maps(method, a, dense)
+            assert (np.isnan(got) == np.isnan(want)).all(), (method, mask_positive)
+            assert np.isnan(got[0, 0]).any(), (method, mask_positive)
+            ok = ~np.isnan(want)
+            np.testing.assert_allclose(got[ok], want[ok], atol=1e-12, err_msg=method)

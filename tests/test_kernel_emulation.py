@@ -55,6 +55,59 @@ def test_sweep_under_thread_sanitizer(tsan):
     _check_all(tsan, cases)
 
 
+def test_gradcam_plus_plus_survives_a_near_singular_denominator(asan):
+    """Grad-CAM++'s ``α = g²/(2g² + Σ_hw A·g³ + 1e-6)`` is ill-conditioned where ``Σ_hw A·g``
+    nears −2: here ``g = 0.5`` and ``Σ_hw A = −4 + 1e-8``, which float32 rounds to −4, so a
+    float32 denominator is 1e-6 where the exact one is 1.00125e-6 (α off by 1.2e-3, and this
+    channel dominates the map). Signed random activations at C = 2048 meet such channels, so the
+    kernel must evaluate α in double, as the float64 reference does."""
+    acts = np.zeros((1, 2, 3, 3), dtype=np.float32)
+    acts[0, 0, 0, 0], acts[0, 0, 1, 1] = -4.0, 1e-8
+    acts[0, 1] = np.linspace(0.1, 0.9, 9, dtype=np.float32).reshape(3, 3)
+    logits = np.ones((1, 1), dtype=np.float32)
+    dense = np.full((1, 1, 2, 3, 3), 0.5, dtype=np.float32)
+    cases = [Case(acts, dense, logits, (6, 6), "gradcam++", "dense", block=32),
+             Case(acts, np.full((1, 2), 0.5, dtype=np.float32), logits, (6, 6), "gradcam++",
+                  "factored", mask_positive=False, block=32)]
+    for case in cases:
+        case.outputs = ("raw", "maps", "maps_f16", "maps_u8")
+    for case, out in zip(cases, run_cases(asan, cases)):
+        errors = {n: v for n, v in compare_maps(case, out).items() if v > 1e-5}
+        assert not errors, (case.layout, errors)
+
+
+def test_gpu_checks_own_inputs_and_limits_on_the_emulator(asan):
+    """``benchmarks/gpu_check.py``'s comparison (``gpu.check.reference_errors`` and ``LIMITS``)
+    on its own inputs (signed activations, the first K attributes' masks; torch's CPU generator),
+    smaller: a correct kernel meets every limit, so the GPU check cannot fail one."""
+    from bincam.core.methods import METHODS
+    from bincam.gpu.check import LIMITS, case_inputs, reference_errors
+
+    cases, inputs = [], []
+    for layout in ("dense", "factored"):
+        for seed, method in enumerate(METHODS):
+            x = {n: v.numpy() for n, v in
+                 case_inputs(layout, method, seed, 2, 4, 160, 7, 40, device="cpu").items()}
+            inputs.append(x)
+            cases.append(Case(x["acts"], x["grads"], x["logits"], (40, 40), method, layout,
+                              masks=x["masks"], block=64, seed=seed))
+    for case, x, out in zip(cases, inputs, run_cases(asan, cases)):
+        errors = reference_errors(out, x, case.layout, case.method, 40)
+        over = {n: v for n, v in errors.items() if v > LIMITS[n]}
+        assert not over and set(errors) == set(LIMITS), (case.layout, case.method, over)
+
+
+def compare_maps(case, out):
+    """``compare`` without the energies (these cases have no masks)."""
+    from bincam.gpu.reference import fused_epilogue_reference
+
+    ref = fused_epilogue_reference(case.acts, case.grads, case.logits, case.size, case.method,
+                                   case.layout, case.mode, case.mask_positive)
+    scale = np.abs(ref["raw"]).max()
+    return {"raw max abs / max": float(np.abs(out["raw"] - ref["raw"]).max() / scale),
+            "maps max abs": float(np.abs(out["maps"] - ref["maps"]).max())}
+
+
 def test_outputs_are_optional_and_poisoned_buffers_are_written(asan):
     """Only the maps that are asked for are written; every requested element is (NaN-poisoned
     buffers would show otherwise); without energies no tile energy is read."""
@@ -118,10 +171,13 @@ def _without(source, marker):
 
 
 @pytest.mark.parametrize("marker", ["// the next tile overwrites gt and at",
-                                    "// the list and its count are complete"])
+                                    "// the list and its count are complete",
+                                    "// earlier readers of scratch are done"])
 def test_a_removed_syncthreads_is_caught(tsan, marker):
     """The harness fails a kernel with one __syncthreads() less: ThreadSanitizer reports the
-    race (here the one after the dense tile loop, and the one inside the run-end compaction)."""
+    race (here the one after the dense tile loop, the one inside the run-end compaction, and
+    the one between two block reductions: only threads of other warps race there, which
+    std::barrier's shared wait pool hid from ThreadSanitizer before the emulator had its own)."""
     cases = _mutated_cases()
     _check_all(tsan, cases)  # the intact kernel passes these cases
     mutant = build_driver("thread", _without(kernel_source(), marker))

@@ -4,6 +4,7 @@ against the float32 torch engine when ONNX Runtime runs them on this CPU."""
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 
@@ -76,6 +77,8 @@ def test_fp16_half_outputs(model, layout):
     assert not any(n.op_type == "Cast" and n.output[0] in ("activations", "gradients")
                    for n in graph.graph.node)
     engine = OrtEngine(graph.SerializeToString())
+    out = engine.run(to_batch(synthetic_faces(2, 112, seed=5)))
+    assert {v.dtype for v in out.values()} == {np.dtype(np.float32)}  # widened, as TensorRT's
     fid = precision_fidelity(engine, model, synthetic_faces(24, 112, seed=4))
     assert fid["PE max abs"] <= REDUCED_PRECISION_LIMITS["PE max abs"]
     assert fid["prediction flip rate"] <= REDUCED_PRECISION_LIMITS["prediction flip rate"]
@@ -104,3 +107,28 @@ def test_export_command_fp16(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "ModelOpt AutoCast" in bad.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_command_half_outputs_runs_cam_on_onnx_runtime(tmp_path):
+    """``bincam export --precision fp16 --half-outputs``: float16 activations, float32 logits and
+    channel weights in the file, and ``bincam cam`` on it (ONNX Runtime) gives the maps of the
+    float32 torch model within the fp16 limits."""
+    from bincam.data.synth import synthesize
+
+    out, faces = tmp_path / "h16.onnx", tmp_path / "faces"
+    synthesize(faces, 4, seed=9)
+    images = faces / "celeba" / "img_align_celeba"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "bincam", *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True, timeout=600)
+    proc = run("export", MODEL, "--out", out, "--precision", "fp16", "--half-outputs")
+    assert proc.returncode == 0 and "FAILED" not in proc.stdout + proc.stderr, proc.stderr
+    graph = onnx.load(str(out))
+    types = {o.name: o.type.tensor_type.elem_type for o in graph.graph.output}
+    assert types == {"logits": onnx.TensorProto.FLOAT, "activations": onnx.TensorProto.FLOAT16,
+                     "channel_weights": onnx.TensorProto.FLOAT}
+    for engine_file, folder in ((out, "ort"), (MODEL, "torch")):
+        proc = run("cam", engine_file, images, "--out", tmp_path / folder, "--attributes", "0,1,2")
+        assert proc.returncode == 0, proc.stderr
+    half, single = (np.load(tmp_path / f / "cams.npz") for f in ("ort", "torch"))
+    pe = np.abs(half["proportional_energy"] - single["proportional_energy"]).max()
+    assert pe <= REDUCED_PRECISION_LIMITS["PE max abs"], pe

@@ -70,3 +70,12 @@ def test_runtime_profile_names_the_full_profile(runtime, exported):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
     assert line.startswith("error: this needs torch") and "pip install 'bincam[full]'" in line
     assert not (exported / "again.onnx").exists()
+
+
+def test_runtime_profile_describes_an_exported_file(runtime, exported):
+    """``bincam info MODEL.onnx`` needs no torch: what the file is, its input and its outputs."""
+    proc = _runtime("info", exported / "small.onnx")
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert "gradient file: factored gradients of the layer4.pre_relu tensor" in text
+    assert "logits float32 [batch, 40]" in text and "channel_weights float32 [40, 128]" in text

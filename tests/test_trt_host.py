@@ -3,9 +3,10 @@
 answer from the ONNX file; nothing here is TensorRT or a GPU, and nothing here counts as
 "TensorRT ran"). What they check: the optimisation profile comes from the network's own
 input, the timing cache is per TensorRT version and GPU and its refusals are errors while a
-missing one is not, plans are cached and reused, every TensorRT return value is checked, host
-copies are page-locked, captured CUDA graphs are destroyed, and the engine's device is the one
-made current (and the caller's restored) for the plan and for the fused kernel."""
+missing one is not, plans are cached and reused, every TensorRT return value is checked, I/O
+tensors must be row major and fully shaped, host copies are page-locked, captured CUDA graphs are
+destroyed (a failed capture's too), and the engine's device is the one made current (and the
+caller's restored) for the plan and for the fused kernel."""
 
 import ctypes
 import enum
@@ -44,13 +45,17 @@ def _io(model_bytes):
 
 def tensorrt_double(**knobs):
     """A stand-in ``tensorrt`` module; ``knobs``: set_timing_cache_ok, timing_cache_none,
-    parse_ok, input_ok, execute_ok, dtypes (name → _DataType)."""
+    parse_ok, input_ok, execute_ok, fail_execute_at (the n-th execution fails), address_ok,
+    dtypes (name → _DataType), formats (name → TensorFormat name), unresolved (output names
+    whose shape stays -1)."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = "10.99.0+test-double"
     trt.log = {"builds": 0, "profiles": [], "timing_blobs": [], "executes": 0}
     trt.knobs = {"set_timing_cache_ok": True, "timing_cache_none": False, "parse_ok": True,
-                 "input_ok": True, "execute_ok": True, "dtypes": {}, **knobs}
+                 "input_ok": True, "execute_ok": True, "fail_execute_at": None,
+                 "address_ok": True, "dtypes": {}, "formats": {}, "unresolved": (), **knobs}
     trt.DataType = _DataType
+    trt.TensorFormat = enum.Enum("TensorFormat", "LINEAR CHW2 HWC8")
     trt.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
     trt.NetworkDefinitionCreationFlag = enum.IntEnum("Flag", {"STRONGLY_TYPED": 0})
@@ -150,13 +155,18 @@ def tensorrt_double(**knobs):
             return trt.knobs["input_ok"]
 
         def get_tensor_shape(self, name):
+            if name in trt.knobs["unresolved"]:
+                return tuple(self.engine.shapes[name])
             return tuple(self.batch if d < 0 else d for d in self.engine.shapes[name])
 
         def set_tensor_address(self, name, ptr):
             self.addresses[name] = ptr
+            return trt.knobs["address_ok"]
 
         def execute_async_v3(self, stream):
             trt.log["executes"] += 1
+            if trt.log["executes"] == trt.knobs["fail_execute_at"]:
+                return False
             return trt.knobs["execute_ok"]
 
     class Engine:
@@ -175,6 +185,9 @@ def tensorrt_double(**knobs):
 
         def get_tensor_dtype(self, name):
             return self.types[name]
+
+        def get_tensor_format(self, name):
+            return trt.TensorFormat[trt.knobs["formats"].get(name, "LINEAR")]
 
         def create_execution_context(self):
             return Context(self)
@@ -310,12 +323,40 @@ def test_timing_cache_per_version_and_gpu_is_read_and_written(doubles, tmp_path)
     trt, rt = doubles()
     cached_plan(_model(["N", 3, 8, 8]), "fp32", (1, 2, 4), tmp_path, 0)
     path = timing_cache_path(tmp_path / "trt", trt.__version__, GPU)
+    assert path.name == "timing-10.99.0_test_double_Test_Double_GPU_sm9.0.cache"
     assert path.read_bytes() == b"+tactics" and trt.log["timing_blobs"] == [b""]
     cached_plan(_model(["N", 3, 16, 16]), "fp32", (1, 2, 4), tmp_path, 0)  # another model
     assert trt.log["timing_blobs"][-1] == b"+tactics"  # read back for the next build
     assert trt.log["builds"] == 2
     cached_plan(_model(["N", 3, 16, 16]), "fp32", (1, 2, 4), tmp_path, 0)  # from the cache
     assert trt.log["builds"] == 2
+    # another GPU model, then another TensorRT version: each starts a timing cache of its own
+    other = types.SimpleNamespace(name=b"Other GPU", major=8, minor=0)
+    rt.cudaGetDeviceProperties = lambda d: (rt.cudaError_t.cudaSuccess, other)
+    cached_plan(_model(["N", 3, 8, 8]), "fp32", (1, 2, 4), tmp_path, 0)
+    assert trt.log["timing_blobs"][-1] == b""
+    trt.__version__ = "10.99.1"
+    cached_plan(_model(["N", 3, 8, 8]), "fp32", (1, 2, 4), tmp_path, 0)
+    assert trt.log["timing_blobs"][-1] == b"" and trt.log["builds"] == 4
+    assert len(list((tmp_path / "trt").glob("timing-*.cache"))) == 3
+
+
+def test_a_timing_cache_that_cannot_be_saved_keeps_the_plan(doubles, tmp_path, monkeypatch):
+    import bincam.runtime.trt_plan as trt_plan
+
+    doubles()
+    saved = trt_plan.write_atomic
+
+    def write(path, data):
+        if path.name.startswith("timing-"):
+            raise OSError(28, "No space left on device")
+        saved(path, data)
+
+    monkeypatch.setattr(trt_plan, "write_atomic", write)
+    with pytest.warns(UserWarning, match="timing cache .* was not saved .*No space left"):
+        plan, key = trt_plan.cached_plan(_model(["N", 3, 8, 8]), "fp32", (1, 2, 4), tmp_path, 0)
+    assert (tmp_path / "trt" / f"{key['key']}.plan").read_bytes() == plan
+    assert not list((tmp_path / "trt").glob("timing-*"))
 
 
 def test_parse_errors_are_reported(doubles):
@@ -336,17 +377,32 @@ def _plan(trt_knobs, doubles, cuda_graphs=False):
     return _Plan(blob, 7, cuda_graphs), trt, rt
 
 
-@pytest.mark.parametrize("knob, message", [("input_ok", "refused input shape"),
-                                           ("execute_ok", "execution failed")])
-def test_tensorrt_return_values_are_checked(doubles, knob, message):
-    plan, _, _ = _plan({knob: False}, doubles)
+@pytest.mark.parametrize("knobs, message", [
+    ({"input_ok": False}, "refused input shape"),
+    ({"execute_ok": False}, "execution failed"),
+    ({"address_ok": False}, "refused the device address of tensor x"),
+    ({"unresolved": ("z",)}, r"left output z with shape \[-1, 2\]")])
+def test_tensorrt_return_values_are_checked(doubles, knobs, message):
+    plan, _, _ = _plan(knobs, doubles)
     with pytest.raises(BincamError, match=message):
         plan.enqueue(np.zeros((2, 3, 4, 4), np.float32))
 
 
-def test_output_types_are_checked(doubles):
+def test_output_types_and_formats_are_checked(doubles):
     with pytest.raises(BincamError, match="tensor z of the plan is .*INT32"):
         _plan({"dtypes": {"z": _DataType.INT32}}, doubles)
+    with pytest.raises(BincamError, match="tensor y of the plan has format .*CHW2.*LINEAR"):
+        _plan({"formats": {"y": "CHW2"}}, doubles)
+
+
+def test_a_failed_capture_frees_its_graph_and_keeps_the_error(doubles):
+    """The second execution (the one inside the CUDA graph capture) fails: TensorRT's error is
+    what the caller sees, and the graph the ended capture returns is destroyed."""
+    plan, trt, rt = _plan({"fail_execute_at": 2}, doubles, cuda_graphs=True)
+    with pytest.raises(BincamError, match="execution failed"):
+        plan.enqueue(np.zeros((2, 3, 4, 4), np.float32))
+    graphs = {h for kind, h in rt.state["destroyed"] if kind == "graph"}
+    assert rt.state["graphs"] and graphs == rt.state["graphs"] and not rt.state["execs"]
 
 
 def test_host_copies_are_page_locked_and_graphs_destroyed(doubles):
@@ -414,6 +470,12 @@ def test_engine_device_is_current_for_plan_and_fused_kernel(doubles, small_onnx,
     assert out["logits"].shape == (2, 40) and rt.state["device"] == 0
     engine.fused(x, maps="u8")
     assert built == [(1, 1)] and launched == [False] and rt.state["device"] == 0
+    pinned = [(p, len(b)) for p, b in rt.state["pinned"].items()]
+    masks = 40 * 64 * 64  # the masks' upload too: async, from page-locked memory
+    assert any(n == masks for *_, n, _, _ in rt.state["copies"])
+    for dst, src, n, kind, is_async in rt.state["copies"]:
+        host_ptr = src if kind == rt.cudaMemcpyKind.cudaMemcpyHostToDevice else dst
+        assert is_async and any(p <= host_ptr and host_ptr + n <= p + s for p, s in pinned)
     engine.close()
     assert rt.state["device"] == 0 and not rt.state["buffers"]
 

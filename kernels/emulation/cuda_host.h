@@ -1,8 +1,11 @@
 // Host emulation of the CUDA subset the kernels in kernels/*.cu use, to run them on the CPU from
 // the same source under AddressSanitizer, UBSan and ThreadSanitizer (gpu/emulation.py drives it).
 //
-// Model: every CUDA thread of a block is a std::thread; __syncthreads is a std::barrier of the
-// block; warp intrinsics exchange values through per-warp slots between two per-warp barriers.
+// Model: every CUDA thread of a block is a std::thread; __syncthreads is a barrier of the block;
+// warp intrinsics exchange values through per-warp slots between two per-warp barriers. The
+// barrier is our own (atomics + a raw futex), not std::barrier: libstdc++'s waits go through a
+// process-wide pool of atomic counters, which ThreadSanitizer reads as synchronisation between
+// unrelated barriers (a warp's lanes and another warp's), hiding real races between warps.
 // Blocks of a launch run one after another in a shuffled order, with the same threads; dynamic
 // shared memory is an exact-size heap buffer filled with 0xff bytes (NaN floats) before every
 // block, so reads of unwritten or out-of-range shared memory show. Stricter than the hardware:
@@ -13,7 +16,8 @@
 #pragma once
 
 #include <algorithm>
-#include <barrier>
+#include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -22,6 +26,12 @@
 #include <memory>
 #include <thread>
 #include <vector>
+
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #define __global__
 #define __device__
@@ -46,15 +56,58 @@ namespace bincam_emu {
     std::abort();
 }
 
+// A reusable barrier of n threads whose only synchronisation is its own two atomics: arrivals
+// are acq_rel RMWs on `arrived` (a release sequence), the last arrival runs `done` and then
+// publishes the next generation with a release store that the waiters acquire. The futex is a
+// raw system call, which ThreadSanitizer does not treat as synchronisation.
+class Barrier {
+public:
+    explicit Barrier(int n, void (*done)(void*) = nullptr, void* arg = nullptr)
+        : n_(n), done_(done), arg_(arg) {}
+
+    void arrive_and_wait() {
+        const int gen = generation_.load(std::memory_order_acquire);
+        if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+            arrived_.store(0, std::memory_order_relaxed);
+            if (done_) done_(arg_);
+            generation_.store(gen + 1, std::memory_order_release);
+            wake();
+            return;
+        }
+        while (generation_.load(std::memory_order_acquire) == gen) sleep(gen);
+    }
+
+private:
+    void sleep(int gen) {
+#ifdef __linux__
+        syscall(SYS_futex, reinterpret_cast<int*>(&generation_), FUTEX_WAIT_PRIVATE, gen,
+                nullptr, nullptr, 0);
+#else
+        std::this_thread::yield();
+#endif
+    }
+    void wake() {
+#ifdef __linux__
+        syscall(SYS_futex, reinterpret_cast<int*>(&generation_), FUTEX_WAKE_PRIVATE, INT_MAX,
+                nullptr, nullptr, 0);
+#endif
+    }
+    static_assert(sizeof(std::atomic<int>) == sizeof(int), "the futex word is the atomic");
+    const int n_;
+    void (*done_)(void*);
+    void* arg_;
+    std::atomic<int> arrived_{0}, generation_{0};
+};
+
 struct Warp {
     explicit Warp(int n) : lanes(n), sync(n) {}
     int lanes;
-    std::barrier<> sync;
+    Barrier sync;
     uint64_t slots[32];
 };
 
 struct Block {
-    std::unique_ptr<std::barrier<>> sync;
+    std::unique_ptr<Barrier> sync;
     std::vector<std::unique_ptr<Warp>> warps;
     unsigned char* shared = nullptr;
     size_t shared_bytes = 0;
@@ -100,7 +153,7 @@ template <class Body>
 void launch(bincam_dim3 grid, int threads, size_t shared_bytes, unsigned seed, Body body) {
     if (threads < 1 || threads > 1024) fail("block size outside 1..1024");
     Block block;
-    block.sync = std::make_unique<std::barrier<>>(threads);
+    block.sync = std::make_unique<Barrier>(threads);
     for (int w = 0; w * 32 < threads; ++w)
         block.warps.push_back(std::make_unique<Warp>(std::min(32, threads - 32 * w)));
     block.shared_bytes = shared_bytes;
@@ -116,8 +169,10 @@ void launch(bincam_dim3 grid, int threads, size_t shared_bytes, unsigned seed, B
     blockDim = {(unsigned)threads, 1, 1};
     gridDim = grid;
     current = &block;
-    auto repoison = [&block]() noexcept { std::memset(block.shared, 0xff, block.shared_bytes); };
-    std::barrier between(threads, repoison);
+    auto repoison = [](void* b) {
+        std::memset(static_cast<Block*>(b)->shared, 0xff, static_cast<Block*>(b)->shared_bytes);
+    };
+    Barrier between(threads, repoison, &block);
     std::vector<std::thread> pool;
     for (int t = 0; t < threads; ++t)
         pool.emplace_back([&, t] {

@@ -11,7 +11,8 @@ from rich.markup import escape
 from bincam import __version__
 from bincam.errors import BincamError
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, messages and errors
+results = Console()  # what a command was asked to show (info): stdout, so it can be piped
 FULL_PROFILE = ("torch", "torchvision", "safetensors", "onnxscript")  # pip install 'bincam[full]'
 
 

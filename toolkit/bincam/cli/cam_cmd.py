@@ -57,17 +57,23 @@ def _write_pictures(out: Path, stem: str, shown: np.ndarray, maps: np.ndarray, n
     """One overlay per attribute (with ``label``: the attribute and its prediction written on
     it) and the image's grid figure (``title``: model, method, mode above it)."""
     from bincam.core.overlay import grid_figure, labelled, overlay, png_bytes
-    from bincam.files import write_atomic
 
     pictures, titles = [], []
     for k, attr in enumerate(names):
         picture = overlay(shown, maps[k])
         predicted = f"{'pos' if probs[k] >= 0.5 else 'neg'} p={probs[k]:.2f}"
-        write_atomic(out / "overlays" / stem / f"{attr}.png", png_bytes(
+        _write(out / "overlays" / stem / f"{attr}.png", png_bytes(
             labelled(picture, f"{attr}: {predicted}") if label else picture))
         pictures.append(picture)
         titles.append(f"{attr}\n{predicted}")
-    write_atomic(out / "grids" / f"{stem}.png", grid_figure(shown, pictures, titles, title=title))
+    _write(out / "grids" / f"{stem}.png", grid_figure(shown, pictures, titles, title=title))
+
+
+def _write(path: Path, data: bytes) -> None:
+    """A plain write: ``path`` lies in the temporary folder that becomes ``--out`` whole, so the
+    folder's rename is what makes the output appear at once (no per-file temporaries)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def unique_stems(paths: list[Path]) -> dict[Path, str]:
@@ -116,7 +122,7 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
     from bincam.attributes import resolve_attributes
     from bincam.core.methods import cam_method
     from bincam.core.modes import check_mode
-    from bincam.files import atomic_folder, check_output, check_replaceable, write_atomic
+    from bincam.files import atomic_folder, check_output, check_replaceable
     from bincam.runtime import open_engine
 
     if on_error not in ("skip", "fail"):
@@ -146,9 +152,8 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
             buf = io.BytesIO()
             np.savez_compressed(buf, files=np.array([str(p) for p in readable]),
                                 attributes=np.array(names), **arrays, method=method, mode=mode)
-            write_atomic(tmp / "cams.npz", buf.getvalue())
-            write_atomic(tmp / MANIFEST, json.dumps(summary | {"images": records},
-                                                    indent=2).encode())
+            _write(tmp / "cams.npz", buf.getvalue())
+            _write(tmp / MANIFEST, json.dumps(summary | {"images": records}, indent=2).encode())
     console.print(f"explained {len(records)} image(s) × {len(names)} attribute(s) → {out}")
 
 

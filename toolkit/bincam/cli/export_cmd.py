@@ -26,6 +26,10 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
            precision: str = typer.Option("fp32", help="fp32, or fp16: a mixed-precision graph "
                                          "(Gemm/MatMul kept in float32) for strongly typed "
                                          "TensorRT; checked with ONNX Runtime here."),
+           half_outputs: bool = typer.Option(False, help="With --precision fp16: activations "
+                                             "and dense gradients stay float16 outputs (no "
+                                             "cast back to float32: half the bytes an engine "
+                                             "writes and the fused CUDA epilogue reads)."),
            checks: bool = typer.Option(True, help="Run checker, shape inference, TensorRT lint, "
                                        "self-checks, parity and input-dependence checks."),
            list_activations: bool = typer.Option(False, help="With --onnx: list candidate CAM "
@@ -65,6 +69,9 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
 
     if precision not in PRECISIONS and precision != "bf16":
         raise BincamError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if half_outputs and (precision != "fp16" or explain):
+        raise BincamError("--half-outputs needs --precision fp16 and a gradient file (not "
+                          "--explain, whose outputs are already the maps)")
 
     torch_model = None
     if not list_activations:
@@ -115,7 +122,7 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
 
         torch_model = load_checkpoint(checkpoint)
         model = export_checkpoint(torch_model, layer, gradients)
-    model = reduce_precision(model, precision)
+    model = reduce_precision(model, precision, half_outputs=half_outputs)
     if checks:
         _report_checks(run_checks(model, torch_model))
     save_onnx(model, out)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from bincam.cli.app import app, console
+from bincam.cli.app import app, console, results
 
 
 @app.command("convert-affact")
@@ -26,8 +26,19 @@ def convert_affact(weights: Path = typer.Argument(..., help="The authors' pickle
 
 
 @app.command("info")
-def info(checkpoint: Path = typer.Argument(..., help="A checkpoint folder.")) -> None:
-    """Show a checkpoint's model card (its weights are loaded and checked too)."""
+def info(checkpoint: Path = typer.Argument(..., help="A checkpoint folder, or an exported "
+                                          "ONNX file.")) -> None:
+    """Show a checkpoint's model card (its weights are loaded and checked too), or what an
+    exported ONNX file predicts, explains, takes and outputs (no torch needed)."""
+    if checkpoint.is_file() and checkpoint.suffix.lower() == ".onnx":
+        from rich.markup import escape
+
+        from bincam.core.model_info import onnx_summary
+
+        table = Table(show_header=False, box=None)
+        for field, value in onnx_summary(checkpoint):
+            table.add_row(field, escape(value))
+        return results.print(table)
     from bincam.checkpoint import load_checkpoint
 
     model = load_checkpoint(checkpoint)
@@ -44,4 +55,4 @@ def info(checkpoint: Path = typer.Argument(..., help="A checkpoint folder.")) ->
         means = card.validation.get("means", {})
         table.add_row("validation", f"epoch {card.validation.get('epoch', -1) + 1}: " + ", ".join(
             f"{k} {v:.3f}" for k, v in means.items()))
-    console.print(table)
+    results.print(table)

@@ -77,11 +77,12 @@ def _neg(x):
 
 
 def _signed(s: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """``pos`` where ``s > 0``, ``neg`` where ``s < 0``, 0 where ``s = 0``, NaN where ``s`` is
-    NaN (a NaN logit: as the dense form gives) — per map."""
+    """``pos`` where ``s > 0``, ``neg`` where ``s < 0``, ``0·pos`` where ``s = 0`` (0, but NaN
+    where a NaN or infinite activation reached the pixel: ``0·NaN`` in the dense form too), NaN
+    where ``s`` is NaN (a NaN logit, as the dense form gives) — per map."""
     xp = array_namespace(pos)
     s = s[:, :, None, None]
-    return xp.where(s > 0, pos, xp.where(s < 0, neg, xp.zeros_like(pos) + 0 * s))
+    return xp.where(s > 0, pos, xp.where(s < 0, neg, 0 * pos + 0 * s))
 
 
 METHODS: dict[str, type[CamMethod]] = {}

@@ -161,9 +161,9 @@ class ModelInfo:
                 except ValueError:
                     raise BincamError(f"{source} has broken bincam metadata (bincam.{key} is not "
                                       f"JSON); re-export it with bincam export") from None
-        for key, field in METADATA_TEXT_KEYS.items():
+        for key, name in METADATA_TEXT_KEYS.items():
             if f"bincam.{key}" in props:
-                decoded[field] = props[f"bincam.{key}"]
+                decoded[name] = props[f"bincam.{key}"]
         counts = decoded.pop("class_counts", None) or {}
         if not isinstance(counts, dict):
             raise BincamError(f"{source} has broken bincam metadata (bincam.class_counts is not "
@@ -236,3 +236,35 @@ def read_model_info(path: str | Path) -> ModelInfo:
         return ModelInfo.from_card(read_card(path))
     proto, _, source = load_onnx(path)
     return onnx_info(proto, source)
+
+
+def onnx_summary(path: str | Path) -> list[tuple[str, str]]:
+    """``(field, value)`` rows that describe an exported file (``bincam info MODEL.onnx``):
+    what it is, what it predicts and explains, its input and its outputs with their types."""
+    import onnx
+
+    proto, _, source = load_onnx(path)
+    info = onnx_info(proto, source)
+
+    def shape(value) -> str:
+        dims = value.type.tensor_type.shape.dim
+        return ", ".join(d.dim_param or str(d.dim_value) if d.HasField("dim_value") or d.dim_param
+                         else "?" for d in dims)
+
+    def typed(value) -> str:
+        elem = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        return f"{value.name} {elem.name} [{shape(value)}]"
+
+    if info.explain:
+        kind = (f"explaining file: {info.explain.get('method')} maps, "
+                f"{info.explain.get('mode')} mode, computed in the graph")
+    else:
+        kind = f"gradient file: {info.gradient_layout} gradients of the {info.target_layer} tensor"
+    names = info.attributes
+    return [("file", kind),
+            ("attributes", f"{len(names)}: {', '.join(names[:6])}{'…' if len(names) > 6 else ''}"),
+            ("input", f"{info.input_name}, {info.image_size}px RGB, mean {list(info.mean)}, "
+                      f"std {list(info.std)}, fit {info.input_fit}"),
+            ("precision", info.precision),
+            ("outputs", "; ".join(typed(o) for o in proto.graph.output)),
+            ("made by", f"bincam {info.version or '?'}")]

@@ -1,6 +1,6 @@
 """The fused epilogue's CUDA kernels executed on the CPU, from the same source: a C++ compiler
 builds ``kernels/emulation/driver.cpp`` (which includes the ``.cu`` file through
-``kernels/emulation/cuda_host.h``: a std::thread per CUDA thread, ``std::barrier`` for
+``kernels/emulation/cuda_host.h``: a std::thread per CUDA thread, a barrier of the block for
 ``__syncthreads``, per-warp barriers for shuffles and ballots) with AddressSanitizer + UBSan
 (``"address"``), ThreadSanitizer (``"thread"``) or plain ``-O2`` (``None``), then runs cases with
 exactly the geometry ``gpu.geometry`` gives a GPU. Builds are cached by the hash of the sources,

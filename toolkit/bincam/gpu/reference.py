@@ -56,7 +56,9 @@ def fused_epilogue_reference(acts, grads, logits, size: tuple[int, int], method:
     u = np.maximum(top * (1 - fy)[:, None] + bottom * fy[:, None], 0)
     ulo, uhi = u.min(axis=(2, 3), keepdims=True), u.max(axis=(2, 3), keepdims=True)
     f = (u - ulo) / ((uhi - ulo) + EPS)
-    out = {"raw": raw, "maps": f, "maps_u8": np.rint(f * 255).astype(np.uint8)}
+    with np.errstate(invalid="ignore"):  # a NaN map's bytes are unspecified, as the kernel's
+        u8 = np.rint(f * 255).astype(np.uint8)
+    out = {"raw": raw, "maps": f, "maps_u8": u8}
     if masks is not None:
         m = np.asarray(masks, dtype=bool)[None]
         inside, total = (f * m).sum(axis=(2, 3)), f.sum(axis=(2, 3))

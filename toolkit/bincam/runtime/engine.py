@@ -9,7 +9,8 @@
 Images are ``[B, 3, S, S]``, uint8 or float in [0, 1]. ``run`` returns NumPy arrays for the
 selected attributes (default: all): ``logits [B,K]``, ``activations [B,C,h,w]`` and either
 ``gradients [B,K,C,h,w]`` (dense ``∂z/∂A``) or ``channel_weights [K,C]`` (an affine head:
-``∂z_k/∂A = W[k,c]·1[A > 0]`` where ``info.mask_positive``). An explaining file
+``∂z_k/∂A = W[k,c]·1[A > 0]`` where ``info.mask_positive``), all float32 (an fp16 file's float16
+outputs, ``export --half-outputs``, come widened). An explaining file
 (``info.explain`` set) returns its own outputs instead: ``logits``, ``heatmaps``, ``energy``,
 ``raw_maps`` as far as it has them, and ``explain`` wraps them. Optional abilities are asked for with
 ``supports(name)``; today: ``"fused_epilogue"`` (``fused(images, method, mode, size, maps)``:

@@ -92,6 +92,8 @@ class OrtEngine(Engine):
             values = binding.copy_outputs_to_cpu()
         else:
             values = self.session.run(names, {self.info.input_name: x})
+        if not self.info.explain:  # a --half-outputs file's float16 tensors, widened (contract)
+            values = [v.astype(np.float32) if v.dtype == np.float16 else v for v in values]
         return select(dict(zip(names, values)), indices, len(self.info.attributes))
 
     def run_forward(self, images) -> np.ndarray:

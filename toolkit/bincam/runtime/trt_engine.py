@@ -3,17 +3,18 @@ ONNX file (built and cached by ``trt_plan``) run through cuda-python, with devic
 the fused epilogue kernel (``gpu.launcher``) reads in place.
 
 - Run: ``set_input_shape``, ``set_tensor_address`` for every I/O tensor, ``execute_async_v3`` on
-  the engine's stream (both checked); optional CUDA-graph capture and replay per batch size.
-  Host copies go through page-locked staging buffers, kept per tensor and reused.
-- Outputs are checked, not assumed: float32 or float16 each, and ``logits [B,K]``,
-  ``activations [B,C,h,w]``, ``gradients [B,K,C,h,w]`` or ``channel_weights [K,C]`` as the
-  file's ``ModelInfo`` implies.
+  the engine's stream (all three checked); optional CUDA-graph capture and replay per batch
+  size. Host copies go through page-locked staging buffers, kept per tensor and reused.
+- Outputs are checked, not assumed: float32 or float16 each, row major (LINEAR), fully shaped,
+  and ``logits [B,K]``, ``activations [B,C,h,w]``, ``gradients [B,K,C,h,w]`` or
+  ``channel_weights [K,C]`` as the file's ``ModelInfo`` implies.
 - ``run_forward``: a second plan, of the file's logits-only subgraph (``onnx.utils.Extractor``),
   built on first use. ``fused``: the fused kernel on the engine's stream after the engine.
 - Every call makes the engine's device current and restores the caller's afterwards.
 
 API used (TensorRT 10/11 Python): Runtime.deserialize_cuda_engine, ICudaEngine.num_io_tensors /
-get_tensor_name / get_tensor_mode / get_tensor_dtype / create_execution_context,
+get_tensor_name / get_tensor_mode / get_tensor_dtype / get_tensor_format /
+create_execution_context,
 IExecutionContext.set_input_shape / get_tensor_shape / set_tensor_address / execute_async_v3;
 ``cuda.bindings.runtime``: cudaGetDevice / cudaSetDevice, cudaStreamCreate / Synchronize /
 Destroy, cudaMalloc / cudaFree, cudaMallocHost / cudaFreeHost, cudaMemcpy(Async),
@@ -80,6 +81,15 @@ class _Plan:
                                   f"{self.engine.get_tensor_dtype(name)}; bincam models take "
                                   "float32 images and give float32 or float16 outputs")
             self.dtypes[name] = dtype
+            tensor_format = self.engine.get_tensor_format(name)
+            if tensor_format != trt.TensorFormat.LINEAR:  # bincam reads and writes row major
+                raise BincamError(f"tensor {name} of the plan has format {tensor_format}; bincam "
+                                  "reads row-major (LINEAR) tensors only: rebuild the plan "
+                                  "without allowed_formats")
+
+    def _address(self, name: str, ptr: int) -> None:
+        if not self.context.set_tensor_address(name, ptr):
+            raise BincamError(f"TensorRT refused the device address of tensor {name}")
 
     def buffer(self, name: str, nbytes: int) -> int:
         """A device buffer of at least ``nbytes``, reused (grown when too small) per ``name``."""
@@ -116,11 +126,14 @@ class _Plan:
         ptr = self.buffer(self.input_name, x.nbytes)
         _cuda_check(rt.cudaMemcpyAsync(ptr, staged.ctypes.data, x.nbytes,
                                        rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
-        self.context.set_tensor_address(self.input_name, ptr)
+        self._address(self.input_name, ptr)
         for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise BincamError(f"TensorRT left output {name} with shape {list(shape)} for "
+                                  f"input shape {list(x.shape)}; export the model again")
             out = self.buffer(name, int(np.prod(shape)) * self.dtypes[name].itemsize)
-            self.context.set_tensor_address(name, out)
+            self._address(name, out)
             self.outputs[name] = (out, shape, self.dtypes[name])
         if self.cuda_graphs:
             self._replay(len(x))
@@ -140,8 +153,12 @@ class _Plan:
                 self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
             try:
                 self._execute()
-            finally:
-                graph = _cuda_check(rt.cudaStreamEndCapture(self.stream))
+            except BaseException:  # end the capture, free what it made, keep this error
+                ended = rt.cudaStreamEndCapture(self.stream)
+                if ended[0] == rt.cudaError_t.cudaSuccess and ended[1]:
+                    rt.cudaGraphDestroy(ended[1])
+                raise
+            graph = _cuda_check(rt.cudaStreamEndCapture(self.stream))
             try:
                 self.graphs[batch] = (graph, _cuda_check(rt.cudaGraphInstantiate(graph, 0)))
             except BincamError:
@@ -290,15 +307,19 @@ class TrtEngine(Engine):
                                                                                copy=False)
 
     def _device_masks(self, size: int) -> int:
-        """The attributes' masks ``uint8 [K,S,S]`` on the device, uploaded once per size."""
+        """The attributes' masks ``uint8 [K,S,S]`` on the device, uploaded once per size (on
+        the engine's stream, from a page-locked copy kept with the others, so no sync)."""
         from bincam.attributes import attribute_masks
 
         name = f"masks{size}"
         if name not in self._plan.device_buffers:
-            mask = np.ascontiguousarray(attribute_masks(self.attributes, size), dtype=np.uint8)
-            ptr = self._plan.buffer(name, mask.nbytes)
-            _cuda_check(self.rt.cudaMemcpy(ptr, mask.ctypes.data, mask.nbytes,
-                                           self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice))
+            mask = attribute_masks(self.attributes, size)
+            staged = self._plan.staging(name, mask.shape, np.uint8)
+            staged[...] = mask
+            ptr = self._plan.buffer(name, staged.nbytes)
+            _cuda_check(self.rt.cudaMemcpyAsync(ptr, staged.ctypes.data, staged.nbytes,
+                                                self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                                self.stream))
         return self._plan.device_buffers[name][0]
 
     def fused(self, images, method: str = "gradcam", mode: str = "predicted",

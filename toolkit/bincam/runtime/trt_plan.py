@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -108,7 +109,8 @@ def _input_profile(network, profile: tuple[int, int, int]) -> tuple[str, list[tu
 def build_plan(onnx_bytes: bytes, profile: tuple[int, int, int],
                timing_cache: Path | None = None, workspace_bytes: int = 4 << 30) -> bytes:
     """A serialized engine for batch sizes ``profile = (min, opt, max)`` on the current device;
-    ``timing_cache`` is read if present and written back after the build."""
+    ``timing_cache`` is read if present and written back after the build (a failed write
+    is a warning: the plan is kept)."""
     trt = _trt()
     builder = trt.Builder(logger())
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -134,7 +136,11 @@ def build_plan(onnx_bytes: bytes, profile: tuple[int, int, int],
         raise BincamError("TensorRT could not build an engine from this model (see its log)")
     updated = config.get_timing_cache() if timing_cache else None
     if updated is not None:  # None: nothing to keep; the plan itself is fine
-        write_atomic(timing_cache, bytes(updated.serialize()))
+        try:  # the timings only speed up later builds: losing them must not lose the plan
+            write_atomic(timing_cache, bytes(updated.serialize()))
+        except OSError as e:
+            warnings.warn(f"the TensorRT timing cache {timing_cache} was not saved ({e}); the "
+                          "next build on this GPU times its tactics again", stacklevel=2)
     return bytes(plan)
 
 
