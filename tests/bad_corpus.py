@@ -364,6 +364,7 @@ def _more_cases(root, good, faces, notimage, bomb, taken, out, onnx_files) -> li
                                      "nope", "--logits", "y", "--out", root / "m.onnx"], "nope")
     add("info garbage onnx", ["info", onnx_files["garbage"]], "is not a loadable ONNX model")
     add("info plain onnx", ["info", onnx_files["plain"]], "has no bincam metadata")
+    add("info missing onnx", ["info", root / "missing.onnx"], "ONNX model")
 
     _data_cases(root, good, out, taken, add)
     return cases

@@ -30,7 +30,7 @@ def info(checkpoint: Path = typer.Argument(..., help="A checkpoint folder, or an
                                           "ONNX file.")) -> None:
     """Show a checkpoint's model card (its weights are loaded and checked too), or what an
     exported ONNX file predicts, explains, takes and outputs (no torch needed)."""
-    if checkpoint.is_file() and checkpoint.suffix.lower() == ".onnx":
+    if checkpoint.suffix.lower() == ".onnx" and not checkpoint.is_dir():
         from rich.markup import escape
 
         from bincam.core.model_info import onnx_summary
