@@ -32,8 +32,8 @@
 //     cells, so it is extreme at the first or last sample of a run), then rows of tile t of F.
 //  3. bincam_energy            grid ⌈B·K/block⌉: Σ of the T tiles' energies (fixed order).
 // Activations and dense gradients may be float32 or binary16 (an fp16 engine's own outputs,
-// read without a cast pass); channel weights, logits and sums are float32; channel sums and
-// Grad-CAM++'s α denominator are double.
+// read without a cast pass); channel weights, logits and the arithmetic are float32, except
+// channel sums and Grad-CAM++'s α denominator: double.
 // Deterministic (no atomics). Any block size from 1 to 512 is correct (partial warps use exact
 // masks). Dynamic shared memory: gpu/geometry.py (partials_shared_bytes, finish_shared_bytes).
 // No headers: compiles with NVRTC as is; the lines that differ on the host emulator
@@ -161,7 +161,7 @@ __device__ __forceinline__ void bincam_split(int C, int splits, int split, int* 
 // Grad-CAM++'s α = g² / (2g² + Σ_hw A · g³ + 1e-6) for g ≠ 0, its denominator in double: where
 // Σ_hw A · g nears −2 it cancels down to the 1e-6, and in float32 (Σ_hw A rounded to 24 bits) it
 // would be off by up to 1e-3 relative in the channel that then dominates the map. The quotient
-// is float32 (relative error 1e-7; a double division would spill registers on sm_90).
+// is float32 (1e-7 relative; a double division spilled on sm_90): valid for |g³·Σ_hw A| < 3e38.
 __device__ __forceinline__ float bincam_plusplus_alpha(float g, double sum_a) {
     const double gv = g, g2 = gv * gv;
     return (float)g2 / (float)(2.0 * g2 + sum_a * g2 * gv + BINCAM_PLUSPLUS_EPS);

@@ -337,3 +337,42 @@ def test_a_foreign_output_already_named_logits_is_renamed(tmp_path):
         with torch.no_grad():
             want = net.fc(net.features(torch.from_numpy(x)).mean((2, 3))).numpy()
         assert np.abs(logits - want).max() < 1e-5
+
+
+@pytest.mark.parametrize("mask_positive", [False, True])
+def test_graph_ops_equal_the_core_on_nan_zero_and_signed_inputs(mask_positive):
+    """The graph's methods (``explain_ops.MethodGraph``, dense and factored) on ONNX Runtime
+    against the core's ``raw_maps`` on the same tensors, with a NaN activation and logits that
+    are 0, positive, negative and NaN: the same NaN pixels, the same values elsewhere."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bincam.core.methods import factored_gradients, raw_maps
+    from bincam.export.explain_ops import MethodGraph, OnnxBuilder
+
+    rng = np.random.default_rng(21)
+    a = rng.normal(size=(2, 5, 3, 4))
+    a[0, 2, 1, 1] = np.nan
+    sign = np.array([[0.0, 1.0, -1.0, np.nan], [1.0, 0.0, -1.0, 1.0]])
+    w = rng.normal(size=(4, 5)) / 4
+    fac = factored_gradients(a, sign, w, mask_positive)
+    unsigned = factored_gradients(a, np.ones_like(sign), w, mask_positive).dense((3, 4))
+    typed = lambda n, shape: helper.make_tensor_value_info(n, TensorProto.DOUBLE, shape)  # noqa: E731
+    for layout in ("factored", "dense"):
+        for method in METHODS:
+            model = helper.make_model(helper.make_graph(
+                [], "ops", [typed("a", [2, 5, 3, 4]), typed("s", [2, 4]),
+                            typed("g", [2, 4, 5, 3, 4])], [],
+                [numpy_helper.from_array(w, "w")]), opset_imports=[helper.make_opsetid("", 18)])
+            ops = MethodGraph(OnnxBuilder(model), "a", "s", 4, (5, 3, 4), dtype=np.float64)
+            maps = (ops.factored(method, "w", mask_positive) if layout == "factored"
+                    else ops.dense(method, "g"))
+            ops.b.output("maps", maps, TensorProto.DOUBLE, None)
+            session = ort.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+            (got,) = session.run(["maps"], {"a": a, "s": sign, "g": unsigned})
+            want = raw_maps(method, a, fac if layout == "factored" else fac.dense((3, 4)))
+            assert (np.isnan(got) == np.isnan(want)).all(), (layout, method)
+            ok = ~np.isnan(want)
+            np.testing.assert_allclose(got[ok], want[ok], rtol=1e-9, atol=1e-12,
+                                       err_msg=f"{layout} {method}")

@@ -122,6 +122,7 @@ def test_export_command_half_outputs_runs_cam_on_onnx_runtime(tmp_path):
                                     capture_output=True, text=True, timeout=600)
     proc = run("export", MODEL, "--out", out, "--precision", "fp16", "--half-outputs")
     assert proc.returncode == 0 and "FAILED" not in proc.stdout + proc.stderr, proc.stderr
+    assert "float16 outputs: activations" in proc.stderr
     graph = onnx.load(str(out))
     types = {o.name: o.type.tensor_type.elem_type for o in graph.graph.output}
     assert types == {"logits": onnx.TensorProto.FLOAT, "activations": onnx.TensorProto.FLOAT16,

@@ -75,7 +75,15 @@ def test_runtime_profile_names_the_full_profile(runtime, exported):
 def test_runtime_profile_describes_an_exported_file(runtime, exported):
     """``bincam info MODEL.onnx`` needs no torch: what the file is, its input and its outputs."""
     proc = _runtime("info", exported / "small.onnx")
-    text = " ".join(proc.stdout.split())
     assert proc.returncode == 0, proc.stderr[-1500:]
-    assert "gradient file: factored gradients of the layer4.pre_relu tensor" in text
-    assert "logits float32 [batch, 40]" in text and "channel_weights float32 [40, 128]" in text
+    rows = dict(line.split("\t", 1) for line in proc.stdout.splitlines())  # piped: tab rows
+    assert rows["file"] == "gradient file: factored gradients of the layer4.pre_relu tensor"
+    assert "logits float32 [batch, 40]" in rows["outputs"]
+    assert "channel_weights float32 [40, 128]" in rows["outputs"]
+    import onnx  # an output declared without a type is shown as such, not a traceback
+
+    model = onnx.load(str(exported / "small.onnx"))
+    model.graph.output.append(onnx.helper.make_value_info("untyped", onnx.TypeProto()))
+    onnx.save(model, str(exported / "untyped.onnx"))
+    proc = _runtime("info", exported / "untyped.onnx")
+    assert proc.returncode == 0 and "untyped ? []" in proc.stdout, proc.stderr[-1500:]

@@ -62,11 +62,11 @@ namespace bincam_emu {
 // raw system call, which ThreadSanitizer does not treat as synchronisation.
 class Barrier {
 public:
-    explicit Barrier(int n, void (*done)(void*) = nullptr, void* arg = nullptr)
+    explicit Barrier(int n, void (*done)(void*) noexcept = nullptr, void* arg = nullptr)
         : n_(n), done_(done), arg_(arg) {}
 
     void arrive_and_wait() {
-        const int gen = generation_.load(std::memory_order_acquire);
+        const unsigned gen = generation_.load(std::memory_order_acquire);  // wraps: unsigned
         if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
             arrived_.store(0, std::memory_order_relaxed);
             if (done_) done_(arg_);
@@ -78,9 +78,9 @@ public:
     }
 
 private:
-    void sleep(int gen) {
+    void sleep(unsigned gen) {
 #ifdef __linux__
-        syscall(SYS_futex, reinterpret_cast<int*>(&generation_), FUTEX_WAIT_PRIVATE, gen,
+        syscall(SYS_futex, reinterpret_cast<int*>(&generation_), FUTEX_WAIT_PRIVATE, (int)gen,
                 nullptr, nullptr, 0);
 #else
         std::this_thread::yield();
@@ -92,11 +92,12 @@ private:
                 nullptr, nullptr, 0);
 #endif
     }
-    static_assert(sizeof(std::atomic<int>) == sizeof(int), "the futex word is the atomic");
+    static_assert(sizeof(std::atomic<unsigned>) == sizeof(int), "the futex word is the atomic");
     const int n_;
-    void (*done_)(void*);
+    void (*done_)(void*) noexcept;
     void* arg_;
-    std::atomic<int> arrived_{0}, generation_{0};
+    std::atomic<int> arrived_{0};
+    std::atomic<unsigned> generation_{0};
 };
 
 struct Warp {
@@ -169,7 +170,7 @@ void launch(bincam_dim3 grid, int threads, size_t shared_bytes, unsigned seed, B
     blockDim = {(unsigned)threads, 1, 1};
     gridDim = grid;
     current = &block;
-    auto repoison = [](void* b) {
+    auto repoison = [](void* b) noexcept {
         std::memset(static_cast<Block*>(b)->shared, 0xff, static_cast<Block*>(b)->shared_bytes);
     };
     Barrier between(threads, repoison, &block);

@@ -16,6 +16,21 @@ results = Console()  # what a command was asked to show (info): stdout, so it ca
 FULL_PROFILE = ("torch", "torchvision", "safetensors", "onnxscript")  # pip install 'bincam[full]'
 
 
+def show_rows(rows: list[tuple[str, str]]) -> None:
+    """A command's result as ``(field, value)`` rows on stdout: a table on a terminal, else one
+    ``field<TAB>value`` line per row, unwrapped (for grep, cut and scripts)."""
+    if not results.is_terminal:
+        for field, value in rows:
+            print(f"{field}\t{value}")
+        return
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for field, value in rows:
+        table.add_row(field, escape(value))
+    results.print(table)
+
+
 def _hide_flag_types() -> None:
     """Typer 0.29's help shows a ``<bool>`` type after every flag (``--help <bool>``); a flag
     takes no value, so show none (the one place bincam adjusts Typer's rendering)."""

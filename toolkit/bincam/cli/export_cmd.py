@@ -126,8 +126,14 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
     if checks:
         _report_checks(run_checks(model, torch_model))
     save_onnx(model, out)
-    console.print(f"wrote {out}: {layout_note(model)}", markup=False, highlight=False,
-                  soft_wrap=True)
+    note = layout_note(model)
+    if half_outputs:  # an output computed in float32 inside the graph stays float32: say so
+        from onnx import TensorProto
+
+        half = [o.name for o in model.graph.output
+                if o.type.tensor_type.elem_type == TensorProto.FLOAT16]
+        note += f"; float16 outputs: {', '.join(half) or 'none (computed in float32 here)'}"
+    console.print(f"wrote {out}: {note}", markup=False, highlight=False, soft_wrap=True)
     _triton_repository(triton_repo, out, stock=False)
 
 

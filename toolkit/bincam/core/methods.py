@@ -78,7 +78,7 @@ def _neg(x):
 
 def _signed(s: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """``pos`` where ``s > 0``, ``neg`` where ``s < 0``, ``0·pos`` where ``s = 0`` (0, but NaN
-    where a NaN or infinite activation reached the pixel: ``0·NaN`` in the dense form too), NaN
+    where a NaN or infinite activation reached the pixel, as ``0·NaN`` in the dense form), NaN
     where ``s`` is NaN (a NaN logit, as the dense form gives) — per map."""
     xp = array_namespace(pos)
     s = s[:, :, None, None]

@@ -252,8 +252,11 @@ def onnx_summary(path: str | Path) -> list[tuple[str, str]]:
                          else "?" for d in dims)
 
     def typed(value) -> str:
-        elem = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        return f"{value.name} {elem.name} [{shape(value)}]"
+        try:
+            elem = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+        except (KeyError, ValueError):  # no type declared (0), or none NumPy has
+            elem = "?"
+        return f"{value.name} {elem} [{shape(value)}]"
 
     if info.explain:
         kind = (f"explaining file: {info.explain.get('method')} maps, "

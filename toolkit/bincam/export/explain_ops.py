@@ -92,13 +92,22 @@ class MethodGraph:
         return x if self.s4 is None else self.b.op("Mul", self.s4, x)
 
     def by_sign(self, pos: str, neg: str) -> str:
-        """``pos`` where ``s > 0``, ``neg`` where ``s < 0``, 0 where ``s = 0``."""
+        """``pos`` where ``s > 0``, ``neg`` where ``s < 0``, else ``0·pos + 0·s``: 0 for
+        ``s = 0``, NaN where a NaN activation reached the pixel or ``s`` is NaN (core's
+        ``_signed``, the dense form and the CUDA kernel do the same)."""
         b = self.b
         if self.s4 is None:
             return pos
         zero = self.num(0.0, "zero")
-        inner = b.op("Where", b.op("Less", self.s4, zero), neg, zero)
+        rest = b.op("Add", b.op("Mul", zero, pos), b.op("Mul", zero, self.s4))
+        inner = b.op("Where", b.op("Less", self.s4, zero), neg, rest)
         return b.op("Where", b.op("Greater", self.s4, zero), pos, inner)
+
+    def alpha(self, g: str, g2: str, den: str) -> str:
+        """Grad-CAM++'s ``α = g²/den``, 0 where ``g = 0`` (as the core: a NaN ``Σ_hw A`` of a
+        channel then stays out of the maps whose gradient there is 0)."""
+        zero = self.num(0.0, "zero")
+        return self.b.op("Where", self.b.op("Equal", g, zero), zero, self.b.op("Div", g2, den))
 
     # dense gradients g [B,K,C,h,w] (∂z/∂A, unsigned) ---------------------------------------
     def dense(self, method: str, g: str) -> str:
@@ -121,7 +130,7 @@ class MethodGraph:
             den = b.op("Add", b.op("Add", b.op("Mul", self.num(2.0, "two"), g2),
                                    b.op("Mul", sum_a, b.op("Mul", g2, gs))),
                        self.num(PLUSPLUS_EPS, "eps"))
-            weight = b.reduce("ReduceSum", b.op("Mul", b.op("Relu", gs), b.op("Div", g2, den)),
+            weight = b.reduce("ReduceSum", b.op("Mul", b.op("Relu", gs), self.alpha(gs, g2, den)),
                               [3, 4], False)
             return self.project(weight, self.a)
         if method == "layercam":
@@ -166,6 +175,6 @@ class MethodGraph:
                        self.num(PLUSPLUS_EPS, "eps"))
             count = b.unsqueeze(b.reduce("ReduceSum", mask, [2, 3], False), [1]) if mask \
                 else self.num(hw, "hw")                                             # [B,1,C]
-            weight_bkc = b.op("Mul", b.op("Mul", b.op("Relu", gv), b.op("Div", g2, den)), count)
+            weight_bkc = b.op("Mul", b.op("Mul", b.op("Relu", gv), self.alpha(gv, g2, den)), count)
             return self.project(weight_bkc, a)
         raise ValueError(method)

@@ -155,7 +155,7 @@ class _Plan:
                 self._execute()
             except BaseException:  # end the capture, free what it made, keep this error
                 ended = rt.cudaStreamEndCapture(self.stream)
-                if ended[0] == rt.cudaError_t.cudaSuccess and ended[1]:
+                if ended[0] == rt.cudaError_t.cudaSuccess and int(ended[1]):  # not NULL
                     rt.cudaGraphDestroy(ended[1])
                 raise
             graph = _cuda_check(rt.cudaStreamEndCapture(self.stream))
