@@ -18,8 +18,8 @@ import re
 import time
 from pathlib import Path
 
-from bincam.core.methods import METHODS
-from bincam.gpu.emulation import Case, EmulationError, build_driver, run_cases
+from bincam.gpu.check import emulated_check
+from bincam.gpu.emulation import EmulationError, build_driver, run_cases
 from bincam.gpu.launcher import kernel_source
 from bincam.gpu.sweep import LIMITS, compare, failures, sweep_cases
 from bincam.machine import machine_info, machine_line
@@ -63,27 +63,6 @@ def mutations(cases) -> list[dict]:
     return rows
 
 
-def gpu_configuration(seed: int = 0) -> list[dict]:
-    """gpu_check's cases at its own size on the emulator: errors against its LIMITS."""
-    from bincam.gpu.check import LIMITS as GPU_LIMITS
-    from bincam.gpu.check import case_inputs, reference_errors
-
-    driver, rows = build_driver(None), []
-    for layout in ("dense", "factored"):
-        for method in METHODS:
-            x = {n: v.numpy() for n, v in
-                 case_inputs(layout, method, seed, 8, 40, 2048, 7, 224, device="cpu").items()}
-            case = Case(x["acts"], x["grads"], x["logits"], (224, 224), method, layout,
-                        masks=x["masks"], block=256, seed=seed)
-            t0 = time.perf_counter()
-            (out,) = run_cases(driver, [case], timeout=1800)
-            errors = reference_errors(out, x, layout, method, 224)
-            rows.append({"layout": layout, "method": method, "seed": seed,
-                         "run_s": time.perf_counter() - t0,
-                         "ok": all(errors[n] <= lim for n, lim in GPU_LIMITS.items()), **errors})
-    return rows
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -91,7 +70,7 @@ def main() -> None:
     cases = sweep_cases(full=True, seed=7)
     runs = [sweep("address", cases), sweep("thread", cases)]
     muts = mutations([c for c in sweep_cases(seed=3) if c.block in (32, 64, 128)][:12])
-    gpu = gpu_configuration()
+    gpu = emulated_check(build_driver(None))
     record = {"benchmark": "kernel_emulation_sweep", "machine": machine_info(), "limits": LIMITS,
               "sweeps": runs, "mutations": muts, "gpu_check_configuration": gpu}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -64,49 +64,25 @@ def test_gradcam_plus_plus_survives_a_near_singular_denominator(asan):
     acts = np.zeros((1, 2, 3, 3), dtype=np.float32)
     acts[0, 0, 0, 0], acts[0, 0, 1, 1] = -4.0, 1e-8
     acts[0, 1] = np.linspace(0.1, 0.9, 9, dtype=np.float32).reshape(3, 3)
-    logits = np.ones((1, 1), dtype=np.float32)
+    logits, masks = np.ones((1, 1), dtype=np.float32), np.zeros((1, 6, 6), dtype=np.uint8)
+    masks[0, :3] = 1
     dense = np.full((1, 1, 2, 3, 3), 0.5, dtype=np.float32)
-    cases = [Case(acts, dense, logits, (6, 6), "gradcam++", "dense", block=32),
-             Case(acts, np.full((1, 2), 0.5, dtype=np.float32), logits, (6, 6), "gradcam++",
-                  "factored", mask_positive=False, block=32)]
-    for case in cases:
-        case.outputs = ("raw", "maps", "maps_f16", "maps_u8")
-    for case, out in zip(cases, run_cases(asan, cases)):
-        errors = {n: v for n, v in compare_maps(case, out).items() if v > 1e-5}
-        assert not errors, (case.layout, errors)
+    _check_all(asan, [Case(acts, dense, logits, (6, 6), "gradcam++", "dense", masks=masks,
+                           block=32),
+                      Case(acts, np.full((1, 2), 0.5, dtype=np.float32), logits, (6, 6),
+                           "gradcam++", "factored", mask_positive=False, masks=masks, block=32)])
 
 
 def test_gpu_checks_own_inputs_and_limits_on_the_emulator(asan):
-    """``benchmarks/gpu_check.py``'s comparison (``gpu.check.reference_errors`` and ``LIMITS``)
-    on its own inputs (signed activations, the first K attributes' masks; torch's CPU generator),
-    smaller: the kernel's arithmetic meets every limit (a GPU adds FMA contraction and its own
+    """``benchmarks/gpu_check.py``'s comparison (``gpu.check.reference_errors``, ``LIMITS``) on
+    its own inputs (signed activations, the first K attributes' masks), smaller, with the kernels
+    on the emulator: their arithmetic meets every limit (a GPU adds FMA contraction and its own
     rounding, which the emulator does not model)."""
-    from bincam.core.methods import METHODS
-    from bincam.gpu.check import LIMITS, case_inputs, reference_errors
+    from bincam.gpu.check import LIMITS, emulated_check
 
-    cases, inputs = [], []
-    for layout in ("dense", "factored"):
-        for seed, method in enumerate(METHODS):
-            x = {n: v.numpy() for n, v in
-                 case_inputs(layout, method, seed, 2, 4, 160, 7, 40, device="cpu").items()}
-            inputs.append(x)
-            cases.append(Case(x["acts"], x["grads"], x["logits"], (40, 40), method, layout,
-                              masks=x["masks"], block=64, seed=seed))
-    for case, x, out in zip(cases, inputs, run_cases(asan, cases)):
-        errors = reference_errors(out, x, case.layout, case.method, 40)
-        over = {n: v for n, v in errors.items() if v > LIMITS[n]}
-        assert not over and set(errors) == set(LIMITS), (case.layout, case.method, over)
-
-
-def compare_maps(case, out):
-    """``compare`` without the energies (these cases have no masks)."""
-    from bincam.gpu.reference import fused_epilogue_reference
-
-    ref = fused_epilogue_reference(case.acts, case.grads, case.logits, case.size, case.method,
-                                   case.layout, case.mode, case.mask_positive)
-    scale = np.abs(ref["raw"]).max()
-    return {"raw max abs / max": float(np.abs(out["raw"] - ref["raw"]).max() / scale),
-            "maps max abs": float(np.abs(out["maps"] - ref["maps"]).max())}
+    rows = emulated_check(asan, seed=1, b=2, k=4, c=160, h=7, size=40, block=64)
+    assert len(rows) == 12 and all(set(LIMITS) <= set(r) for r in rows)
+    assert all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
 
 
 def test_outputs_are_optional_and_poisoned_buffers_are_written(asan):

@@ -75,15 +75,21 @@ LIMITS = {"raw rel": 1e-5, "maps max abs": 1e-5, "PE max abs": 1e-5, "uint8 maps
           "fp16 maps max abs": 1e-3, "non-finite outputs": 0}  # what a correct kernel meets
 
 
+def energy_pe(energy) -> np.ndarray:
+    """PE from the kernel's energies ``[..., (inside, total)]``: inside / total, 0 where the
+    map's total is 0 (as the reference)."""
+    energy = np.asarray(energy, dtype=np.float64)
+    total = energy[..., 1]
+    return np.where(total > 0, energy[..., 0] / np.where(total > 0, total, 1), 0.0)
+
+
 def reference_errors(got: dict, x: dict, layout: str, method: str, size: int) -> dict:
     """Errors of kernel outputs ``got`` (NumPy ``raw``, ``maps``, ``maps_f16`` bits,
     ``maps_u8``, ``energy``) against the float64 reference on inputs ``x`` (NumPy float32;
     predicted mode, masked factored gradients), under the names of ``LIMITS``."""
     ref = fused_epilogue_reference(x["acts"], x["grads"], x["logits"], (size, size), method,
                                    layout, "predicted", True, x["masks"])
-    energy = np.asarray(got["energy"], dtype=np.float64)
-    pe = np.where(energy[..., 1] > 0, energy[..., 0] / np.where(energy[..., 1] > 0,
-                                                                energy[..., 1], 1), 0.0)
+    pe = energy_pe(got["energy"])
     raw = np.asarray(got["raw"], dtype=np.float64)
     maps = np.asarray(got["maps"], dtype=np.float64)
     f16 = np.asarray(got["maps_f16"]).view(np.float16).astype(np.float64)
@@ -116,13 +122,33 @@ def run_fused_case(layout: str = "dense", method: str = "gradcam", seed: int = 0
     errors = reference_errors(got, {n: v.cpu().numpy() for n, v in x.items()}, layout, method,
                               size)
     th = torch_cuda_path(x, layout, method, size)
-    energy = got["energy"].astype(np.float64)
-    pe = np.where(energy[..., 1] > 0, energy[..., 0] / np.where(energy[..., 1] > 0,
-                                                                energy[..., 1], 1), 0.0)
     return errors | {
         "maps max abs vs torch CUDA": float(np.abs(got["maps"] - th["maps"].cpu().numpy()).max()),
-        "PE max abs vs torch CUDA": float(np.abs(pe - th["pe"].cpu().numpy()).max()),
+        "PE max abs vs torch CUDA": float(np.abs(energy_pe(got["energy"])
+                                                 - th["pe"].cpu().numpy()).max()),
     }
+
+
+def emulated_check(driver, seed: int = 0, b: int = 8, k: int = 40, c: int = 2048, h: int = 7,
+                   size: int = 224, block: int = 256) -> list[dict]:
+    """``run_fused_case``'s comparison with the kernels run by the CPU emulator (a
+    ``gpu.emulation.build_driver`` build) instead of a GPU, on the same inputs (torch's CPU
+    generator): a row per layout × method with its errors under ``LIMITS``' names and ``ok``."""
+    from bincam.core.methods import METHODS
+    from bincam.gpu.emulation import Case, run_cases
+
+    rows = []
+    for layout in ("dense", "factored"):
+        for method in METHODS:
+            x = {n: v.numpy() for n, v in
+                 case_inputs(layout, method, seed, b, k, c, h, size, device="cpu").items()}
+            case = Case(x["acts"], x["grads"], x["logits"], (size, size), method, layout,
+                        masks=x["masks"], block=block, seed=seed)
+            (out,) = run_cases(driver, [case], timeout=1800)
+            errors = reference_errors(out, x, layout, method, size)
+            rows.append({"layout": layout, "method": method, "seed": seed,
+                         "ok": all(errors[n] <= limit for n, limit in LIMITS.items()), **errors})
+    return rows
 
 
 def cuda_time(fn, iters: int = 50, warmup: int = 5) -> float:
