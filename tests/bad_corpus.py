@@ -120,6 +120,12 @@ def _set(key, value):
     return edit
 
 
+def _block(key, **changes):
+    def edit(card):
+        card.setdefault(key, {}).update(changes)
+    return edit
+
+
 def _arch(**changes):
     def edit(card):
         card["arch"].update(changes)
@@ -151,6 +157,38 @@ CARD_CASES = {
                        "positive_counts: needs one count ≥ 0 per attribute"),
     "not json": (lambda c: "{not json", "card.json"),
     "no format": (lambda c: c.pop("format"), "format"),
+    # the optional blocks, each broken in type or in value
+    "validation epoch string": (_block("validation", epoch="3"),
+                                "validation.epoch: Input should be a valid integer"),
+    "validation epoch -1": (_block("validation", epoch=-1),
+                            "validation.epoch: Input should be greater than or equal to 0"),
+    "validation means string": (_block("validation", means="abc"),
+                                "validation.means: Input should be a valid dictionary"),
+    "validation mean not a number": (_block("validation", means={"error": "low"}),
+                                     "validation.means.error: Input should be a valid number"),
+    "validation loss NaN": (_block("validation", loss=float("nan")),
+                            "validation.loss: Input should be a finite number"),
+    "validation unknown attribute": (_block("validation", per_attribute={"Nope": {}}),
+                                     "validation.per_attribute: 'Nope' is not an attribute"),
+    "training list": (_set("training", [1]), "training: Input should be a valid dictionary"),
+    "training weighting": (_block("training", config={"weighting": "heavy"}),
+                           "training.config.weighting: Input should be 'none', 'balanced' or"),
+    "training class weights short": (_block("training", class_weights={"positive": [1.0],
+                                                                       "negative": [1.0]}),
+                                     "training.class_weights: needs one positive and one negative"),
+    "training epoch float": (_block("training", epoch=2.5),
+                             "training.epoch: Input should be a valid integer"),
+    "cam_layers string": (_set("cam_layers", "layer4"), "cam_layers: Input should be a valid list"),
+    "default_cam_layer 4": (_set("default_cam_layer", 4),
+                            "default_cam_layer: Input should be a valid string"),
+    "default_cam_layer unknown": (_set("default_cam_layer", "layer9"),
+                                  "default_cam_layer: 'layer9' is not in cam_layers"),
+    "negative_counts -1": (lambda c: c["negative_counts"].__setitem__(0, -1),
+                           "negative_counts: needs one count ≥ 0 per attribute"),
+    "input_fit unknown": (_set("input_fit", "zoom"), "input_fit: Input should be 'celeba'"),
+    "std NaN": (_set("std", [1.0, float("nan"), 1.0]), "std.1: Input should be a finite number"),
+    "pixel_range flat": (_set("pixel_range", [1, 1]), "pixel_range: [1, 1] is not an interval"),
+    "bincam_version 5": (_set("bincam_version", 5), "bincam_version: Input should be a valid"),
 }
 WEIGHT_CASES = {
     "NaN weights": (lambda s: s[_first_conv(s)].__setitem__((0, 0, 0, 0), np.nan),

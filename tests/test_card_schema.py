@@ -16,6 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bincam.cli.model_cmd import card_rows
 from bincam.core.model_info import ModelCard
 from bincam.errors import BincamError
 
@@ -46,6 +47,18 @@ CASES = {
     "counts short": (lambda d: d.update(positive_counts=[1, 2]),
                      "positive_counts: needs one count"),
     "not json": (None, "is not valid JSON"),
+    "validation epoch string": (lambda d: d["validation"].update(epoch="3"),
+                                "validation.epoch: Input should be a valid integer"),
+    "validation means string": (lambda d: d["validation"].update(means="x"),
+                                "validation.means: Input should be a valid dictionary"),
+    "validation mean string": (lambda d: d["validation"]["means"].update(error="low"),
+                               "validation.means.error: Input should be a valid number"),
+    "validation loss inf": (lambda d: d["validation"].update(loss=float("inf")),
+                            "validation.loss: Input should be a finite number"),
+    "training weighting": (lambda d: d["training"]["config"].update(weighting=1),
+                           "training.config.weighting: Input should be 'none'"),
+    "training history": (lambda d: d["training"].update(history={"a": 1}),
+                         "training.history: Input should be a valid list"),
 }
 
 
@@ -91,7 +104,10 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 FIELDS = st.sampled_from(["arch", "attributes", "image_size", "pixel_range", "mean", "std",
                           "cam_layers", "default_cam_layer", "positive_counts", "validation",
-                          "training", "format"])
+                          "training", "format", "input_fit", "bincam_version"])
+BLOCK_KEYS = {"validation": st.sampled_from(["epoch", "loss", "means", "per_attribute", "x"]),
+              "training": st.sampled_from(["config", "class_weights", "epoch", "history",
+                                           "world_size", "device", "train_images", "source"])}
 
 
 @settings(max_examples=1000, derandomize=True, deadline=None,
@@ -106,6 +122,32 @@ def test_any_json_gives_a_card_or_one_clear_error(changes):
         return
     assert len(card.attributes) == card.arch.get("num_outputs", 40)
     assert 8 <= card.image_size <= 2048
+    assert card_rows(card, "weights")  # what `bincam info` shows can always be formatted
+
+
+@settings(max_examples=600, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(BLOCK_KEYS)).flatmap(
+    lambda block: st.tuples(st.just(block), st.dictionaries(BLOCK_KEYS[block], JSON, max_size=3))))
+def test_any_json_in_an_optional_block_gives_a_card_or_one_clear_error(change):
+    """Any JSON under ``validation`` or ``training``: a card whose info rows format, or one error
+    naming the block."""
+    block, entries = change
+    data = copy.deepcopy(BASE)
+    data[block].update(entries)
+    try:
+        card = ModelCard.from_json(json.dumps(data), "card.json")
+    except BincamError as exc:
+        assert str(exc).startswith(f"card.json: {block}"), str(exc)
+        return
+    assert card_rows(card, "weights")
+
+
+def test_the_schema_knows_every_training_weighting():
+    from bincam.core.card_schema import WEIGHTINGS
+    from bincam.training.weights import WEIGHTINGS as TRAINED
+
+    assert WEIGHTINGS == TRAINED
 
 
 def test_weights_must_be_finite_and_of_the_right_type(tmp_path):

@@ -36,15 +36,21 @@ def info(checkpoint: Path = typer.Argument(..., help="A checkpoint folder, or an
     from bincam.checkpoint import load_checkpoint
 
     model = load_checkpoint(checkpoint)
-    card = model.card
+    weights = f"{sum(p.numel() for p in model.parameters()):,} parameters, all finite"
+    show_rows(card_rows(model.card, weights))
+
+
+def card_rows(card, weights: str) -> list[tuple[str, str]]:
+    """``bincam info``'s rows for a validated card (every block it reads has its schema type)."""
     rows = [("architecture", str(card.arch)),
             ("attributes", f"{len(card.attributes)}: {', '.join(card.attributes[:6])}…"),
             ("input", f"{card.image_size}px RGB in {list(card.pixel_range)}, "
                       f"mean {list(card.mean)}, std {list(card.std)}"),
-            ("weights", f"{sum(p.numel() for p in model.parameters()):,} parameters, all finite"),
+            ("weights", weights),
             ("CAM layers", f"{', '.join(card.cam_layers)} (default {card.default_cam_layer})")]
     if card.validation:
+        epoch = card.validation.get("epoch")
         means = card.validation.get("means", {})
-        rows.append(("validation", f"epoch {card.validation.get('epoch', -1) + 1}: " + ", ".join(
+        rows.append(("validation", f"epoch {'?' if epoch is None else epoch + 1}: " + ", ".join(
             f"{k} {v:.3f}" for k, v in means.items())))
-    show_rows(rows)
+    return rows

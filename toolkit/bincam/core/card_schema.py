@@ -21,6 +21,9 @@ MAX_IMAGE_SIZE = 2048
 ARCH_KEYS = {"small": {"width", "blocks"}, "resnet18": set(), "resnet34": set(),
              "resnet50": set(), "affact": set()}
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictInt  # finite
+AnyNumber = StrictFloat | StrictInt   # NaN allowed: a training log may record a diverged epoch
+Count = Annotated[StrictInt, Field(ge=0)]
+WEIGHTINGS = ("none", "balanced", "moon")  # training.weights.WEIGHTINGS (no torch import here)
 
 
 class ArchSchema(BaseModel):
@@ -46,6 +49,51 @@ class ArchSchema(BaseModel):
         return self
 
 
+class ValidationSchema(BaseModel):
+    """``validation``: the best epoch's validation metrics (``bincam info`` shows them).
+
+    ``epoch`` is the 0-based epoch, ``loss`` and the ``means`` of each metric are finite numbers,
+    ``per_attribute`` maps attribute names to their metrics. Unknown keys are kept, not read.
+    """
+    model_config = ConfigDict(extra="allow")
+
+    epoch: StrictInt | None = Field(None, ge=0)
+    loss: Number | None = None
+    means: dict[StrictStr, Number] = {}
+    per_attribute: dict[StrictStr, dict[StrictStr, Number]] = {}
+
+
+class TrainConfigSchema(BaseModel):
+    """``training.config``: the command line the net was trained with; the audit reads
+    ``weighting``."""
+    model_config = ConfigDict(extra="allow")
+
+    weighting: Literal[WEIGHTINGS] | None = None
+
+
+class ClassWeightsSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    positive: list[Annotated[Number, Field(gt=0)]]
+    negative: list[Annotated[Number, Field(gt=0)]]
+
+
+class TrainingSchema(BaseModel):
+    """``training``: how the net was trained (written by ``bincam train`` and
+    ``convert-affact``); every key optional, each of its type when present."""
+    model_config = ConfigDict(extra="allow")
+
+    config: TrainConfigSchema | None = None
+    class_weights: ClassWeightsSchema | None = None
+    epoch: StrictInt | None = Field(None, ge=0)
+    history: list[dict[StrictStr, AnyNumber]] = []
+    world_size: StrictInt | None = Field(None, ge=1)
+    device: StrictStr | None = None
+    train_images: Count | None = None
+    val_images: Count | None = None
+    source: StrictStr | None = None
+
+
 class CardSchema(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -60,8 +108,8 @@ class CardSchema(BaseModel):
     positive_counts: list[StrictInt] | None = None
     negative_counts: list[StrictInt] | None = None
     input_fit: Literal["celeba", "stretch", "crop", "pad"] = "celeba"
-    training: dict[str, Any] = {}
-    validation: dict[str, Any] = {}
+    training: TrainingSchema = TrainingSchema()
+    validation: ValidationSchema = ValidationSchema()
     bincam_version: StrictStr = ""
     format: StrictStr
 
@@ -76,6 +124,14 @@ class CardSchema(BaseModel):
         if self.default_cam_layer and self.cam_layers and \
                 self.default_cam_layer not in self.cam_layers:
             raise ValueError(f"default_cam_layer: {self.default_cam_layer!r} is not in cam_layers")
+        unknown = sorted(set(self.validation.per_attribute) - set(self.attributes))
+        if unknown:
+            raise ValueError(f"validation.per_attribute: {unknown[0]!r} is not an attribute")
+        weights = self.training.class_weights
+        if weights is not None and not len(weights.positive) == len(weights.negative) == \
+                len(self.attributes):
+            raise ValueError("training.class_weights: needs one positive and one negative weight "
+                             f"per attribute ({len(self.attributes)})")
         return self
 
 
@@ -131,7 +187,7 @@ def validate_metadata(data: dict, source: str) -> dict:
 
 def _where(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    loc = list(error["loc"])
+    loc = [p for p in error["loc"] if not _is_union_tag(p)]
     message = error["msg"].removeprefix("Value error, ")
     if loc and isinstance(loc[-1], int) and error["type"] in ("missing", "too_long"):
         loc, message = loc[:-1], "wrong number of values"
@@ -139,9 +195,20 @@ def _where(exc: ValidationError) -> str:
     return f"{where + ': ' if where else ''}{message}"
 
 
+def _is_union_tag(part) -> bool:
+    """pydantic names the member of a union that failed (``float``, ``int``, …) in an error's
+    location; a user needs the field's path, not the member."""
+    return isinstance(part, str) and (part in {"float", "int", "str", "bool", "none"}
+                                      or part.startswith(("function-", "constrained-")))
+
+
 def validate_card(data: Any, source: str) -> dict:
     """The card's fields, validated (one clear error naming the first broken field)."""
     try:
-        return CardSchema.model_validate(data).model_dump()
+        card = CardSchema.model_validate(data)
     except ValidationError as exc:
         raise BincamError(f"{source}: {_where(exc)}") from None
+    fields = card.model_dump()
+    for block in ("training", "validation"):  # as written, without the absent keys' defaults
+        fields[block] = getattr(card, block).model_dump(exclude_unset=True)
+    return fields
