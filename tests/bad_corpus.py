@@ -168,6 +168,8 @@ CARD_CASES = {
                                      "validation.means.error: Input should be a valid number"),
     "validation loss NaN": (_block("validation", loss=float("nan")),
                             "validation.loss: Input should be a finite number"),
+    "validation mean inf": (_block("validation", means={"error": float("inf")}),
+                            "validation.means.error: an error rate is a number"),
     "validation unknown attribute": (_block("validation", per_attribute={"Nope": {}}),
                                      "validation.per_attribute: 'Nope' is not an attribute"),
     "training list": (_set("training", [1]), "training: Input should be a valid dictionary"),

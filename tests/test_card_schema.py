@@ -55,6 +55,8 @@ CASES = {
                                "validation.means.error: Input should be a valid number"),
     "validation loss inf": (lambda d: d["validation"].update(loss=float("inf")),
                             "validation.loss: Input should be a finite number"),
+    "validation mean inf": (lambda d: d["validation"]["means"].update(error=float("inf")),
+                            "validation.means.error: an error rate is a number"),
     "training weighting": (lambda d: d["training"]["config"].update(weighting=1),
                            "training.config.weighting: Input should be 'none'"),
     "training history": (lambda d: d["training"].update(history={"a": 1}),
@@ -97,6 +99,18 @@ def test_cli_refuses_a_39_name_card_before_any_output(tmp_path, command):
     assert text.startswith("error:") and text.count("error:") == 1
     assert "39 names for a net with 40 outputs" in text
     assert not out.exists()
+
+
+def test_undefined_rates_as_training_writes_them_load_and_show_as_na():
+    """``bincam train`` records NaN for a rate whose class had no validation samples
+    (``core/metrics.py``); such a card is correct and must load (CI caught the refusal)."""
+    data = copy.deepcopy(BASE)
+    first = data["attributes"][0]
+    data["validation"] = {"epoch": 0, "loss": 0.5, "means": {"fnr": float("nan"), "error": 0.25},
+                          "per_attribute": {first: {"fnr": float("nan"), "fpr": 0.0}}}
+    card = ModelCard.from_json(json.dumps(data), "card.json")  # json writes NaN as NaN
+    rows = dict(card_rows(card, "weights"))
+    assert rows["validation"] == "epoch 1: fnr n/a, error 0.250"
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),

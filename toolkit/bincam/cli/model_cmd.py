@@ -52,5 +52,5 @@ def card_rows(card, weights: str) -> list[tuple[str, str]]:
         epoch = card.validation.get("epoch")
         means = card.validation.get("means", {})
         rows.append(("validation", f"epoch {'?' if epoch is None else epoch + 1}: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in means.items())))
+            f"{k} {'n/a' if v != v else f'{v:.3f}'}" for k, v in means.items())))
     return rows

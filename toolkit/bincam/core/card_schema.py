@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt,
-                      StrictStr, ValidationError, model_validator)
+import math
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat,
+                      StrictInt, StrictStr, ValidationError, model_validator)
 
 from bincam.errors import BincamError
 
@@ -22,6 +24,16 @@ ARCH_KEYS = {"small": {"width", "blocks"}, "resnet18": set(), "resnet34": set(),
              "resnet50": set(), "affact": set()}
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictInt  # finite
 AnyNumber = StrictFloat | StrictInt   # NaN allowed: a training log may record a diverged epoch
+
+
+def _not_infinite(value: float) -> float:
+    if math.isinf(value):
+        raise ValueError("an error rate is a number in [0, 1], or NaN where it is undefined")
+    return value
+
+
+# an error rate: NaN where the class has no validation samples (core/metrics.py), never ±inf
+Rate = Annotated[StrictFloat, AfterValidator(_not_infinite)] | StrictInt
 Count = Annotated[StrictInt, Field(ge=0)]
 WEIGHTINGS = ("none", "balanced", "moon")  # training.weights.WEIGHTINGS (no torch import here)
 
@@ -52,15 +64,16 @@ class ArchSchema(BaseModel):
 class ValidationSchema(BaseModel):
     """``validation``: the best epoch's validation metrics (``bincam info`` shows them).
 
-    ``epoch`` is the 0-based epoch, ``loss`` and the ``means`` of each metric are finite numbers,
-    ``per_attribute`` maps attribute names to their metrics. Unknown keys are kept, not read.
+    ``epoch`` is the 0-based epoch, ``loss`` a finite number, the ``means`` of each metric and
+    ``per_attribute`` (attribute name → metric → value) error rates: numbers, NaN where a class
+    had no validation samples (undefined), never ±inf. Unknown keys are kept, not read.
     """
     model_config = ConfigDict(extra="allow")
 
     epoch: StrictInt | None = Field(None, ge=0)
     loss: Number | None = None
-    means: dict[StrictStr, Number] = {}
-    per_attribute: dict[StrictStr, dict[StrictStr, Number]] = {}
+    means: dict[StrictStr, Rate] = {}
+    per_attribute: dict[StrictStr, dict[StrictStr, Rate]] = {}
 
 
 class TrainConfigSchema(BaseModel):
