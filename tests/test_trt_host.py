@@ -87,14 +87,18 @@ def tensorrt_double(**knobs):
             self.network, self.num_errors = network, 0
 
         def parse(self, data):
-            if not trt.knobs["parse_ok"]:
-                self.num_errors = 1
+            from bincam.export.lint import lint_tensorrt
+
+            self.errors = (["node 3: unsupported (test double)"] if not trt.knobs["parse_ok"]
+                           else lint_tensorrt(onnx.load_model_from_string(data)))
+            self.num_errors = len(self.errors)
+            if self.errors:
                 return False
             self.network.io = _io(data)
             return True
 
         def get_error(self, i):
-            return "node 3: unsupported (test double)"
+            return self.errors[i]
 
     class TimingCache:
         def __init__(self, blob):
@@ -110,8 +114,18 @@ def tensorrt_double(**knobs):
         def set_memory_pool_limit(self, pool, size):
             pass
 
+        network = None  # set by the builder double's create_network (one network per build)
+
         def add_optimization_profile(self, profile):
+            name, shapes = profile.shapes
+            (dims,) = [s for n, is_in, _, s in self.network.io if n == name and is_in]
+            if any(len(s) != len(dims) for s in shapes) or any(
+                    d >= 0 and any(s[i] != d for s in shapes) for i, d in enumerate(dims)) or \
+                    any(not shapes[0][i] <= shapes[1][i] <= shapes[2][i]
+                        for i in range(len(dims))):
+                return -1  # TensorRT: -1 for an invalid profile
             trt.log["profiles"].append(profile.shapes)
+            self.profile = profile.shapes
             return 0
 
         def create_timing_cache(self, blob):
@@ -134,7 +148,8 @@ def tensorrt_double(**knobs):
             pass
 
         def create_network(self, flags):
-            return Network()
+            Config.network = Network()
+            return Config.network
 
         def create_builder_config(self):
             return Config()
@@ -144,14 +159,29 @@ def tensorrt_double(**knobs):
 
         def build_serialized_network(self, network, config):
             trt.log["builds"] += 1
-            return json.dumps([[n, i, d.name, s] for n, i, d, s in network.io]).encode()
+            return json.dumps({"io": [[n, i, d.name, s] for n, i, d, s in network.io],
+                               "profile": config.profile}).encode()
 
     class Context:
+        """set_input_shape refuses shapes outside the profile; an effective shape change
+        re-plans the context's internal memory (``generation``): work captured before reads
+        freed memory when replayed after (NaN outputs here). execute_async_v3 refuses an unset
+        shape or address and a stream the runtime double did not create, and enqueues its work
+        on the stream: ``output[b] = mean(input[b]) + 0.5 · arange``."""
+
         def __init__(self, engine):
             self.engine, self.batch, self.addresses = engine, None, {}
+            self.shape, self.generation = None, 0
 
         def set_input_shape(self, name, shape):
-            self.batch = shape[0]
+            lo, _, hi = self.engine.profile[1]
+            shape = tuple(shape)
+            if name != self.engine.profile[0] or len(shape) != len(lo) or \
+                    any(not a <= d <= b for a, d, b in zip(lo, shape, hi)):
+                return False
+            if shape != self.shape:
+                self.shape, self.batch = shape, shape[0]
+                self.generation += 1
             return trt.knobs["input_ok"]
 
         def get_tensor_shape(self, name):
@@ -160,6 +190,8 @@ def tensorrt_double(**knobs):
             return tuple(self.batch if d < 0 else d for d in self.engine.shapes[name])
 
         def set_tensor_address(self, name, ptr):
+            if ptr % 256:  # TensorRT needs 256-byte aligned I/O addresses
+                return False
             self.addresses[name] = ptr
             return trt.knobs["address_ok"]
 
@@ -167,10 +199,39 @@ def tensorrt_double(**knobs):
             trt.log["executes"] += 1
             if trt.log["executes"] == trt.knobs["fail_execute_at"]:
                 return False
+            rt = trt.runtime
+            if self.shape is None or set(self.engine.names) - set(self.addresses) or \
+                    stream not in rt.state["streams"]:
+                return False
+            x_name = self.engine.profile[0]
+            shapes = {n: self.get_tensor_shape(n) for n in self.engine.names}
+            addresses, generation = dict(self.addresses), self.generation
+            types = {_DataType.FLOAT: np.float32, _DataType.HALF: np.float16,
+                     _DataType.INT32: np.int32}
+
+            def work():
+                x = np.empty(shapes[x_name], np.float32)
+                ctypes.memmove(x.ctypes.data, addresses[x_name], x.nbytes)
+                for name in self.engine.names:
+                    if name == x_name:
+                        continue
+                    out = np.empty(shapes[name], types[self.engine.types[name]])
+                    if generation != self.generation:
+                        out[...] = np.nan  # internal memory of an older shape: undefined
+                    elif self.engine.shapes[name][0] < 0:  # batched: per sample
+                        per = out.reshape(len(out), -1)
+                        per[...] = x.reshape(len(x), -1).mean(1)[:, None] + \
+                            0.5 * np.arange(per.shape[1])
+                    else:  # not batched (channel weights)
+                        out[...] = (x.mean() + 0.5 * np.arange(out.size)).reshape(out.shape)
+                    ctypes.memmove(addresses[name], out.ctypes.data, out.nbytes)
+            rt.enqueue(stream, work)
             return trt.knobs["execute_ok"]
 
     class Engine:
-        def __init__(self, spec):
+        def __init__(self, plan):
+            spec, self.profile = plan["io"], plan["profile"]
+            self.profile = (self.profile[0], [tuple(p) for p in self.profile[1]])
             self.names = [n for n, *_ in spec]
             self.inputs = {n for n, is_in, *_ in spec if is_in}
             self.shapes = {n: s for n, _, _, s in spec}
@@ -206,21 +267,31 @@ def tensorrt_double(**knobs):
 
 # ------------------------------------------------------ the cuda.bindings.runtime test double
 def runtime_double(devices=2):
-    """A stand-in ``cuda.bindings.runtime``: device and host memory are real host buffers (so
-    copies move bytes), streams and graphs are counters, and every call is logged."""
+    """A stand-in ``cuda.bindings.runtime``: device and host memory are real host buffers
+    (cudaMalloc's 256-byte aligned), so copies move bytes. Streams are queues: cudaMemcpyAsync,
+    a TensorRT double's execution and a graph launch enqueue work that runs at
+    cudaStreamSynchronize (or at an implicitly synchronising cudaFree, cudaFreeHost or
+    cudaMemcpy), so a staging buffer reused before its copy ran is seen; stream capture records
+    the work into the graph and a launch replays it. Unknown streams are refused; calls are
+    logged."""
     rt = types.ModuleType("cuda.bindings.runtime")
-    rt.cudaError_t = enum.Enum("cudaError_t", {"cudaSuccess": 0, "cudaErrorInvalidValue": 1})
+    rt.cudaError_t = enum.Enum("cudaError_t", {"cudaSuccess": 0, "cudaErrorInvalidValue": 1,
+                                               "cudaErrorInvalidResourceHandle": 400,
+                                               "cudaErrorStreamCaptureUnsupported": 900})
     rt.cudaMemcpyKind = enum.Enum("cudaMemcpyKind", "cudaMemcpyHostToDevice cudaMemcpyDeviceToHost")
     rt.cudaStreamCaptureMode = enum.Enum("cudaStreamCaptureMode",
                                          "cudaStreamCaptureModeThreadLocal")
-    ok = rt.cudaError_t.cudaSuccess
+    ok, E = rt.cudaError_t.cudaSuccess, rt.cudaError_t
     rt.state = {"device": 0, "buffers": {}, "pinned": {}, "copies": [], "graphs": set(),
-                "execs": set(), "destroyed": [], "device_log": [], "next": 1}
+                "execs": set(), "destroyed": [], "device_log": [], "next": 1, "streams": {},
+                "capturing": {}, "graph_work": {}}
 
     def alloc(table, n):
-        buf = ctypes.create_string_buffer(max(int(n), 1))
-        table[ctypes.addressof(buf)] = buf
-        return ctypes.addressof(buf)
+        buf = ctypes.create_string_buffer(max(int(n), 1) + 256)
+        ptr = ctypes.addressof(buf)
+        ptr += -ptr % 256
+        table[ptr] = buf
+        return ptr
 
     def new_id():
         rt.state["next"] += 1
@@ -233,32 +304,102 @@ def runtime_double(devices=2):
         rt.state["device_log"].append(d)
         return (ok,)
 
-    def copy(dst, src, n, kind, stream=None):
-        rt.state["copies"].append((dst, src, n, kind, stream is not None))
+    def enqueue(stream, work):
+        if stream in rt.state["capturing"]:
+            rt.state["capturing"][stream].append(work)
+        else:
+            rt.state["streams"][stream].append(work)
+
+    def synchronize(stream):
+        if stream not in rt.state["streams"]:
+            return (E.cudaErrorInvalidResourceHandle,)
+        if stream in rt.state["capturing"]:
+            return (E.cudaErrorStreamCaptureUnsupported,)
+        queue = rt.state["streams"][stream]
+        while queue:
+            queue.pop(0)()
+        return (ok,)
+
+    def synchronize_all():
+        for stream in list(rt.state["streams"]):
+            synchronize(stream)
+
+    def copy_async(dst, src, n, kind, stream):
+        if stream not in rt.state["streams"]:
+            return (E.cudaErrorInvalidResourceHandle,)
+        rt.state["copies"].append((dst, src, n, kind, True))
+        enqueue(stream, lambda: ctypes.memmove(dst, src, n))
+        return (ok,)
+
+    def copy(dst, src, n, kind):
+        synchronize_all()
+        rt.state["copies"].append((dst, src, n, kind, False))
         ctypes.memmove(dst, src, n)
+        return (ok,)
+
+    def free(table):
+        def fn(ptr):
+            synchronize_all()  # cudaFree and cudaFreeHost synchronise implicitly
+            table.pop(ptr)
+            return (ok,)
+        return fn
+
+    def create_stream():
+        stream = new_id()
+        rt.state["streams"][stream] = []
+        return (ok, stream)
+
+    def begin_capture(stream, mode):
+        if stream not in rt.state["streams"]:
+            return (E.cudaErrorInvalidResourceHandle,)
+        rt.state["capturing"][stream] = []
+        return (ok,)
+
+    def end_capture(stream):
+        work = rt.state["capturing"].pop(stream)
+        graph = new_id()
+        rt.state["graphs"].add(graph)
+        rt.state["graph_work"][graph] = work
+        return (ok, graph)
+
+    def instantiate(graph, flags):
+        instance = new_id()
+        rt.state["execs"].add(instance)
+        rt.state["graph_work"][instance] = list(rt.state["graph_work"][graph])
+        return (ok, instance)
+
+    def launch(instance, stream):
+        if stream not in rt.state["streams"] or instance not in rt.state["graph_work"]:
+            return (E.cudaErrorInvalidResourceHandle,)
+        for work in rt.state["graph_work"][instance]:
+            enqueue(stream, work)
         return (ok,)
 
     def destroy(kind):
         def fn(handle):
             rt.state["destroyed"].append((kind, handle))
+            if kind == "stream":
+                synchronize(handle)
+                rt.state["streams"].pop(handle, None)
+            else:
+                rt.state["graph_work"].pop(handle, None)
             return (ok,)
         return fn
 
     props = types.SimpleNamespace(name=b"Test Double GPU", major=9, minor=0)
+    rt.enqueue = enqueue
     rt.__dict__.update(
         cudaGetDevice=lambda: (ok, rt.state["device"]), cudaSetDevice=set_device,
         cudaGetDeviceProperties=lambda d: (ok, props),
         cudaMalloc=lambda n: (ok, alloc(rt.state["buffers"], n)),
-        cudaFree=lambda p: (ok, rt.state["buffers"].pop(p)) and (ok,),
+        cudaFree=free(rt.state["buffers"]),
         cudaMallocHost=lambda n: (ok, alloc(rt.state["pinned"], n)),
-        cudaFreeHost=lambda p: (ok, rt.state["pinned"].pop(p)) and (ok,),
-        cudaMemcpyAsync=copy, cudaMemcpy=lambda d, s, n, k: copy(d, s, n, k),
-        cudaStreamCreate=lambda: (ok, new_id()), cudaStreamSynchronize=lambda s: (ok,),
+        cudaFreeHost=free(rt.state["pinned"]),
+        cudaMemcpyAsync=copy_async, cudaMemcpy=copy,
+        cudaStreamCreate=create_stream, cudaStreamSynchronize=synchronize,
         cudaStreamDestroy=destroy("stream"),
-        cudaStreamBeginCapture=lambda s, mode: (ok,),
-        cudaStreamEndCapture=lambda s: (ok, rt.state["graphs"].add(g := new_id()) or g),
-        cudaGraphInstantiate=lambda g, flags: (ok, rt.state["execs"].add(e := new_id()) or e),
-        cudaGraphLaunch=lambda e, s: (ok,),
+        cudaStreamBeginCapture=begin_capture, cudaStreamEndCapture=end_capture,
+        cudaGraphInstantiate=instantiate, cudaGraphLaunch=launch,
         cudaGraphExecDestroy=destroy("exec"), cudaGraphDestroy=destroy("graph"))
     return rt
 
@@ -268,6 +409,7 @@ def doubles(monkeypatch):
     """Install both doubles for one test (sys.modules restored afterwards)."""
     def install(devices=2, **knobs):
         trt, rt = tensorrt_double(**knobs), runtime_double(devices)
+        trt.runtime = rt  # the TensorRT double enqueues its work on the runtime double's streams
         cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
         cuda.bindings, bindings.runtime = bindings, rt
         for name, module in (("tensorrt", trt), ("cuda", cuda), ("cuda.bindings", bindings),
@@ -374,7 +516,8 @@ def _plan(trt_knobs, doubles, cuda_graphs=False):
 
     trt, rt = doubles(**trt_knobs)
     blob = build_plan(_model(["N", 3, 4, 4], [("y", [-1, 3, 4, 4]), ("z", [-1, 2])]), (1, 2, 8))
-    return _Plan(blob, 7, cuda_graphs), trt, rt
+    stream = rt.cudaStreamCreate()[1]
+    return _Plan(blob, stream, cuda_graphs), trt, rt
 
 
 @pytest.mark.parametrize("knobs, message", [
