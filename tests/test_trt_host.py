@@ -655,3 +655,92 @@ def test_fused_reads_half_activations_but_not_half_head_weights(doubles, small_o
         else:
             with pytest.raises(BincamError, match="float32 logits and channel weights"):
                 engine.fused(x, maps=None)
+
+
+# ------------------------------------------------------------ strict doubles: what they refuse
+def _expected(x, width):
+    """The doubles' computation: ``output[b] = mean(input[b]) + 0.5 · arange``."""
+    return x.reshape(len(x), -1).mean(1)[:, None] + 0.5 * np.arange(width)
+
+
+def test_cuda_graphs_alternating_batches_equal_plain_execution(doubles):
+    """Batches 2, 1, 2 with CUDA graphs give what plain execution gives. A graph replays the
+    context state it was captured with: on one context moved to batch 1 and back, the batch-2
+    graph read the internal memory of a shape since re-planned (NaN in the double)."""
+    rng = np.random.default_rng(0)
+    batches = [rng.random((n, 3, 4, 4), dtype=np.float32) for n in (2, 1, 2, 1)]
+    results = {}
+    for graphs in (False, True):
+        plan, _, rt = _plan({}, doubles, cuda_graphs=graphs)
+        results[graphs] = [plan.download(plan.enqueue(x)) for x in batches]
+        plan.close()
+    for x, plain, graphed in zip(batches, results[False], results[True]):
+        np.testing.assert_allclose(plain["y"].reshape(len(x), -1), _expected(x, 48), rtol=1e-6)
+        for name in ("y", "z"):
+            np.testing.assert_array_equal(graphed[name], plain[name])
+
+
+def test_a_missing_execution_context_is_an_error(doubles, monkeypatch):
+    from bincam.runtime.trt_engine import _Plan
+
+    plan, trt, rt = _plan({}, doubles)
+    blob = json.dumps({"io": [["x", True, "FLOAT", [-1, 3, 4, 4]],
+                              ["y", False, "FLOAT", [-1, 3, 4, 4]]],
+                       "profile": ["x", [[1, 3, 4, 4], [2, 3, 4, 4], [8, 3, 4, 4]]]}).encode()
+    engine_type = type(plan.engine)
+    monkeypatch.setattr(engine_type, "create_execution_context", lambda self: None)
+    with pytest.raises(BincamError, match="could not create an execution context"):
+        _Plan(blob, plan.stream, False)
+
+
+def test_the_doubles_refuse_what_tensorrt_and_cuda_refuse(doubles):
+    """Shapes outside the profile, unaligned or unset addresses, unknown streams, a profile
+    with min != max on a static axis, and ops TensorRT's parser lacks."""
+    from bincam.runtime.trt_plan import build_plan
+
+    plan, trt, rt = _plan({}, doubles)
+    with pytest.raises(BincamError, match=r"refused input shape \[9, 3, 4, 4\]"):
+        plan.enqueue(np.zeros((9, 3, 4, 4), np.float32))  # profile (1, 2, 8)
+    context = plan.context
+    assert not context.set_input_shape("x", (2, 3, 4, 5))
+    assert context.set_input_shape("x", (2, 3, 4, 4))
+    ptr = rt.cudaMalloc(64)[1]
+    assert ptr % 256 == 0 and not context.set_tensor_address("x", ptr + 4)
+    assert not context.execute_async_v3(plan.stream)  # no address set yet
+    for name in ("x", "y", "z"):
+        assert context.set_tensor_address(name, rt.cudaMalloc(1024)[1])
+    assert not context.execute_async_v3(12345)  # a stream nobody created
+    assert context.execute_async_v3(plan.stream)
+    network = trt.Builder(None).create_network(0)
+    network.io = [("x", True, _DataType.FLOAT, [-1, 3, 4, 4])]
+    config, profile = trt.Builder(None).create_builder_config(), trt.Builder(None)
+    profile = profile.create_optimization_profile()
+    profile.set_shape("x", (1, 3, 4, 4), (2, 3, 4, 4), (8, 3, 8, 4))
+    assert config.add_optimization_profile(profile) == -1
+    unique = helper.make_model(helper.make_graph(
+        [helper.make_node("Unique", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1])]))
+    with pytest.raises(BincamError, match="cannot parse the ONNX model: Unique"):
+        build_plan(unique.SerializeToString(), (1, 2, 4))
+
+
+def test_copies_complete_at_stream_synchronisation(doubles):
+    """cudaMemcpyAsync in the double runs when the stream is synchronised: a staging buffer
+    overwritten before that would be seen; the engine's results are those of the input sent."""
+    plan, trt, rt = _plan({}, doubles)
+    x = np.random.default_rng(1).random((2, 3, 4, 4), dtype=np.float32)
+    out = plan.enqueue(x)
+    assert rt.state["streams"][plan.stream]  # queued, not yet run
+    host = plan.download(out)
+    assert not rt.state["streams"][plan.stream]
+    np.testing.assert_allclose(host["y"].reshape(2, -1), _expected(x, 48), rtol=1e-6)
+    staged = plan.staging("x", x.shape, np.float32)
+    ptr = plan.device_buffers["x"][0]
+    rt.cudaMemcpyAsync(ptr, staged.ctypes.data, x.nbytes,
+                       rt.cudaMemcpyKind.cudaMemcpyHostToDevice, plan.stream)
+    staged[...] = 0  # reused before the copy ran: the device gets the zeros
+    rt.cudaStreamSynchronize(plan.stream)
+    device = np.empty_like(x)
+    ctypes.memmove(device.ctypes.data, ptr, x.nbytes)
+    assert not device.any()
