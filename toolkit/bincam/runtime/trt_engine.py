@@ -229,7 +229,8 @@ class TrtEngine(Engine):
         """``device``: ``cuda`` or ``cuda:N``; ``max_batch``/``opt_batch``: the plan's batch
         profile ``(1, opt, max)``; ``cache``: the plan cache folder (default ``$BINCAM_CACHE``
         or ``~/.cache/bincam``); ``cuda_graphs``: replay each batch size's captured CUDA graph
-        instead of enqueueing the plan."""
+        instead of enqueueing the plan (each batch size seen gets an execution context of its
+        own, with its own activation memory)."""
         self._plan = self._forward = self._kernel = self.stream = None
         _trt()  # a clear error first where TensorRT is missing
         self.device = device_index(device)
