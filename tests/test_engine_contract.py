@@ -100,3 +100,21 @@ def test_options_layers_paths_and_closed_engines(tmp_path):
 def test_open_engine_names_what_a_model_can_be():
     with pytest.raises(BincamError, match="a model is a checkpoint folder, an ONNX file"):
         open_engine(np.zeros(3))
+
+
+def test_cuda_provider_fallback_to_cpu_is_refused(engines, monkeypatch):
+    """ONNX Runtime drops a CUDA provider it cannot load (a wheel for another CUDA major, no
+    cuDNN) with a warning and builds the session on the CPU: asked for cuda, the engine refuses
+    that session instead of running on the CPU silently. The CPU wheel here does exactly that
+    once ``get_available_providers`` claims CUDA (as onnxruntime-gpu does before loading it)."""
+    import onnxruntime as ort
+
+    from bincam.runtime.ort_engine import OrtEngine
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    model = engines["ort"].model_bytes
+    with pytest.raises(BincamError, match="could not use the CUDA provider.*CPUExecutionProvider"
+                                          ".*onnxruntime-gpu.*or pass --device cpu"):
+        OrtEngine(model, device="cuda")
+    assert OrtEngine(model, device="cpu").session.get_providers() == ["CPUExecutionProvider"]

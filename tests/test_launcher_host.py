@@ -161,3 +161,22 @@ def test_a_missing_device_is_an_error(driver):
     driver(devices=1)
     with pytest.raises(BincamError, match="CUDA_ERROR_INVALID_DEVICE"):
         FusedEpilogue(device=1)
+
+
+def test_a_missing_nvrtc_library_is_one_clear_error(monkeypatch):
+    """cuda-python ships NVRTC's bindings without its library: the first call raises
+    cuda.pathfinder's bare RuntimeError, which becomes one error naming the wheel to install."""
+    pytest.importorskip("cuda.bindings.nvrtc")
+    from cuda.bindings import nvrtc
+
+    from bincam.gpu import launcher
+
+    def missing():
+        raise RuntimeError('Failure finding "libnvrtc.so.13 or libnvrtc.so.12": No such file')
+
+    monkeypatch.setattr(nvrtc, "nvrtcVersion", missing)
+    monkeypatch.setattr(launcher, "_nvrtc_loaded", [])
+    for call in (launcher.nvrtc_version, lambda: launcher.compile_kernel("sm_90")):
+        with pytest.raises(BincamError, match=r"NVRTC's library \(libnvrtc\) was not found .*"
+                                              r"pip install 'nvidia-cuda-nvrtc==13\.\*'"):
+            call()

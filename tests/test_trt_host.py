@@ -1,266 +1,25 @@
 """Host logic of the TensorRT plan builder and engine, run against TEST DOUBLES of the
-``tensorrt`` module and of ``cuda.bindings.runtime`` defined below (they record calls and
-answer from the ONNX file; nothing here is TensorRT or a GPU, and nothing here counts as
-"TensorRT ran"). What they check: the optimisation profile comes from the network's own
+``tensorrt`` module and of ``cuda.bindings.runtime`` (``tests/trt_doubles.py``: they record
+calls, compute from the input, refuse what the real libraries refuse; nothing here is TensorRT
+or a GPU, and nothing here counts as "TensorRT ran"). What they check: the optimisation profile comes from the network's own
 input, the timing cache is per TensorRT version and GPU and its refusals are errors while a
 missing one is not, plans are cached and reused, every TensorRT return value is checked, I/O
 tensors must be row major and fully shaped, host copies are page-locked, captured CUDA graphs are
-destroyed (a failed capture's too), and the engine's device is the one made current (and the
+destroyed (a failed capture's too), CUDA graphs on alternating batches equal plain execution, a
+missing execution context is an error, and the engine's device is the one made current (and the
 caller's restored) for the plan and for the fused kernel."""
 
 import ctypes
-import enum
 import json
 import sys
 import types
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
+from trt_doubles import _DataType, runtime_double, tensorrt_double
 
 from bincam.errors import BincamError
-
-
-# ---------------------------------------------------------------- the tensorrt test double
-class _DataType(enum.Enum):
-    FLOAT, HALF, INT32 = range(3)
-
-
-ONNX_TO_DOUBLE = {TensorProto.FLOAT: _DataType.FLOAT, TensorProto.FLOAT16: _DataType.HALF,
-                  TensorProto.INT32: _DataType.INT32}
-
-
-def _io(model_bytes):
-    """[(name, is_input, dtype, shape with -1 for a symbolic axis)] of an ONNX file."""
-    graph = onnx.load_model_from_string(model_bytes).graph
-    out = []
-    for is_input, values in ((True, graph.input), (False, graph.output)):
-        for v in values:
-            dims = [d.dim_value if d.HasField("dim_value") else -1
-                    for d in v.type.tensor_type.shape.dim]
-            out.append((v.name, is_input, ONNX_TO_DOUBLE[v.type.tensor_type.elem_type], dims))
-    return out
-
-
-def tensorrt_double(**knobs):
-    """A stand-in ``tensorrt`` module; ``knobs``: set_timing_cache_ok, timing_cache_none,
-    parse_ok, input_ok, execute_ok, fail_execute_at (the n-th execution fails), address_ok,
-    dtypes (name → _DataType), formats (name → TensorFormat name), unresolved (output names
-    whose shape stays -1)."""
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.99.0+test-double"
-    trt.log = {"builds": 0, "profiles": [], "timing_blobs": [], "executes": 0}
-    trt.knobs = {"set_timing_cache_ok": True, "timing_cache_none": False, "parse_ok": True,
-                 "input_ok": True, "execute_ok": True, "fail_execute_at": None,
-                 "address_ok": True, "dtypes": {}, "formats": {}, "unresolved": (), **knobs}
-    trt.DataType = _DataType
-    trt.TensorFormat = enum.Enum("TensorFormat", "LINEAR CHW2 HWC8")
-    trt.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
-    trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum("Flag", {"STRONGLY_TYPED": 0})
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, level):
-            self.level = level
-
-    class Tensor:
-        def __init__(self, name, shape):
-            self.name, self.shape = name, tuple(shape)
-
-    class Network:
-        def __init__(self):
-            self.io = []
-
-        @property
-        def num_inputs(self):
-            return sum(1 for _, is_in, _, _ in self.io if is_in)
-
-        def get_input(self, i):
-            name, _, _, shape = [t for t in self.io if t[1]][i]
-            return Tensor(name, shape)
-
-    class OnnxParser:
-        def __init__(self, network, logger):
-            self.network, self.num_errors = network, 0
-
-        def parse(self, data):
-            if not trt.knobs["parse_ok"]:
-                self.num_errors = 1
-                return False
-            self.network.io = _io(data)
-            return True
-
-        def get_error(self, i):
-            return "node 3: unsupported (test double)"
-
-    class TimingCache:
-        def __init__(self, blob):
-            self.blob = bytes(blob)
-
-        def serialize(self):
-            return self.blob + b"+tactics"
-
-    class Config:
-        def __init__(self):
-            self.cache = None
-
-        def set_memory_pool_limit(self, pool, size):
-            pass
-
-        def add_optimization_profile(self, profile):
-            trt.log["profiles"].append(profile.shapes)
-            return 0
-
-        def create_timing_cache(self, blob):
-            trt.log["timing_blobs"].append(bytes(blob))
-            return TimingCache(blob)
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            self.cache = cache
-            return trt.knobs["set_timing_cache_ok"]
-
-        def get_timing_cache(self):
-            return None if trt.knobs["timing_cache_none"] else self.cache
-
-    class Profile:
-        def set_shape(self, name, *shapes):
-            self.shapes = (name, [tuple(s) for s in shapes])
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            return Network()
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            trt.log["builds"] += 1
-            return json.dumps([[n, i, d.name, s] for n, i, d, s in network.io]).encode()
-
-    class Context:
-        def __init__(self, engine):
-            self.engine, self.batch, self.addresses = engine, None, {}
-
-        def set_input_shape(self, name, shape):
-            self.batch = shape[0]
-            return trt.knobs["input_ok"]
-
-        def get_tensor_shape(self, name):
-            if name in trt.knobs["unresolved"]:
-                return tuple(self.engine.shapes[name])
-            return tuple(self.batch if d < 0 else d for d in self.engine.shapes[name])
-
-        def set_tensor_address(self, name, ptr):
-            self.addresses[name] = ptr
-            return trt.knobs["address_ok"]
-
-        def execute_async_v3(self, stream):
-            trt.log["executes"] += 1
-            if trt.log["executes"] == trt.knobs["fail_execute_at"]:
-                return False
-            return trt.knobs["execute_ok"]
-
-    class Engine:
-        def __init__(self, spec):
-            self.names = [n for n, *_ in spec]
-            self.inputs = {n for n, is_in, *_ in spec if is_in}
-            self.shapes = {n: s for n, _, _, s in spec}
-            self.types = {n: trt.knobs["dtypes"].get(n, _DataType[d]) for n, _, d, _ in spec}
-            self.num_io_tensors = len(spec)
-
-        def get_tensor_name(self, i):
-            return self.names[i]
-
-        def get_tensor_mode(self, name):
-            return trt.TensorIOMode.INPUT if name in self.inputs else trt.TensorIOMode.OUTPUT
-
-        def get_tensor_dtype(self, name):
-            return self.types[name]
-
-        def get_tensor_format(self, name):
-            return trt.TensorFormat[trt.knobs["formats"].get(name, "LINEAR")]
-
-        def create_execution_context(self):
-            return Context(self)
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, plan):
-            return Engine(json.loads(bytes(plan)))
-
-    for cls in (Logger, OnnxParser, Builder, Runtime):
-        setattr(trt, cls.__name__, cls)
-    return trt
-
-
-# ------------------------------------------------------ the cuda.bindings.runtime test double
-def runtime_double(devices=2):
-    """A stand-in ``cuda.bindings.runtime``: device and host memory are real host buffers (so
-    copies move bytes), streams and graphs are counters, and every call is logged."""
-    rt = types.ModuleType("cuda.bindings.runtime")
-    rt.cudaError_t = enum.Enum("cudaError_t", {"cudaSuccess": 0, "cudaErrorInvalidValue": 1})
-    rt.cudaMemcpyKind = enum.Enum("cudaMemcpyKind", "cudaMemcpyHostToDevice cudaMemcpyDeviceToHost")
-    rt.cudaStreamCaptureMode = enum.Enum("cudaStreamCaptureMode",
-                                         "cudaStreamCaptureModeThreadLocal")
-    ok = rt.cudaError_t.cudaSuccess
-    rt.state = {"device": 0, "buffers": {}, "pinned": {}, "copies": [], "graphs": set(),
-                "execs": set(), "destroyed": [], "device_log": [], "next": 1}
-
-    def alloc(table, n):
-        buf = ctypes.create_string_buffer(max(int(n), 1))
-        table[ctypes.addressof(buf)] = buf
-        return ctypes.addressof(buf)
-
-    def new_id():
-        rt.state["next"] += 1
-        return rt.state["next"]
-
-    def set_device(d):
-        if not 0 <= d < devices:
-            return (rt.cudaError_t.cudaErrorInvalidValue,)
-        rt.state["device"] = d
-        rt.state["device_log"].append(d)
-        return (ok,)
-
-    def copy(dst, src, n, kind, stream=None):
-        rt.state["copies"].append((dst, src, n, kind, stream is not None))
-        ctypes.memmove(dst, src, n)
-        return (ok,)
-
-    def destroy(kind):
-        def fn(handle):
-            rt.state["destroyed"].append((kind, handle))
-            return (ok,)
-        return fn
-
-    props = types.SimpleNamespace(name=b"Test Double GPU", major=9, minor=0)
-    rt.__dict__.update(
-        cudaGetDevice=lambda: (ok, rt.state["device"]), cudaSetDevice=set_device,
-        cudaGetDeviceProperties=lambda d: (ok, props),
-        cudaMalloc=lambda n: (ok, alloc(rt.state["buffers"], n)),
-        cudaFree=lambda p: (ok, rt.state["buffers"].pop(p)) and (ok,),
-        cudaMallocHost=lambda n: (ok, alloc(rt.state["pinned"], n)),
-        cudaFreeHost=lambda p: (ok, rt.state["pinned"].pop(p)) and (ok,),
-        cudaMemcpyAsync=copy, cudaMemcpy=lambda d, s, n, k: copy(d, s, n, k),
-        cudaStreamCreate=lambda: (ok, new_id()), cudaStreamSynchronize=lambda s: (ok,),
-        cudaStreamDestroy=destroy("stream"),
-        cudaStreamBeginCapture=lambda s, mode: (ok,),
-        cudaStreamEndCapture=lambda s: (ok, rt.state["graphs"].add(g := new_id()) or g),
-        cudaGraphInstantiate=lambda g, flags: (ok, rt.state["execs"].add(e := new_id()) or e),
-        cudaGraphLaunch=lambda e, s: (ok,),
-        cudaGraphExecDestroy=destroy("exec"), cudaGraphDestroy=destroy("graph"))
-    return rt
 
 
 @pytest.fixture
@@ -268,6 +27,7 @@ def doubles(monkeypatch):
     """Install both doubles for one test (sys.modules restored afterwards)."""
     def install(devices=2, **knobs):
         trt, rt = tensorrt_double(**knobs), runtime_double(devices)
+        trt.runtime = rt  # the TensorRT double enqueues its work on the runtime double's streams
         cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
         cuda.bindings, bindings.runtime = bindings, rt
         for name, module in (("tensorrt", trt), ("cuda", cuda), ("cuda.bindings", bindings),
@@ -374,7 +134,8 @@ def _plan(trt_knobs, doubles, cuda_graphs=False):
 
     trt, rt = doubles(**trt_knobs)
     blob = build_plan(_model(["N", 3, 4, 4], [("y", [-1, 3, 4, 4]), ("z", [-1, 2])]), (1, 2, 8))
-    return _Plan(blob, 7, cuda_graphs), trt, rt
+    stream = rt.cudaStreamCreate()[1]
+    return _Plan(blob, stream, cuda_graphs), trt, rt
 
 
 @pytest.mark.parametrize("knobs, message", [
@@ -512,3 +273,92 @@ def test_fused_reads_half_activations_but_not_half_head_weights(doubles, small_o
         else:
             with pytest.raises(BincamError, match="float32 logits and channel weights"):
                 engine.fused(x, maps=None)
+
+
+# ------------------------------------------------------------ strict doubles: what they refuse
+def _expected(x, width):
+    """The doubles' computation: ``output[b] = mean(input[b]) + 0.5 · arange``."""
+    return x.reshape(len(x), -1).mean(1)[:, None] + 0.5 * np.arange(width)
+
+
+def test_cuda_graphs_alternating_batches_equal_plain_execution(doubles):
+    """Batches 2, 1, 2 with CUDA graphs give what plain execution gives. A graph replays the
+    context state it was captured with: on one context moved to batch 1 and back, the batch-2
+    graph read the internal memory of a shape since re-planned (NaN in the double)."""
+    rng = np.random.default_rng(0)
+    batches = [rng.random((n, 3, 4, 4), dtype=np.float32) for n in (2, 1, 2, 1)]
+    results = {}
+    for graphs in (False, True):
+        plan, _, rt = _plan({}, doubles, cuda_graphs=graphs)
+        results[graphs] = [plan.download(plan.enqueue(x)) for x in batches]
+        plan.close()
+    for x, plain, graphed in zip(batches, results[False], results[True]):
+        np.testing.assert_allclose(plain["y"].reshape(len(x), -1), _expected(x, 48), rtol=1e-6)
+        for name in ("y", "z"):
+            np.testing.assert_array_equal(graphed[name], plain[name])
+
+
+def test_a_missing_execution_context_is_an_error(doubles, monkeypatch):
+    from bincam.runtime.trt_engine import _Plan
+
+    plan, trt, rt = _plan({}, doubles)
+    blob = json.dumps({"io": [["x", True, "FLOAT", [-1, 3, 4, 4]],
+                              ["y", False, "FLOAT", [-1, 3, 4, 4]]],
+                       "profile": ["x", [[1, 3, 4, 4], [2, 3, 4, 4], [8, 3, 4, 4]]]}).encode()
+    engine_type = type(plan.engine)
+    monkeypatch.setattr(engine_type, "create_execution_context", lambda self: None)
+    with pytest.raises(BincamError, match="could not create an execution context"):
+        _Plan(blob, plan.stream, False)
+
+
+def test_the_doubles_refuse_what_tensorrt_and_cuda_refuse(doubles):
+    """Shapes outside the profile, unaligned or unset addresses, unknown streams, a profile
+    with min != max on a static axis, and ops TensorRT's parser lacks."""
+    from bincam.runtime.trt_plan import build_plan
+
+    plan, trt, rt = _plan({}, doubles)
+    with pytest.raises(BincamError, match=r"refused input shape \[9, 3, 4, 4\]"):
+        plan.enqueue(np.zeros((9, 3, 4, 4), np.float32))  # profile (1, 2, 8)
+    context = plan.context
+    assert not context.set_input_shape("x", (2, 3, 4, 5))
+    assert context.set_input_shape("x", (2, 3, 4, 4))
+    ptr = rt.cudaMalloc(64)[1]
+    assert ptr % 256 == 0 and not context.set_tensor_address("x", ptr + 4)
+    assert not context.execute_async_v3(plan.stream)  # no address set yet
+    for name in ("x", "y", "z"):
+        assert context.set_tensor_address(name, rt.cudaMalloc(1024)[1])
+    assert not context.execute_async_v3(12345)  # a stream nobody created
+    assert context.execute_async_v3(plan.stream)
+    network = trt.Builder(None).create_network(0)
+    network.io = [("x", True, _DataType.FLOAT, [-1, 3, 4, 4])]
+    config, profile = trt.Builder(None).create_builder_config(), trt.Builder(None)
+    profile = profile.create_optimization_profile()
+    profile.set_shape("x", (1, 3, 4, 4), (2, 3, 4, 4), (8, 3, 8, 4))
+    assert config.add_optimization_profile(profile) == -1
+    unique = helper.make_model(helper.make_graph(
+        [helper.make_node("Unique", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1])]))
+    with pytest.raises(BincamError, match="cannot parse the ONNX model: Unique"):
+        build_plan(unique.SerializeToString(), (1, 2, 4))
+
+
+def test_copies_complete_at_stream_synchronisation(doubles):
+    """cudaMemcpyAsync in the double runs when the stream is synchronised: a staging buffer
+    overwritten before that would be seen; the engine's results are those of the input sent."""
+    plan, trt, rt = _plan({}, doubles)
+    x = np.random.default_rng(1).random((2, 3, 4, 4), dtype=np.float32)
+    out = plan.enqueue(x)
+    assert rt.state["streams"][plan.stream]  # queued, not yet run
+    host = plan.download(out)
+    assert not rt.state["streams"][plan.stream]
+    np.testing.assert_allclose(host["y"].reshape(2, -1), _expected(x, 48), rtol=1e-6)
+    staged = plan.staging("x", x.shape, np.float32)
+    ptr = plan.device_buffers["x"][0]
+    rt.cudaMemcpyAsync(ptr, staged.ctypes.data, x.nbytes,
+                       rt.cudaMemcpyKind.cudaMemcpyHostToDevice, plan.stream)
+    staged[...] = 0  # reused before the copy ran: the device gets the zeros
+    rt.cudaStreamSynchronize(plan.stream)
+    device = np.empty_like(x)
+    ctypes.memmove(device.ctypes.data, ptr, x.nbytes)
+    assert not device.any()

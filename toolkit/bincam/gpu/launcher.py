@@ -47,12 +47,42 @@ def kernel_source() -> str:
 
 
 def _nvrtc():
+    """``cuda.bindings.nvrtc`` with NVRTC's own library loaded: cuda-python ships the bindings
+    only, and a missing ``libnvrtc`` surfaces at the first call as a bare ``RuntimeError``."""
     try:
         from cuda.bindings import nvrtc
     except ImportError:
         raise BincamError("compiling the CUDA kernels needs cuda-python: pip install "
                           "'bincam[gpu]' (or cuda-python and nvidia-cuda-nvrtc)") from None
+    _load_nvrtc_library(nvrtc)
     return nvrtc
+
+
+def nvrtc_package() -> str:
+    """The pip requirement of NVRTC's library matching the installed cuda-python's major."""
+    from importlib import metadata
+
+    try:
+        major = int(metadata.version("cuda-bindings").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        major = 13
+    return f"nvidia-cuda-nvrtc=={major}.*" if major >= 13 else f"nvidia-cuda-nvrtc-cu{major}"
+
+
+_nvrtc_loaded = []  # [True] once libnvrtc answered
+
+
+def _load_nvrtc_library(nvrtc) -> None:
+    if _nvrtc_loaded:
+        return
+    try:
+        nvrtc.nvrtcVersion()
+    except RuntimeError as exc:  # cuda.pathfinder's DynamicLibNotFoundError, or a dlopen error
+        raise BincamError(
+            f"NVRTC's library (libnvrtc) was not found ({str(exc).splitlines()[0][:120]}); "
+            f"cuda-python does not ship it: pip install '{nvrtc_package()}' (the CUDA version "
+            "of cuda-python), or 'bincam[gpu]'") from None
+    _nvrtc_loaded.append(True)
 
 
 def _ok(nvrtc, result, prog=None, what=""):

@@ -1,7 +1,8 @@
 """The ONNX Runtime engine: logits, activations and gradients from an exported bincam model.
 
 CPU provider by default; the CUDA provider when asked for and installed (the ``gpu`` extra ships
-``onnxruntime-gpu``, which replaces the CPU wheel's ``onnxruntime`` module), with I/O binding.
+``onnxruntime-gpu``, which replaces the CPU wheel's ``onnxruntime`` module), with I/O binding; a
+session asked for CUDA that ONNX Runtime built on the CPU alone is refused, never run silently.
 The model must carry bincam metadata (``bincam export`` writes it). ``run_forward`` runs the
 file's logits-only subgraph (``onnx.utils.Extractor``) with the same session options, so it is
 the forward pass alone. No torch.
@@ -27,6 +28,20 @@ def session_options(threads: int | None = None, spin: bool = False):
         options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return options
+
+
+def check_cuda_provider(used: list[str]) -> None:
+    """Refuse a session asked to run on CUDA that ONNX Runtime built on the CPU alone: it drops
+    a provider it cannot load (an onnxruntime-gpu wheel for another CUDA major, cuDNN missing,
+    ``onnxruntime`` and ``onnxruntime-gpu`` both installed) with a warning only."""
+    if "CUDAExecutionProvider" not in used:
+        import onnxruntime as ort
+
+        raise BincamError(
+            f"ONNX Runtime {ort.__version__} could not use the CUDA provider (the session got "
+            f"{', '.join(used) or 'no provider'}; its log above says why); install the "
+            "onnxruntime-gpu wheel built for this machine's CUDA major version and cuDNN, with "
+            "the CPU wheel onnxruntime uninstalled, or pass --device cpu")
 
 
 class OrtEngine(Engine):
@@ -62,6 +77,8 @@ class OrtEngine(Engine):
         except Exception as exc:  # noqa: BLE001 - ORT raises several types for a bad file
             raise BincamError(f"{source} is not a loadable ONNX model "
                               f"({str(exc).splitlines()[0][:160]})") from None
+        if device == "cuda":
+            check_cuda_provider(self.session.get_providers())
         self.device, self.model_bytes, self._forward = device, data, None
         outputs = {o.name for o in self.session.get_outputs()}
         if self.info.explain:  # an explaining file: its outputs are the explanations

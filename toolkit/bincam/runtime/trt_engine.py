@@ -4,7 +4,9 @@ the fused epilogue kernel (``gpu.launcher``) reads in place.
 
 - Run: ``set_input_shape``, ``set_tensor_address`` for every I/O tensor, ``execute_async_v3`` on
   the engine's stream (all three checked); optional CUDA-graph capture and replay per batch
-  size. Host copies go through page-locked staging buffers, kept per tensor and reused.
+  size, each batch size on an execution context of its own (a graph replays the state of the
+  context it was captured on: after ``set_input_shape`` moved that context to another batch,
+  it would not be valid). Host copies go through page-locked staging buffers, kept per tensor and reused.
 - Outputs are checked, not assumed: float32 or float16 each, row major (LINEAR), fully shaped,
   and ``logits [B,K]``, ``activations [B,C,h,w]``, ``gradients [B,K,C,h,w]`` or
   ``channel_weights [K,C]`` as the file's ``ModelInfo`` implies.
@@ -59,13 +61,14 @@ class _Plan:
         self.device_buffers: dict[str, tuple[int, int]] = {}  # name → (pointer, bytes)
         self.host_buffers: dict[str, tuple[int, int]] = {}
         self.graphs: dict[int, tuple] = {}                    # batch → (graph, instance)
+        self.graph_contexts: dict[int, object] = {}           # batch → its own context
         self.outputs: dict[str, tuple[int, tuple, np.dtype]] = {}  # → (pointer, shape, dtype)
         self.runtime = trt.Runtime(logger())
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise BincamError("TensorRT refused the cached plan; delete the cache entry to "
                               "rebuild it")
-        self.context = self.engine.create_execution_context()
+        self.context = self._new_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if len(inputs) != 1:
@@ -87,8 +90,24 @@ class _Plan:
                                   "reads row-major (LINEAR) tensors only: rebuild the plan "
                                   "without allowed_formats")
 
-    def _address(self, name: str, ptr: int) -> None:
-        if not self.context.set_tensor_address(name, ptr):
+    def _new_context(self):
+        context = self.engine.create_execution_context()
+        if context is None:
+            raise BincamError("TensorRT could not create an execution context (out of GPU "
+                              "memory? see its log); free GPU memory or lower --max-batch")
+        return context
+
+    def context_for(self, batch: int):
+        """The execution context of ``batch``: with CUDA graphs, one per batch size (created on
+        first use; its graph stays valid), else the plan's one context."""
+        if not self.cuda_graphs:
+            return self.context
+        if batch not in self.graph_contexts:
+            self.graph_contexts[batch] = self._new_context()
+        return self.graph_contexts[batch]
+
+    def _address(self, context, name: str, ptr: int) -> None:
+        if not context.set_tensor_address(name, ptr):
             raise BincamError(f"TensorRT refused the device address of tensor {name}")
 
     def buffer(self, name: str, nbytes: int) -> int:
@@ -119,40 +138,41 @@ class _Plan:
         """Copy a float32 batch in and run the plan on the stream (no sync); the outputs'
         ``(pointer, shape, dtype)``."""
         rt = self.rt
-        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+        context = self.context_for(len(x))
+        if not context.set_input_shape(self.input_name, tuple(x.shape)):
             raise BincamError(f"TensorRT refused input shape {list(x.shape)} for this plan")
         staged = self.staging(self.input_name, x.shape, np.float32)
         staged[...] = x
         ptr = self.buffer(self.input_name, x.nbytes)
         _cuda_check(rt.cudaMemcpyAsync(ptr, staged.ctypes.data, x.nbytes,
                                        rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
-        self._address(self.input_name, ptr)
+        self._address(context, self.input_name, ptr)
         for name in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(name))
+            shape = tuple(context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise BincamError(f"TensorRT left output {name} with shape {list(shape)} for "
                                   f"input shape {list(x.shape)}; export the model again")
             out = self.buffer(name, int(np.prod(shape)) * self.dtypes[name].itemsize)
-            self._address(name, out)
+            self._address(context, name, out)
             self.outputs[name] = (out, shape, self.dtypes[name])
         if self.cuda_graphs:
-            self._replay(len(x))
+            self._replay(context, len(x))
         else:
-            self._execute()
+            self._execute(context)
         return self.outputs
 
-    def _execute(self) -> None:
-        if not self.context.execute_async_v3(int(self.stream)):
+    def _execute(self, context) -> None:
+        if not context.execute_async_v3(int(self.stream)):
             raise BincamError("TensorRT execution failed (see its log)")
 
-    def _replay(self, batch: int) -> None:
+    def _replay(self, context, batch: int) -> None:
         rt = self.rt
         if batch not in self.graphs:
-            self._execute()  # a first run outside the capture
+            self._execute(context)  # a first run outside the capture
             _cuda_check(rt.cudaStreamBeginCapture(
                 self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
             try:
-                self._execute()
+                self._execute(context)
             except BaseException:  # end the capture, free what it made, keep this error
                 ended = rt.cudaStreamEndCapture(self.stream)
                 if ended[0] == rt.cudaError_t.cudaSuccess and int(ended[1]):  # not NULL
@@ -193,6 +213,7 @@ class _Plan:
         for ptr, _ in self.host_buffers.values():
             self.rt.cudaFreeHost(ptr)
         self.device_buffers.clear(), self.host_buffers.clear(), self.outputs.clear()
+        self.graph_contexts.clear()
         self.context = self.engine = None
 
 
@@ -208,7 +229,8 @@ class TrtEngine(Engine):
         """``device``: ``cuda`` or ``cuda:N``; ``max_batch``/``opt_batch``: the plan's batch
         profile ``(1, opt, max)``; ``cache``: the plan cache folder (default ``$BINCAM_CACHE``
         or ``~/.cache/bincam``); ``cuda_graphs``: replay each batch size's captured CUDA graph
-        instead of enqueueing the plan."""
+        instead of enqueueing the plan (each batch size seen gets an execution context of its
+        own, with its own activation memory)."""
         self._plan = self._forward = self._kernel = self.stream = None
         _trt()  # a clear error first where TensorRT is missing
         self.device = device_index(device)
