@@ -267,3 +267,43 @@ def test_launcher_refuses_bad_blocks_and_leaves_the_context():
     assert int(driver.cuCtxGetCurrent()[1]) == int(before)
     kernel.close()
     kernel.close()
+
+
+def test_fallback_timing_records_its_events_on_the_launch_stream(monkeypatch):
+    """Where graph capture fails, ``launch_time`` enqueues on its own stream: the timing events
+    must be recorded on that stream (on the default stream they timed nothing)."""
+    import contextlib
+    import types
+    from bincam.gpu import check
+
+    recorded, launched = [], []
+
+    class Stream:
+        cuda_stream = 1234
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            pass
+
+        def record(self, stream=None):
+            recorded.append(stream)
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return 1.0
+
+    class Graph:
+        def __init__(self):
+            raise RuntimeError("capture unsupported")
+
+    launch_stream = Stream()
+    cuda = types.SimpleNamespace(Stream=lambda: launch_stream, Event=Event, CUDAGraph=Graph,
+                                 synchronize=lambda: None, graph=None,
+                                 stream=lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(check, "torch", types.SimpleNamespace(cuda=cuda))
+    kernel = types.SimpleNamespace(prepare=lambda stream, **_: lambda: launched.append(stream))
+    result = check.launch_time(kernel, {}, reps=3, iters=4)
+    assert result["timing"].startswith("back-to-back") and set(launched) == {1234}
+    assert len(recorded) == 8 and all(s is launch_stream for s in recorded)

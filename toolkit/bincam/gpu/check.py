@@ -151,16 +151,17 @@ def emulated_check(driver, seed: int = 0, b: int = 8, k: int = 40, c: int = 2048
     return rows
 
 
-def cuda_time(fn, iters: int = 50, warmup: int = 5) -> float:
-    """Median seconds of ``fn`` on the current stream, timed with CUDA events."""
+def cuda_time(fn, iters: int = 50, warmup: int = 5, stream=None) -> float:
+    """Median seconds of ``fn``, timed with CUDA events recorded on ``stream`` (the one ``fn``
+    launches on; the current stream where None)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        start.record(stream)
         fn()
-        end.record()
+        end.record(stream)
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return float(np.median(times))
@@ -189,7 +190,7 @@ def launch_time(kernel: FusedEpilogue, arguments: dict, reps: int = 20, iters: i
         with torch.cuda.stream(stream):
             for _ in range(reps):
                 launch()
-    return {"seconds": cuda_time(enqueue, iters) / reps, "timing": how}
+    return {"seconds": cuda_time(enqueue, iters, stream=stream) / reps, "timing": how}
 
 
 def copy_bandwidth(bytes_: int = 1 << 30) -> float:
