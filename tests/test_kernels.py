@@ -307,3 +307,19 @@ def test_fallback_timing_records_its_events_on_the_launch_stream(monkeypatch):
     result = check.launch_time(kernel, {}, reps=3, iters=4)
     assert result["timing"].startswith("back-to-back") and set(launched) == {1234}
     assert len(recorded) == 8 and all(s is launch_stream for s in recorded)
+
+
+def test_performance_verdict_is_separate_and_gates_every_layout_and_batch():
+    from bincam.gpu.check import performance_verdict
+
+    rows = [{"layout": l, "batch": b, "bandwidth_fraction_f32": 0.7}
+            for l in ("dense", "factored") for b in (1, 8, 64)]
+    assert performance_verdict(rows)["ok"]
+    rows[-1]["bandwidth_fraction_f32"] = 0.59
+    verdict = performance_verdict(rows)
+    assert not verdict["ok"] and verdict["slow"] == [{"layout": "factored", "batch": 64,
+                                                      "fraction": 0.59}]
+    rows[0]["bandwidth_fraction_f32"] = 0.1  # batch 1 is reported, not gated
+    assert performance_verdict(rows[:-1])["missing"] == [("factored", 64)]
+    rows[-1]["bandwidth_fraction_f32"] = float("nan")
+    assert not performance_verdict(rows)["ok"]
