@@ -323,3 +323,15 @@ def test_performance_verdict_is_separate_and_gates_every_layout_and_batch():
     assert performance_verdict(rows[:-1])["missing"] == [("factored", 64)]
     rows[-1]["bandwidth_fraction_f32"] = float("nan")
     assert not performance_verdict(rows)["ok"]
+
+
+def test_per_kernel_bytes_add_up_to_the_launch_roofline():
+    from bincam.gpu.roofline import kernel_bytes, launch_bytes
+
+    for layout in ("dense", "factored"):
+        for b in (1, 8, 64):
+            shape = (b, 40, 2048, 7, 7)
+            per = kernel_bytes(layout, shape, (224, 224))
+            assert sum(r["bytes"] for r in per.values()) == \
+                launch_bytes(layout, shape, (224, 224))["total"]
+            assert per["partials"]["bytes"] > 0 and per["finish"]["bytes"] > per["energy"]["bytes"]
