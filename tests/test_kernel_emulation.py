@@ -225,3 +225,16 @@ def test_automatic_geometry_never_makes_an_empty_split(sms):
                 assert (g.splits - 1) * per < c, (layout, b, k, c, sms, g.splits)
     g = launch_geometry("dense", (1, 1, 1512, 7, 7), (56, 56), 256, sms=132)
     assert (g.splits - 1) * -(-1512 // g.splits) < 1512
+
+
+def test_the_reported_1512_channel_launch_has_no_nan(asan):
+    """The issue's shape: (1, 1, 1512, 7, 7) → 56×56 at 132 SMs took 47 splits of 33 channels,
+    the last empty, and returned NaN maps; now the geometry makes 46, and 47 forced splits
+    (the kernel's side) equal the reference too."""
+    assert launch_geometry("dense", (1, 1, 1512, 7, 7), (56, 56), 256, sms=132).splits == 46
+    rng = np.random.default_rng(0)
+    cases = [Case(rng.standard_normal((1, 1512, 7, 7)), rng.standard_normal((1, 1, 1512, 7, 7)),
+                  rng.standard_normal((1, 1)), (56, 56), "gradcam", "dense",
+                  masks=rng.random((1, 56, 56)) < 0.5, block=256, overrides=extra)
+             for extra in ({"splits": 47}, {})]
+    _check_all(asan, cases)
