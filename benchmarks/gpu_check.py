@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from bincam.core.methods import METHODS
-from bincam.gpu.check import LIMITS, copy_bandwidth, run_fused_case, time_case
+from bincam.gpu.check import LIMITS, PERFORMANCE_BATCHES, copy_bandwidth, performance_verdict, \
+    run_fused_case, time_case
 from bincam.gpu.launcher import FusedEpilogue
 from bincam.machine import machine_info, machine_line
 
@@ -55,12 +56,13 @@ def main() -> None:
                        "ok": all(err[n] <= lim for n, lim in LIMITS.items()), **err})
     bandwidth = copy_bandwidth()
     for layout in ("dense", "factored"):
-        for batch in sorted({1, args.batch}):
+        for batch in sorted({1, args.batch, *PERFORMANCE_BATCHES}):
             timings.append(time_case(layout, "gradcam", bandwidth, b=batch, kernel=kernel))
     record = {"benchmark": "gpu_check", "card": card, "machine": machine_info(),
               "arch": kernel.arch, "compile_or_cache_s": compile_s, "limits": LIMITS,
               "copy_bandwidth_bytes_per_s": bandwidth, "checks": checks, "timings": timings,
-              "all_ok": all(c["ok"] for c in checks)}
+              "all_ok": all(c["ok"] for c in checks),
+              "performance": performance_verdict(timings)}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"gpu_check_{re.sub(r'[^A-Za-z0-9]+', '_', card).strip('_').lower()}"
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
@@ -84,8 +86,15 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     stem.with_suffix(".md").write_text(text)
     print(text)
+    perf = record["performance"]
+    print(f"correctness: {'ok' if record['all_ok'] else 'FAILED'}")
+    print(f"performance (achieved/copy bandwidth ≥ {perf['floor']} at batch "
+          f"{'/'.join(map(str, PERFORMANCE_BATCHES))}): {'ok' if perf['ok'] else 'FAILED'}"
+          + "".join(f"; {s['layout']} b{s['batch']} {s['fraction']:.2f}" for s in perf["slow"]))
     if not record["all_ok"]:
         sys.exit(1)
+    if not perf["ok"]:
+        sys.exit(3)
 
 
 if __name__ == "__main__":

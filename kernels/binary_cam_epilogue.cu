@@ -209,6 +209,7 @@ extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_partials
     bincam_split(C, splits, split, &c_lo, &c_hi);
     const size_t a0 = (size_t)b * C * hw, g0 = (size_t)n * C * hw;
     for (int i = t; i < groups * hw; i += blockDim.x) acc[i] = 0.f;  // slot i: thread i % block
+    __syncthreads();  // zeroing before any read of acc, even where the split is empty
     for (int c0 = c_lo; c0 < c_hi; c0 += tile) {
         const int nt = min(tile, c_hi - c0);
         for (int i = t; i < nt * hw; i += blockDim.x) {  // coalesced: one contiguous range
@@ -277,6 +278,7 @@ extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_partials
     const size_t a0 = (size_t)b * C * hw;
     for (int i = t; i < nk; i += blockDim.x) sign[i] = bincam_sign(logits[b * K + k0 + i], mode);
     for (int i = t; i < nk * hw; i += blockDim.x) acc[i] = 0.f;  // slot i: thread i % block
+    __syncthreads();  // zeroing and sign before any read, even where the split is empty
     for (int c0 = c_lo; c0 < c_hi; c0 += tile) {
         const int nt = min(tile, c_hi - c0);
         for (int i = t; i < nt * hw; i += blockDim.x) {  // coalesced: one contiguous range

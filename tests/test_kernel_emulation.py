@@ -136,7 +136,7 @@ def _mutated_cases():
         cases.append(Case(acts, grads, rng.normal(size=(2, 3)).astype(np.float32), (24, 30),
                           method, layout, masks=masks, block=64,
                           overrides={"sms": 2, "tile": 8}))
-    return cases
+    return cases + [_empty_split_case("gradcam", "dense", 9, 4)]
 
 
 def _without(source, marker):
@@ -149,7 +149,8 @@ def _without(source, marker):
 
 @pytest.mark.parametrize("marker", ["// the next tile overwrites gt and at",
                                     "// the list and its count are complete",
-                                    "// earlier readers of scratch are done"])
+                                    "// earlier readers of scratch are done",
+                                    "// zeroing before any read of acc, even where the split"])
 def test_a_removed_syncthreads_is_caught(tsan, marker):
     """The harness fails a kernel with one __syncthreads() less: ThreadSanitizer reports the
     race (here the one after the dense tile loop, the one inside the run-end compaction, and
@@ -190,3 +191,50 @@ def test_geometry_fills_the_gpu_at_batch_one():
         assert max(g.smem_partials, g.smem_finish) <= 48 * 1024  # no opt-in needed
     big = launch_geometry("factored", (1, 40, 64, 40, 40), (160, 160), 256)
     assert big.kc < 40 and big.smem_partials <= 48 * 1024
+
+
+def _empty_split_case(method, layout, c, splits, seed=0):
+    rng = np.random.default_rng(seed)
+    b, k, h, w = 1, 2, 3, 3
+    grads = rng.standard_normal((b, k, c, h, w) if layout == "dense" else (k, c))
+    return Case(rng.standard_normal((b, c, h, w)), grads, rng.standard_normal((b, k)), (5, 5),
+                method, layout, masks=(rng.random((k, 5, 5)) < 0.5), block=40,
+                overrides={"splits": splits}, seed=seed)
+
+
+def test_an_empty_channel_split_is_ordered_after_its_zeroing(tsan):
+    """C = 9 over 4 splits of 3 channels leaves the last split empty (its channel-tile loop and
+    barrier never run): the final read of the accumulators must still be ordered after their
+    zeroing by other threads (failed under ThreadSanitizer before the barrier after zeroing)."""
+    cases = [_empty_split_case(m, layout, 9, 4, seed=i)
+             for i, (m, layout) in enumerate([("gradcam", "dense"), ("layercam", "dense"),
+                                              ("gradcam", "factored")])]
+    _check_all(tsan, cases)
+
+
+@pytest.mark.parametrize("sms", [58, 108, 114, 132, 142, 148, 1, 2, 1000])
+def test_automatic_geometry_never_makes_an_empty_split(sms):
+    """Every split of the automatic choice holds ≥ 1 channel (split s: channels
+    [s·⌈C/S⌉, min(C, (s+1)·⌈C/S⌉))), for C = 1…4096 at batch 1, 8 and attribute counts 1, 40."""
+    for layout in ("dense", "factored"):
+        for b, k in ((1, 1), (1, 40), (8, 40)):
+            for c in range(1, 4097):
+                g = launch_geometry(layout, (b, k, c, 7, 7), (56, 56), 256, sms=sms,
+                                    shared_limit=1 << 30)
+                per = -(-c // g.splits)
+                assert (g.splits - 1) * per < c, (layout, b, k, c, sms, g.splits)
+    g = launch_geometry("dense", (1, 1, 1512, 7, 7), (56, 56), 256, sms=132)
+    assert (g.splits - 1) * -(-1512 // g.splits) < 1512
+
+
+def test_the_reported_1512_channel_launch_has_no_nan(asan):
+    """The issue's shape: (1, 1, 1512, 7, 7) → 56×56 at 132 SMs took 47 splits of 33 channels,
+    the last empty, and returned NaN maps; now the geometry makes 46, and 47 forced splits
+    (the kernel's side) equal the reference too."""
+    assert launch_geometry("dense", (1, 1, 1512, 7, 7), (56, 56), 256, sms=132).splits == 46
+    rng = np.random.default_rng(0)
+    cases = [Case(rng.standard_normal((1, 1512, 7, 7)), rng.standard_normal((1, 1, 1512, 7, 7)),
+                  rng.standard_normal((1, 1)), (56, 56), "gradcam", "dense",
+                  masks=rng.random((1, 56, 56)) < 0.5, block=256, overrides=extra)
+             for extra in ({"splits": 47}, {})]
+    _check_all(asan, cases)

@@ -267,3 +267,71 @@ def test_launcher_refuses_bad_blocks_and_leaves_the_context():
     assert int(driver.cuCtxGetCurrent()[1]) == int(before)
     kernel.close()
     kernel.close()
+
+
+def test_fallback_timing_records_its_events_on_the_launch_stream(monkeypatch):
+    """Where graph capture fails, ``launch_time`` enqueues on its own stream: the timing events
+    must be recorded on that stream (on the default stream they timed nothing)."""
+    import contextlib
+    import types
+    from bincam.gpu import check
+
+    recorded, launched = [], []
+
+    class Stream:
+        cuda_stream = 1234
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            pass
+
+        def record(self, stream=None):
+            recorded.append(stream)
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return 1.0
+
+    class Graph:
+        def __init__(self):
+            raise RuntimeError("capture unsupported")
+
+    launch_stream = Stream()
+    cuda = types.SimpleNamespace(Stream=lambda: launch_stream, Event=Event, CUDAGraph=Graph,
+                                 synchronize=lambda: None, graph=None,
+                                 stream=lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(check, "torch", types.SimpleNamespace(cuda=cuda))
+    kernel = types.SimpleNamespace(prepare=lambda stream, **_: lambda: launched.append(stream))
+    result = check.launch_time(kernel, {}, reps=3, iters=4)
+    assert result["timing"].startswith("back-to-back") and set(launched) == {1234}
+    assert len(recorded) == 8 and all(s is launch_stream for s in recorded)
+
+
+def test_performance_verdict_is_separate_and_gates_every_layout_and_batch():
+    from bincam.gpu.check import performance_verdict
+
+    rows = [{"layout": l, "batch": b, "bandwidth_fraction_f32": 0.7}
+            for l in ("dense", "factored") for b in (1, 8, 64)]
+    assert performance_verdict(rows)["ok"]
+    rows[-1]["bandwidth_fraction_f32"] = 0.59
+    verdict = performance_verdict(rows)
+    assert not verdict["ok"] and verdict["slow"] == [{"layout": "factored", "batch": 64,
+                                                      "fraction": 0.59}]
+    rows[0]["bandwidth_fraction_f32"] = 0.1  # batch 1 is reported, not gated
+    assert performance_verdict(rows[:-1])["missing"] == [("factored", 64)]
+    rows[-1]["bandwidth_fraction_f32"] = float("nan")
+    assert not performance_verdict(rows)["ok"]
+
+
+def test_per_kernel_bytes_add_up_to_the_launch_roofline():
+    from bincam.gpu.roofline import kernel_bytes, launch_bytes
+
+    for layout in ("dense", "factored"):
+        for b in (1, 8, 64):
+            shape = (b, 40, 2048, 7, 7)
+            per = kernel_bytes(layout, shape, (224, 224))
+            assert sum(r["bytes"] for r in per.values()) == \
+                launch_bytes(layout, shape, (224, 224))["total"]
+            assert per["partials"]["bytes"] > 0 and per["finish"]["bytes"] > per["energy"]["bytes"]

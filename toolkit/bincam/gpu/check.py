@@ -151,16 +151,17 @@ def emulated_check(driver, seed: int = 0, b: int = 8, k: int = 40, c: int = 2048
     return rows
 
 
-def cuda_time(fn, iters: int = 50, warmup: int = 5) -> float:
-    """Median seconds of ``fn`` on the current stream, timed with CUDA events."""
+def cuda_time(fn, iters: int = 50, warmup: int = 5, stream=None) -> float:
+    """Median seconds of ``fn``, timed with CUDA events recorded on ``stream`` (the one ``fn``
+    launches on; the current stream where None)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        start.record(stream)
         fn()
-        end.record()
+        end.record(stream)
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return float(np.median(times))
@@ -189,7 +190,7 @@ def launch_time(kernel: FusedEpilogue, arguments: dict, reps: int = 20, iters: i
         with torch.cuda.stream(stream):
             for _ in range(reps):
                 launch()
-    return {"seconds": cuda_time(enqueue, iters) / reps, "timing": how}
+    return {"seconds": cuda_time(enqueue, iters, stream=stream) / reps, "timing": how}
 
 
 def copy_bandwidth(bytes_: int = 1 << 30) -> float:
@@ -231,3 +232,20 @@ def time_case(layout: str, method: str, bandwidth: float, b: int = 8, k: int = 4
             "bandwidth_fraction_f32": bytes32 / bandwidth / t32["seconds"],
             "bandwidth_fraction_u8": bytes8 / bandwidth / t8["seconds"],
             "torch_over_fused_f32": t_torch / t32["seconds"]}
+
+
+PERFORMANCE_FLOOR = 0.6          # achieved / copy bandwidth, float32 maps
+PERFORMANCE_BATCHES = (8, 64)    # gated batches at the AFFACT shape (K = 40, C = 2048, 7×7 → 224²)
+
+
+def performance_verdict(timings: list[dict], floor: float = PERFORMANCE_FLOOR) -> dict:
+    """The performance gate, apart from correctness: every dense and factored timing at a gated
+    batch reaches ``floor`` of the copy bandwidth (float32 maps); ``ok`` False where one misses
+    it or a gated (layout, batch) was not timed."""
+    gated = [t for t in timings if t["batch"] in PERFORMANCE_BATCHES]
+    missing = [(layout, b) for layout in ("dense", "factored") for b in PERFORMANCE_BATCHES
+               if not any(t["layout"] == layout and t["batch"] == b for t in gated)]
+    slow = [{"layout": t["layout"], "batch": t["batch"],
+             "fraction": t["bandwidth_fraction_f32"]} for t in gated
+            if not t["bandwidth_fraction_f32"] >= floor]
+    return {"floor": floor, "ok": not slow and not missing, "slow": slow, "missing": missing}

@@ -4,7 +4,8 @@ launcher and the CPU emulator use the same numbers).
 For ``shape = (B, K, C, h, w)``, maps ``H×W``, block size ``t`` and ``sms`` multiprocessors,
 aiming at ``2·sms`` blocks:
 
-- dense partials: grid ``(B·K, S)``, ``S = clamp(⌈2·sms/(B·K)⌉, 1, ⌊C/32⌋)`` channel splits;
+- dense partials: grid ``(B·K, S)``, ``S = clamp(⌈2·sms/(B·K)⌉, 1, ⌊C/32⌋)`` channel splits,
+  then ``S ← ⌈C/⌈C/S⌉⌉`` so that no split is empty (both layouts);
 - factored partials: grid ``(B, S, ⌈K/kc⌉)``, ``kc`` attributes per block (their ``kc·h·w``
   accumulators fit in shared memory), ``S ≤ C/max(kc, 8)`` so that the partial sums written
   (``kc·h·w`` per block) stay below the activations read (``C/S·h·w``);
@@ -73,7 +74,8 @@ def launch_geometry(layout: str, shape: tuple[int, int, int, int, int], size: tu
                     splits: int | None = None, tile: int | None = None, kc: int | None = None,
                     tiles: int | None = None) -> Geometry:
     """The geometry of ``shape = (B, K, C, h, w)`` → ``size = (H, W)``; ``splits``, ``tile``,
-    ``kc`` and ``tiles`` override the choice (the emulator's sweeps use that)."""
+    ``kc`` and ``tiles`` override the choice (the emulator's sweeps use that; an overridden
+    ``splits`` may leave the last splits empty, which the kernels handle)."""
     b, k, c, h, w = shape
     cells, target = h * w, 2 * max(1, sms)
     if layout not in LAYOUT_IDS:
@@ -90,7 +92,9 @@ def launch_geometry(layout: str, shape: tuple[int, int, int, int, int], size: tu
         groups_k = math.ceil(k / kc)
         auto_splits = min(math.ceil(target / (b * groups_k)), max(1, c // max(kc, 8)))
         fixed, per_channel = 4 * (kc + kc * cells), 24 + 4 * (_stride(cells) + 2 * kc)
-    splits = min(c, splits or max(1, auto_splits))
+    if splits is None:  # ⌈C/⌈C/S⌉⌉ splits: every split holds ≥ 1 channel
+        splits = math.ceil(c / math.ceil(c / min(c, max(1, auto_splits))))
+    splits = min(c, splits)
     per_split = math.ceil(c / splits)
     tile = tile or max(1, min(per_split, (TILE_BUDGET - fixed) // per_channel))
     tiles = min(size[0], tiles or max(1, min(math.ceil(target / (b * k)), size[0])))

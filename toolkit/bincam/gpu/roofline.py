@@ -59,3 +59,21 @@ def roofline_table(shape=(1, 40, 2048, 7, 7), size=(224, 224), batches=(1, 8)) -
                                 for card, bw in PEAK_BANDWIDTH.items()},
                              "items": items})
     return rows
+
+
+def kernel_bytes(layout: str, shape: tuple[int, int, int, int, int], size: tuple[int, int],
+                 maps: str = "f32", block: int = 256, sms: int = 132) -> dict[str, dict]:
+    """Bytes per kernel of one launch (energies on, no raw maps) and its floor in µs at each
+    card's peak bandwidth: partials read the inputs and write ``[B·K, S, h·w]``; finish reads
+    those and the masks, writes the maps and tile energies; energy reads and reduces those."""
+    it = launch_bytes(layout, shape, size, maps, block=block, sms=sms)
+    b, k, c, h, w = shape
+    g = launch_geometry(layout, shape, size, block, sms, shared_limit=1 << 30)
+    partial, tile_energy = (4 * n for n in g.workspace_floats(b * k, h * w))
+    inputs = it["activations"] + it.get("gradients", 0) + it.get("channel weights", 0)
+    per_kernel = {"partials": inputs + it["logits"] + partial,
+                  "finish": partial + it["masks"] + it["maps"] + tile_energy,
+                  "energy": tile_energy + it["energies"]}
+    return {name: {"bytes": n, **{f"floor_us {card}": n / bw * 1e6
+                                  for card, bw in PEAK_BANDWIDTH.items()}}
+            for name, n in per_kernel.items()}
