@@ -27,7 +27,7 @@ def gather(b, node, dys, wanted):
     idx = np.where(idx < 0, idx + size, idx)
     dy = dys[y]
     if idx.ndim == 0:
-        dy = b.node("Unsqueeze", [dy, b.const([axis + 1], "axis", np.int64)], "unsq")
+        dy = b.unsqueeze(dy, [axis + 1])
     if idx.size == 1:
         pads = np.zeros(2 * (rank + 1), dtype=np.int64)
         pads[axis + 1], pads[axis + rank + 2] = int(idx.ravel()[0]), size - 1 - int(idx.ravel()[0])
@@ -62,7 +62,7 @@ def _sum_to(b, cot: str, target: str, full: list) -> str:
     t_full = [1] * (len(full) - len(t)) + list(t)
     axes = [i + 1 for i, (a, f) in enumerate(zip(t_full, full)) if a == 1 and f != 1]
     if axes:
-        cot = b.node("ReduceSum", [cot, b.const(axes, "axes", np.int64)], "unbroadcast", keepdims=1)
+        cot = b.reduce("ReduceSum", cot, axes, "unbroadcast")
     return b.node("Reshape", [cot, b.k_shape(target)], "unbroadcast")
 
 
@@ -102,17 +102,15 @@ def layer_norm(b, node, dys, wanted):
     x, y = node.input[0], node.output[0]
     rank = len(b.shape(x))
     first = a.get("axis", -1) % rank
-    axes = b.const(list(range(first, rank)), "axes", np.int64)
-    k_axes = b.const(list(range(first + 1, rank + 1)), "axes", np.int64)
-    centred = b.node("Sub", [x, b.node("ReduceMean", [x, axes], "mean", keepdims=1)], "centred")
-    var = b.node("ReduceMean", [b.node("Mul", [centred, centred], "square"), axes], "var",
-                 keepdims=1)
+    axes, k_axes = list(range(first, rank)), list(range(first + 1, rank + 1))
+    centred = b.node("Sub", [x, b.reduce("ReduceMean", x, axes, "mean")], "centred")
+    var = b.reduce("ReduceMean", b.node("Mul", [centred, centred], "square"), axes, "var")
     std = b.node("Sqrt", [b.node("Add", [var, b.const(a.get("epsilon", 1e-5), "eps")])], "std")
     r = b.node("Div", [b.const(1.0, "one"), std], "rstd")
     xhat = b.node("Mul", [centred, r], "xhat")
     g = b.node("Mul", [dys[y], node.input[1]], "g")
-    mean_g = b.node("ReduceMean", [g, k_axes], "mean_g", keepdims=1)
-    mean_gx = b.node("ReduceMean", [b.node("Mul", [g, xhat], "gx"), k_axes], "mean_gx", keepdims=1)
+    mean_g = b.reduce("ReduceMean", g, k_axes, "mean_g")
+    mean_gx = b.reduce("ReduceMean", b.node("Mul", [g, xhat], "gx"), k_axes, "mean_gx")
     inner = b.node("Sub", [b.node("Sub", [g, mean_g], "g_centred"),
                            b.node("Mul", [xhat, mean_gx], "projection")], "inner")
     return {x: b.node("Mul", [inner, r], "layer_norm")}

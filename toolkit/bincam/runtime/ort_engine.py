@@ -60,8 +60,9 @@ class OrtEngine(Engine):
         try:
             self.session = ort.InferenceSession(data, options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several types for a bad file
-            raise BincamError(f"{source} is not a loadable ONNX model "
-                              f"({str(exc).splitlines()[0][:160]})") from None
+            from bincam.core.own_graph import load_failure
+
+            raise load_failure(data, exc, source) from None
         self.device, self.model_bytes, self._forward = device, data, None
         outputs = {o.name for o in self.session.get_outputs()}
         if self.info.explain:  # an explaining file: its outputs are the explanations
