@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from bincam.errors import OwnGraphError
+from bincam.export.lint import SUPPORTED, lint_tensorrt
 from bincam.export.opset import OPSETS, axes_as_input
 from bincam.export.rules import RULES
 from bincam.export.vjp import GRADIENTS, append_gradients
@@ -39,6 +40,7 @@ class Case:
     covers: set = field(default_factory=set)
     since: int = 13
     inputs: Callable | None = None
+    tensorrt: bool = True  # the gradient nodes pass the TensorRT lint
 
 
 def with_axes(op, inputs, output, axes, opset, **attrs):
@@ -210,7 +212,7 @@ OPSET_CASES: dict[str, Case] = {
     "Softmax": Case(single("Softmax", axis=1), lambda x, c: torch.softmax(x, 1), (4, 5, 5)),
     "Cast": Case(lambda opset: ([N("Cast", ["x"], ["d"], to=TensorProto.DOUBLE),
                                  N("Cast", ["d"], ["y"], to=TensorProto.FLOAT)], {}),
-                 lambda x, c: x, (4, 5, 5)),
+                 lambda x, c: x, (4, 5, 5), tensorrt=False),  # TensorRT has no double
     "Gather": Case(consts([N("Gather", ["x", "i"], ["y"], axis=1)],
                           i=np.array([0, 0, -1], np.int64)), lambda x, c: x[:, [0, 0, -1]],
                    (4, 5, 5)),
@@ -250,15 +252,25 @@ def reference(case: Case, opset: int, head: np.ndarray, x: torch.Tensor) -> np.n
     return torch.stack(rows, 1).numpy()
 
 
-def check_at_opset(name: str, case: Case, opset: int) -> None:
+def check_at_opset(name: str, case: Case, opset: int, checker: bool = True) -> None:
+    """``case`` at ``opset``: the forward (``checker``) and the extended graph pass the full
+    checker, the gradient nodes are on TensorRT's list and pass its lint, and the gradients equal
+    float64 autograd."""
     torch.manual_seed(zlib.crc32(name.encode()) % 1000)
     x = case.inputs(case.shape) if case.inputs else torch.randn(5, *case.shape, dtype=torch.float64)
     features = case.torch_fn(x[:1], as_torch(case.nodes(opset)[1])).flatten(1).shape[1]
     head = np.random.default_rng(1).normal(size=(features, K)).astype(np.float32)
     model = build(case, opset, head)
-    onnx.checker.check_model(model, full_check=True)          # the forward form is the opset's
+    if checker:
+        onnx.checker.check_model(model, full_check=True)      # the forward form is the opset's
     extended = append_gradients(model, "x", "logits")
-    onnx.checker.check_model(extended, full_check=True)
+    if checker:
+        onnx.checker.check_model(extended, full_check=True)
+    new_nodes = extended.graph.node[len(model.graph.node):]
+    added = {n.op_type for n in new_nodes}
+    assert added <= set(SUPPORTED), f"{name}: {sorted(added - set(SUPPORTED))} not TensorRT's"
+    problems = [p for p in lint_tensorrt(extended) if any(f"'{n.name}'" in p for n in new_nodes)]
+    assert problems == [] or not case.tensorrt, problems
     sess = ort.InferenceSession(extended.SerializeToString(), providers=["CPUExecutionProvider"])
     got = sess.run([GRADIENTS], {"x": x.float().numpy()})[0]
     expected = reference(case, opset, head, x.float().double())
@@ -273,8 +285,16 @@ def test_rule_graph_is_valid_and_right_at_opset(name, opset):
     check_at_opset(name, OPSET_CASES[name], opset)
 
 
+def opset_covered() -> set[str]:
+    """The op types the opset cases here and in test_vjp_rules_new.py cover."""
+    from test_vjp_rules_new import NEW_CASES
+
+    cases = {**OPSET_CASES, **NEW_CASES}
+    return set().union(*({n.split("-")[0]} | c.covers for n, c in cases.items()))
+
+
 def test_every_rule_has_an_opset_case():
-    covered = set().union(*({n.split("-")[0]} | c.covers for n, c in OPSET_CASES.items()))
+    covered = opset_covered()
     assert set(RULES) <= covered, f"no opset case for {sorted(set(RULES) - covered)}"
 
 

@@ -287,3 +287,6 @@ def pad(b, node, dys, wanted):
 from bincam.export import rules_pool  # noqa: E402,F401 - registers the MaxPool and AveragePool rules
 from bincam.export import rules_elementwise  # noqa: E402,F401 - registers the element-wise rules
 from bincam.export import rules_tensor  # noqa: E402,F401 - registers the indexing and MatMul rules
+from bincam.export import rules_activation  # noqa: E402,F401 - registers the activation rules
+from bincam.export import rules_reduce  # noqa: E402,F401 - registers the other reductions
+from bincam.export import rules_norm  # noqa: E402,F401 - registers the normalisation rules

@@ -1,5 +1,6 @@
-"""VJP rules of indexing, splitting, matrix products and LayerNorm — the ops vision transformers
-add (class-token pick, q/k/v selection, attention ``Q·Kᵀ`` and ``P·V``, pre-norm blocks)."""
+"""VJP rules of indexing, splitting and matrix products — the ops vision transformers add
+(class-token pick, q/k/v selection, attention ``Q·Kᵀ`` and ``P·V``); their LayerNorm is in
+``rules_norm.py``."""
 
 from __future__ import annotations
 
@@ -90,27 +91,3 @@ def matmul(b, node, dys, wanted):
         grad = b.node("MatMul", [_swapped(b, a), dy], "matmul")
         pairs.append((w, _sum_to(b, grad, w, lead + b.shape(w)[-2:])))
     return _collect(b, pairs)
-
-
-@vjp_rule("LayerNormalization")
-def layer_norm(b, node, dys, wanted):
-    """``Y = X̂·γ + β``, ``X̂ = (X − μ)·r``, ``r = 1/√(σ² + ε)`` over the axes from ``axis`` on:
-    ``dX = r·(g − mean(g) − X̂·mean(g·X̂))`` with ``g = dY·γ``, means over the same axes. ``μ`` and
-    ``r`` are recomputed from ``X`` (TensorRT's LayerNorm has no Mean/InvStdDev outputs)."""
-    _only(node, wanted)
-    a = _attrs(node)
-    x, y = node.input[0], node.output[0]
-    rank = len(b.shape(x))
-    first = a.get("axis", -1) % rank
-    axes, k_axes = list(range(first, rank)), list(range(first + 1, rank + 1))
-    centred = b.node("Sub", [x, b.reduce("ReduceMean", x, axes, "mean")], "centred")
-    var = b.reduce("ReduceMean", b.node("Mul", [centred, centred], "square"), axes, "var")
-    std = b.node("Sqrt", [b.node("Add", [var, b.const(a.get("epsilon", 1e-5), "eps")])], "std")
-    r = b.node("Div", [b.const(1.0, "one"), std], "rstd")
-    xhat = b.node("Mul", [centred, r], "xhat")
-    g = b.node("Mul", [dys[y], node.input[1]], "g")
-    mean_g = b.reduce("ReduceMean", g, k_axes, "mean_g")
-    mean_gx = b.reduce("ReduceMean", b.node("Mul", [g, xhat], "gx"), k_axes, "mean_gx")
-    inner = b.node("Sub", [b.node("Sub", [g, mean_g], "g_centred"),
-                           b.node("Mul", [xhat, mean_gx], "projection")], "inner")
-    return {x: b.node("Mul", [inner, r], "layer_norm")}

@@ -38,7 +38,7 @@ class VjpBuilder:
         for node in self.graph.node:
             if node.op_type == "Constant":
                 self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        inferred = shape_inference.infer_shapes(model, data_prop=True)
+        inferred = _infer_shapes(model)
         self.shapes: dict[str, list[int | None]] = {}
         for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + \
                 list(inferred.graph.output):
@@ -117,6 +117,29 @@ class VjpBuilder:
         axes = [i + 1 for i, (a, b) in enumerate(zip(t_full, r)) if a == 1 and b != 1]
         summed = self.reduce("ReduceSum", cot, axes) if axes else cot
         return self.node("Reshape", [summed, self.k_shape(target)])
+
+
+# ops whose output has their first input's type and shape, for where ONNX's inference lacks them
+# (GroupNormalization-21 in onnx 1.23 infers nothing, leaving every tensor after it unknown)
+SHAPE_PRESERVING = frozenset({"GroupNormalization"})
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference, with the outputs of ``SHAPE_PRESERVING`` ops it left unknown typed
+    as their inputs (then inferred again)."""
+    inferred = shape_inference.infer_shapes(model, data_prop=True)
+    known = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.input,
+                                    *inferred.graph.output] if vi.type.tensor_type.HasField("shape")}
+    missing = [(n.input[0], n.output[0]) for n in model.graph.node
+               if n.op_type in SHAPE_PRESERVING and n.output[0] not in known and n.input[0] in known]
+    if not missing:
+        return inferred
+    typed = onnx.ModelProto.FromString(model.SerializeToString())
+    for source, target in missing:
+        vi = typed.graph.value_info.add()
+        vi.CopyFrom(known[source])
+        vi.name = target
+    return shape_inference.infer_shapes(typed, data_prop=True)
 
 
 NO_GRADIENT = frozenset({"Shape", "Size"})
