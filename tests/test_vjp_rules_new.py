@@ -51,6 +51,21 @@ GROUP21 = {"s": rand(6, lo=0.5, hi=2), "bb": rand(6)}
 GROUP18 = {"s": rand(3, lo=0.5, hi=2), "bb": rand(3)}
 
 
+SCALE2 = np.array([1, 1, 2, 2], np.float32)
+
+
+def _d2s_dcr(x, s):
+    n, c, h, w = x.shape
+    return x.reshape(n, s, s, c // (s * s), h, w).permute(0, 3, 4, 1, 5, 2).reshape(
+        n, c // (s * s), h * s, w * s)
+
+
+def _s2d(x, s):
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // s, s, w // s, s).permute(0, 3, 5, 1, 2, 4).reshape(
+        n, c * s * s, h // s, w // s)
+
+
 def _group_norm_18(x, c):
     return F.group_norm(x, 3, c["s"].repeat_interleave(2), c["bb"].repeat_interleave(2))
 
@@ -103,6 +118,53 @@ NEW_CASES: dict[str, Case] = {
                                               num_groups=3)], **GROUP21),
                                lambda x, c: F.group_norm(x, 3, c["s"], c["bb"]), (6, 4, 4),
                                since=21),
+    "Einsum-scores": Case(lambda opset: ([N("Einsum", ["x", "x"], ["y"],
+                                            equation="bhid,bhjd->bhij")], {}),
+                          lambda x, c: torch.einsum("bhid,bhjd->bhij", x, x), (2, 5, 4)),
+    "Einsum-attention": Case(lambda opset: ([N("Einsum", ["x", "x"], ["s"],
+                                               equation="bhid,bhjd->bhij"),
+                                             N("Softmax", ["s"], ["p"], axis=-1),
+                                             N("Einsum", ["p", "x"], ["y"],
+                                               equation="bhij,bhjd->bhid")], {}),
+                             lambda x, c: torch.einsum("bhij,bhjd->bhid", torch.softmax(
+                                 torch.einsum("bhid,bhjd->bhij", x, x), -1), x), (2, 5, 4)),
+    "Einsum-constant-implicit": Case(with_consts([N("Einsum", ["x", "w"], ["y"],
+                                                    equation="bcd,de")], w=rand(4, 3)),
+                                     lambda x, c: torch.einsum("bcd,de->bce", x, c["w"]), (5, 4)),
+    "DepthToSpace": Case(one("DepthToSpace", blocksize=2), lambda x, c: _d2s_dcr(x, 2),
+                         (8, 3, 2)),
+    "DepthToSpace-CRD": Case(one("DepthToSpace", blocksize=2, mode="CRD"),
+                             lambda x, c: F.pixel_shuffle(x, 2), (8, 3, 2)),
+    "SpaceToDepth": Case(one("SpaceToDepth", blocksize=2), lambda x, c: _s2d(x, 2), (3, 4, 6)),
+    "Resize-nearest": Case(with_consts([N("Resize", ["x", "", "sc"], ["y"], mode="nearest",
+                                          coordinate_transformation_mode="asymmetric",
+                                          nearest_mode="floor")], sc=SCALE2),
+                           lambda x, c: F.interpolate(x, scale_factor=2, mode="nearest"),
+                           (3, 4, 5)),
+    "Resize-nearest-round-prefer-floor": Case(
+        with_consts([N("Resize", ["x", "", "sc"], ["y"], mode="nearest",
+                       coordinate_transformation_mode="asymmetric",
+                       nearest_mode="round_prefer_floor")], sc=SCALE2),
+        lambda x, c: F.interpolate(x, scale_factor=2, mode="nearest"), (3, 4, 5)),
+    "Resize-nearest-down-sizes": Case(
+        with_consts([N("Resize", ["x", "", "", "sz"], ["y"], mode="nearest", axes=[2, 3],
+                       coordinate_transformation_mode="asymmetric", nearest_mode="floor")],
+                    sz=np.array([3, 4], np.int64)),
+        lambda x, c: F.interpolate(x, size=(3, 4), mode="nearest"), (3, 7, 9), since=18),
+    "Resize-linear-half-pixel": Case(
+        with_consts([N("Resize", ["x", "", "sc"], ["y"], mode="linear",
+                       coordinate_transformation_mode="half_pixel")], sc=SCALE2),
+        lambda x, c: F.interpolate(x, scale_factor=2, mode="bilinear"), (3, 4, 5)),
+    "Resize-linear-pytorch-half-pixel": Case(
+        with_consts([N("Resize", ["x", "", "", "sz"], ["y"], mode="linear", axes=[2, 3],
+                       coordinate_transformation_mode="pytorch_half_pixel")],
+                    sz=np.array([3, 4], np.int64)),
+        lambda x, c: F.interpolate(x, size=(3, 4), mode="bilinear"), (3, 7, 9), since=18),
+    "Resize-linear-align-corners": Case(
+        with_consts([N("Resize", ["x", "", "sc"], ["y"], mode="linear",
+                       coordinate_transformation_mode="align_corners")], sc=SCALE2),
+        lambda x, c: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True),
+        (3, 4, 5)),
 }
 
 

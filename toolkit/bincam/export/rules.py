@@ -290,3 +290,4 @@ from bincam.export import rules_tensor  # noqa: E402,F401 - registers the indexi
 from bincam.export import rules_activation  # noqa: E402,F401 - registers the activation rules
 from bincam.export import rules_reduce  # noqa: E402,F401 - registers the other reductions
 from bincam.export import rules_norm  # noqa: E402,F401 - registers the normalisation rules
+from bincam.export import rules_layout  # noqa: E402,F401 - registers Einsum, DepthToSpace, Resize
