@@ -165,6 +165,11 @@ NEW_CASES: dict[str, Case] = {
                        coordinate_transformation_mode="align_corners")], sc=SCALE2),
         lambda x, c: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True),
         (3, 4, 5)),
+    "GatherND": Case(with_consts([N("Transpose", ["x"], ["t"], perm=[1, 2, 0, 3]),
+                                  N("GatherND", ["t", "i"], ["g"]),
+                                  N("Transpose", ["g"], ["y"], perm=[1, 0, 2])],
+                                 i=np.array([[0, 1], [3, 4], [0, 1], [-1, -5]], np.int64)),
+                     lambda x, c: x[:, [0, 3, 0, -1], [1, 4, 1, -5]], (4, 5, 6)),
 }
 
 

@@ -91,3 +91,32 @@ def matmul(b, node, dys, wanted):
         grad = b.node("MatMul", [_swapped(b, a), dy], "matmul")
         pairs.append((w, _sum_to(b, grad, w, lead + b.shape(w)[-2:])))
     return _collect(b, pairs)
+
+
+@vjp_rule("GatherND")
+def gather_nd(b, node, dys, wanted):
+    """Constant indices ``I [*L, *M, q]`` into ``X [*L, *D, *R]`` (``L`` the ``batch_dims``
+    axes, ``D`` the ``q`` indexed ones): a one-hot selection ``S [P, M, N]`` (``P = ∏L``,
+    ``N = ∏D``), so ``dX = Sᵀ·dY`` over the flattened ``D`` — repeated indices add up. ``L`` and
+    ``D`` must be static (exporters move the batch axis into ``R`` first)."""
+    _only(node, wanted)
+    x = node.input[0]
+    idx = np.asarray(_const(b, node.input[1], "indices", node), dtype=np.int64)
+    batch_dims = int(_attrs(node).get("batch_dims", 0))
+    q = idx.shape[-1]
+    dims = b.shape(x)
+    lead, indexed = dims[:batch_dims], dims[batch_dims:batch_dims + q]
+    if any(d is None for d in lead + indexed):
+        raise BincamError(f"GatherND node {node.name!r}: its indexed and batch_dims axes must be "
+                          "static")
+    p, n = int(np.prod(lead)), int(np.prod(indexed))
+    rows = idx.reshape(p, -1, q)                                          # [P, M, q]
+    flat = np.ravel_multi_index(tuple(np.mod(rows[..., i], indexed[i]) for i in range(q)),
+                                indexed)                                  # [P, M]
+    select_t = np.zeros((p, n, rows.shape[1]), np.float32)                # Sᵀ [P, N, M]
+    for i in range(p):
+        np.add.at(select_t[i], (flat[i], np.arange(rows.shape[1])), 1.0)
+    dy = b.node("Reshape", [dys[node.output[0]], b.const([b.k, p, rows.shape[1], -1], "shape",
+                                                         np.int64)], "rows")
+    spread = b.node("MatMul", [b.const(select_t, "select_t"), dy], "gather_nd")
+    return {x: b.back_to(spread, x)}
