@@ -214,9 +214,9 @@ def test_every_rule_has_a_case():
 def test_registering_an_op_type_twice_raises():
     before = dict(RULES)
     with pytest.raises(ValueError, match="two VJP rules for op Relu: relu and"):
-        vjp_rule("Elu", "Relu")(lambda b, node, dys, wanted: {})
-    with pytest.raises(ValueError, match="two VJP rules for op Elu"):
-        vjp_rule("Elu", "Elu")(lambda b, node, dys, wanted: {})
+        vjp_rule("Acos", "Relu")(lambda b, node, dys, wanted: {})
+    with pytest.raises(ValueError, match="two VJP rules for op Acos"):
+        vjp_rule("Acos", "Acos")(lambda b, node, dys, wanted: {})
     assert RULES == before
 
 

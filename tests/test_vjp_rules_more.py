@@ -197,5 +197,9 @@ def test_vision_transformer_block_matches_autograd(dynamo):
 
 
 def test_every_rule_has_a_case_here_or_in_test_vjp_rules():
-    assert set(RULES) <= COVERED | COVERED_MORE, \
-        f"no test case for {sorted(set(RULES) - COVERED - COVERED_MORE)}"
+    """The rules before issue 27; the later ones are tested in test_vjp_rules_new.py."""
+    from test_vjp_rules_new import NEW_CASES
+
+    newer = {name.split("-")[0] for name in NEW_CASES}
+    assert set(RULES) - newer <= COVERED | COVERED_MORE, \
+        f"no test case for {sorted(set(RULES) - newer - COVERED - COVERED_MORE)}"

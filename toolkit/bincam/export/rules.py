@@ -157,7 +157,7 @@ def _spread_mean(b, node, dy, axes: list[int], keepdims: bool):
     dims = b.static(x)
     count = int(np.prod([dims[a - 1] for a in axes]))
     if not keepdims:
-        dy = b.node("Unsqueeze", [dy, b.const([a + 1 for a in axes], "axes", np.int64)], "unsq")
+        dy = b.unsqueeze(dy, [a + 1 for a in axes])
     scaled = b.node("Mul", [dy, b.const(1.0 / count, "inv_count")], "mean")
     return {x: b.node("Expand", [scaled, b.k_shape(x)], "spread")}
 
@@ -223,15 +223,15 @@ def concat(b, node, dys, wanted):
     axis = _attrs(node)["axis"] % rank
     if axis == 0:
         raise BincamError(f"Concat node {node.name!r} along the batch axis is not supported")
-    out, start = {}, 0
+    pairs, start = [], 0
     for x in node.input:
         size = b.static(x)[axis - 1]
-        if x in wanted:
-            out[x] = b.node("Slice", [dys[node.output[0]], b.const([start], "s", np.int64),
-                                      b.const([start + size], "e", np.int64),
-                                      b.const([axis + 1], "ax", np.int64)], "concat")
+        if x in wanted:  # one tensor concatenated twice gets both slices
+            pairs.append((x, b.node("Slice", [dys[node.output[0]], b.const([start], "s", np.int64),
+                                              b.const([start + size], "e", np.int64),
+                                              b.const([axis + 1], "ax", np.int64)], "concat")))
         start += size
-    return out
+    return _collect(b, pairs)
 
 
 @vjp_rule("Slice")
@@ -287,3 +287,7 @@ def pad(b, node, dys, wanted):
 from bincam.export import rules_pool  # noqa: E402,F401 - registers the MaxPool and AveragePool rules
 from bincam.export import rules_elementwise  # noqa: E402,F401 - registers the element-wise rules
 from bincam.export import rules_tensor  # noqa: E402,F401 - registers the indexing and MatMul rules
+from bincam.export import rules_activation  # noqa: E402,F401 - registers the activation rules
+from bincam.export import rules_reduce  # noqa: E402,F401 - registers the other reductions
+from bincam.export import rules_norm  # noqa: E402,F401 - registers the normalisation rules
+from bincam.export import rules_layout  # noqa: E402,F401 - registers Einsum, DepthToSpace, Resize

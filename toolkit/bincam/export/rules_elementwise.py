@@ -189,8 +189,7 @@ def softmax(b, node, dys, wanted):
     x, y = node.input[0], node.output[0]
     axis = _attrs(node).get("axis", -1) % len(b.shape(x))
     dy = dys[y]
-    total = b.node("ReduceSum", [b.node("Mul", [dy, y], "weighted"),
-                                 b.const([axis + 1], "axes", np.int64)], "total", keepdims=1)
+    total = b.reduce("ReduceSum", b.node("Mul", [dy, y], "weighted"), [axis + 1], "total")
     return {x: b.node("Mul", [y, b.node("Sub", [dy, total], "centred")], "softmax")}
 
 
@@ -208,7 +207,7 @@ def reduce_sum(b, node, dys, wanted):
     axes = sorted(ax % rank for ax in axes) if axes else list(range(rank))
     dy = dys[y]
     if not a.get("keepdims", 1):
-        dy = b.node("Unsqueeze", [dy, b.const([ax + 1 for ax in axes], "axes", np.int64)], "unsq")
+        dy = b.unsqueeze(dy, [ax + 1 for ax in axes])
     return {x: b.node("Expand", [dy, b.k_shape(x)], "spread")}
 
 

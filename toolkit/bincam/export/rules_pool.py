@@ -62,8 +62,8 @@ class _Windows:
     def stack(self, b, parts: list[str]) -> str:
         """Per-offset cotangents (each ``[K, B, C, Ho, Wo]``, in ``offsets()`` order) as one
         ``[K·B, C·kk, Ho, Wo]`` tensor, channel ``c·kk + o``."""
-        stacked = b.node("Concat", [b.node("Unsqueeze", [p, b.const([3], "axis", np.int64)])
-                                    for p in parts], "stack", axis=3)   # [K, B, C, kk, Ho, Wo]
+        stacked = b.node("Concat", [b.unsqueeze(p, [3]) for p in parts], "stack",
+                         axis=3)   # [K, B, C, kk, Ho, Wo]
         return b.node("Reshape", [stacked, b.const([-1, self.channels * len(parts), *self.out],
                                                    "shape4", np.int64)])
 

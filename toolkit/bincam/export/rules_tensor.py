@@ -1,5 +1,6 @@
-"""VJP rules of indexing, splitting, matrix products and LayerNorm — the ops vision transformers
-add (class-token pick, q/k/v selection, attention ``Q·Kᵀ`` and ``P·V``, pre-norm blocks)."""
+"""VJP rules of indexing, splitting and matrix products — the ops vision transformers add
+(class-token pick, q/k/v selection, attention ``Q·Kᵀ`` and ``P·V``); their LayerNorm is in
+``rules_norm.py``."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def gather(b, node, dys, wanted):
     idx = np.where(idx < 0, idx + size, idx)
     dy = dys[y]
     if idx.ndim == 0:
-        dy = b.node("Unsqueeze", [dy, b.const([axis + 1], "axis", np.int64)], "unsq")
+        dy = b.unsqueeze(dy, [axis + 1])
     if idx.size == 1:
         pads = np.zeros(2 * (rank + 1), dtype=np.int64)
         pads[axis + 1], pads[axis + rank + 2] = int(idx.ravel()[0]), size - 1 - int(idx.ravel()[0])
@@ -62,7 +63,7 @@ def _sum_to(b, cot: str, target: str, full: list) -> str:
     t_full = [1] * (len(full) - len(t)) + list(t)
     axes = [i + 1 for i, (a, f) in enumerate(zip(t_full, full)) if a == 1 and f != 1]
     if axes:
-        cot = b.node("ReduceSum", [cot, b.const(axes, "axes", np.int64)], "unbroadcast", keepdims=1)
+        cot = b.reduce("ReduceSum", cot, axes, "unbroadcast")
     return b.node("Reshape", [cot, b.k_shape(target)], "unbroadcast")
 
 
@@ -92,27 +93,30 @@ def matmul(b, node, dys, wanted):
     return _collect(b, pairs)
 
 
-@vjp_rule("LayerNormalization")
-def layer_norm(b, node, dys, wanted):
-    """``Y = X̂·γ + β``, ``X̂ = (X − μ)·r``, ``r = 1/√(σ² + ε)`` over the axes from ``axis`` on:
-    ``dX = r·(g − mean(g) − X̂·mean(g·X̂))`` with ``g = dY·γ``, means over the same axes. ``μ`` and
-    ``r`` are recomputed from ``X`` (TensorRT's LayerNorm has no Mean/InvStdDev outputs)."""
+@vjp_rule("GatherND")
+def gather_nd(b, node, dys, wanted):
+    """Constant indices ``I [*L, *M, q]`` into ``X [*L, *D, *R]`` (``L`` the ``batch_dims``
+    axes, ``D`` the ``q`` indexed ones): a one-hot selection ``S [P, M, N]`` (``P = ∏L``,
+    ``N = ∏D``), so ``dX = Sᵀ·dY`` over the flattened ``D`` — repeated indices add up. ``L`` and
+    ``D`` must be static (exporters move the batch axis into ``R`` first)."""
     _only(node, wanted)
-    a = _attrs(node)
-    x, y = node.input[0], node.output[0]
-    rank = len(b.shape(x))
-    first = a.get("axis", -1) % rank
-    axes = b.const(list(range(first, rank)), "axes", np.int64)
-    k_axes = b.const(list(range(first + 1, rank + 1)), "axes", np.int64)
-    centred = b.node("Sub", [x, b.node("ReduceMean", [x, axes], "mean", keepdims=1)], "centred")
-    var = b.node("ReduceMean", [b.node("Mul", [centred, centred], "square"), axes], "var",
-                 keepdims=1)
-    std = b.node("Sqrt", [b.node("Add", [var, b.const(a.get("epsilon", 1e-5), "eps")])], "std")
-    r = b.node("Div", [b.const(1.0, "one"), std], "rstd")
-    xhat = b.node("Mul", [centred, r], "xhat")
-    g = b.node("Mul", [dys[y], node.input[1]], "g")
-    mean_g = b.node("ReduceMean", [g, k_axes], "mean_g", keepdims=1)
-    mean_gx = b.node("ReduceMean", [b.node("Mul", [g, xhat], "gx"), k_axes], "mean_gx", keepdims=1)
-    inner = b.node("Sub", [b.node("Sub", [g, mean_g], "g_centred"),
-                           b.node("Mul", [xhat, mean_gx], "projection")], "inner")
-    return {x: b.node("Mul", [inner, r], "layer_norm")}
+    x = node.input[0]
+    idx = np.asarray(_const(b, node.input[1], "indices", node), dtype=np.int64)
+    batch_dims = int(_attrs(node).get("batch_dims", 0))
+    q = idx.shape[-1]
+    dims = b.shape(x)
+    lead, indexed = dims[:batch_dims], dims[batch_dims:batch_dims + q]
+    if any(d is None for d in lead + indexed):
+        raise BincamError(f"GatherND node {node.name!r}: its indexed and batch_dims axes must be "
+                          "static")
+    p, n = int(np.prod(lead)), int(np.prod(indexed))
+    rows = idx.reshape(p, -1, q)                                          # [P, M, q]
+    flat = np.ravel_multi_index(tuple(np.mod(rows[..., i], indexed[i]) for i in range(q)),
+                                indexed)                                  # [P, M]
+    select_t = np.zeros((p, n, rows.shape[1]), np.float32)                # Sᵀ [P, N, M]
+    for i in range(p):
+        np.add.at(select_t[i], (flat[i], np.arange(rows.shape[1])), 1.0)
+    dy = b.node("Reshape", [dys[node.output[0]], b.const([b.k, p, rows.shape[1], -1], "shape",
+                                                         np.int64)], "rows")
+    spread = b.node("MatMul", [b.const(select_t, "select_t"), dy], "gather_nd")
+    return {x: b.back_to(spread, x)}

@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from bincam.errors import BincamError
+from bincam.export.opset import axes_as_input, check_appended, check_own_nodes, model_opset
 
 GRADIENTS = "gradients"
 
@@ -30,18 +31,21 @@ class VjpBuilder:
         self.model = model
         self.graph = model.graph
         self.k = k
+        self.opset = model_opset(model)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.consts = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
         for node in self.graph.node:
             if node.op_type == "Constant":
                 self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        inferred = shape_inference.infer_shapes(model, data_prop=True)
+        inferred = _infer_shapes(model)
         self.shapes: dict[str, list[int | None]] = {}
         for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + \
                 list(inferred.graph.output):
             dims = vi.type.tensor_type.shape.dim
             self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        for name, value in self.consts.items():
+            self.shapes.setdefault(name, list(value.shape))
         self._count = 0
         self._kshape: dict[str, str] = {}
 
@@ -53,6 +57,23 @@ class VjpBuilder:
         out = self.name(hint or op)
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
+
+    def with_axes(self, op: str, inputs: list[str], axes: list[int], hint: str | None = None,
+                  **attrs) -> str:
+        """A Reduce*, Squeeze or Unsqueeze node over ``axes`` in the form the model's opset takes:
+        axes as a constant input (from opset 13 for ReduceSum/Squeeze/Unsqueeze, 18 for the other
+        Reduce*) or as an attribute (before)."""
+        if axes_as_input(op, self.opset):
+            return self.node(op, [*inputs, self.const(list(axes), "axes", np.int64)], hint, **attrs)
+        return self.node(op, inputs, hint, axes=list(axes), **attrs)
+
+    def reduce(self, op: str, x: str, axes: list[int], hint: str | None = None,
+               keepdims: bool = True) -> str:
+        """``op`` (ReduceSum, ReduceMean, ReduceMax …) of ``x`` over ``axes``."""
+        return self.with_axes(op, [x], axes, hint, keepdims=int(keepdims))
+
+    def unsqueeze(self, x: str, axes: list[int], hint: str = "unsq") -> str:
+        return self.with_axes("Unsqueeze", [x], axes, hint)
 
     def const(self, value, hint: str = "c", dtype=np.float32) -> str:
         name = self.name(hint)
@@ -94,9 +115,31 @@ class VjpBuilder:
             return cot
         t_full = [1] * (len(r) - len(t)) + list(t)
         axes = [i + 1 for i, (a, b) in enumerate(zip(t_full, r)) if a == 1 and b != 1]
-        summed = self.node("ReduceSum", [cot, self.const(axes, "axes", np.int64)], keepdims=1) \
-            if axes else cot
+        summed = self.reduce("ReduceSum", cot, axes) if axes else cot
         return self.node("Reshape", [summed, self.k_shape(target)])
+
+
+# ops whose output has their first input's type and shape, for where ONNX's inference lacks them
+# (GroupNormalization-21 in onnx 1.23 infers nothing, leaving every tensor after it unknown)
+SHAPE_PRESERVING = frozenset({"GroupNormalization"})
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference, with the outputs of ``SHAPE_PRESERVING`` ops it left unknown typed
+    as their inputs (then inferred again)."""
+    inferred = shape_inference.infer_shapes(model, data_prop=True)
+    known = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.input,
+                                    *inferred.graph.output] if vi.type.tensor_type.HasField("shape")}
+    missing = [(n.input[0], n.output[0]) for n in model.graph.node
+               if n.op_type in SHAPE_PRESERVING and n.output[0] not in known and n.input[0] in known]
+    if not missing:
+        return inferred
+    typed = onnx.ModelProto.FromString(model.SerializeToString())
+    for source, target in missing:
+        vi = typed.graph.value_info.add()
+        vi.CopyFrom(known[source])
+        vi.name = target
+    return shape_inference.infer_shapes(typed, data_prop=True)
 
 
 NO_GRADIENT = frozenset({"Shape", "Size"})
@@ -138,6 +181,7 @@ def append_gradients(model: onnx.ModelProto, activations: str, logits: str,
     """A copy of ``model`` with an extra output ``gradients [B, K, C, h, w]`` = ∂logits[:, k]/∂A."""
     from bincam.export.rules import RULES
 
+    source = model
     model = onnx.ModelProto.FromString(model.SerializeToString())
     b = VjpBuilder(model, k=0)
     k_all = b.shape(logits)[1]
@@ -174,4 +218,6 @@ def append_gradients(model: onnx.ModelProto, activations: str, logits: str,
     dims = b.shape(activations)
     shape = [dims[0] or "batch", b.k, *dims[1:]]
     model.graph.output.append(helper.make_tensor_value_info(GRADIENTS, TensorProto.FLOAT, shape))
+    check_own_nodes(b.nodes, model)
+    check_appended(source, model)
     return model

@@ -75,8 +75,9 @@ class OrtEngine(Engine):
         try:
             self.session = ort.InferenceSession(data, options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several types for a bad file
-            raise BincamError(f"{source} is not a loadable ONNX model "
-                              f"({str(exc).splitlines()[0][:160]})") from None
+            from bincam.core.own_graph import load_failure
+
+            raise load_failure(data, exc, source) from None
         if device == "cuda":
             check_cuda_provider(self.session.get_providers())
         self.device, self.model_bytes, self._forward = device, data, None
