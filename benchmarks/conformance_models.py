@@ -238,13 +238,15 @@ def torch_site(model, x, activations: np.ndarray):
         return isinstance(t, torch.Tensor) and tuple(t.shape) == tuple(target.shape) and \
             float((t.detach().float() - target).abs().max()) <= 1e-3 * scale + 1e-6
 
+    identity = {}  # (name, kind) -> (storage address, version): which tensor object it is
+
     def hook(name):
         def post(_module, inputs, output):
             calls[name] = calls.get(name, 0) + 1
-            if same(output):
-                matches.setdefault(name, set()).add("output")
-            if inputs and same(inputs[0]):
-                matches.setdefault(name, set()).add("input")
+            for kind, t in (("output", output), ("input", inputs[0] if inputs else None)):
+                if same(t):
+                    matches.setdefault(name, set()).add(kind)
+                    identity[name, kind] = (t.data_ptr(), t._version)
         return post
 
     for name, module in model.named_modules():
@@ -259,6 +261,11 @@ def torch_site(model, x, activations: np.ndarray):
     found = [(kind != "output", name.count("."), name, kind) for name, kinds in matches.items()
              if calls.get(name) == 1 for kind in kinds]
     if not found:
+        return None
+    # distinct tensors with equal values (timm's zero_init_last makes later residual blocks
+    # identities on a non-negative tensor: layer4.0's output equals layer4's, whose gradient
+    # lacks layer4.1's ReLU mask) cannot be told apart by value: refuse, never guess
+    if len({identity[name, kind] for *_, name, kind in found}) > 1:
         return None
     _, _, name, kind = min(found)
     return name, kind

@@ -176,8 +176,8 @@ def conformance_row(name: str, exporter: str, size: int = 64, threads: int = 1,
                 g = dense_gradients(engine, out)
                 site = torch_site(model, torch.from_numpy(x), out["activations"])
                 if site is None:
-                    row["reference"] = ("no torch module's output or input equals the ONNX "
-                                        "CAM tensor")
+                    row["reference"] = ("no unique torch module's output or input equals "
+                                        "the ONNX CAM tensor (none, or distinct tensors)")
                 else:
                     row["torch_site"] = f"{site[0]} ({site[1]})"
                     ref_logits, ref = reference_gradients(model, site, x.astype(np.float64),
