@@ -113,13 +113,14 @@ def reshape_for(tokens, net):
 
 def gradcam_maps(net, layer, tokens, x, targets, clone=False):
     module = net.get_submodule(layer)
-    handle = module.register_forward_hook(lambda m, i, o: o.clone()) if clone else None
-    try:
-        with GradCAM(net, [module], reshape_transform=reshape_for(tokens, net)) as cam:
+    with GradCAM(net, [module], reshape_transform=reshape_for(tokens, net)) as cam:
+        # after pytorch-grad-cam's own hook: it keeps the layer's output, the net gets a copy
+        handle = module.register_forward_hook(lambda m, i, o: o.clone()) if clone else None
+        try:
             return np.stack([cam(x, targets=[t] * len(x)) for t in targets], 1)
-    finally:
-        if handle:
-            handle.remove()
+        finally:
+            if handle:
+                handle.remove()
 
 
 def run(source: str, name: str) -> dict:
@@ -153,7 +154,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="model names to run (default: all)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/torch_module_gradcam"))
+    parser.add_argument("--rows-from", help="rebuild the report from the rows a run printed "
+                        "(its log) instead of running; --seconds: that run's total time")
+    parser.add_argument("--seconds", type=float, default=float("nan"))
     args = parser.parse_args()
+    if args.rows_from:
+        import ast
+
+        lines = Path(args.rows_from).read_text().splitlines()
+        rows = [ast.literal_eval(ln) for ln in lines if ln.startswith("{'model'")]
+        return report(rows, args.seconds, args.out)
     torch.set_num_threads(2)
     models = [("torchvision", n) for n in TORCHVISION] + [("timm", n) for n in TIMM]
     rows, start = [], time.perf_counter()
@@ -166,6 +176,10 @@ def main() -> None:
             row = {"model": f"{source}/{name}", "error": f"{type(exc).__name__}: {exc}"[:300]}
         rows.append(row)
         print(row, flush=True)
+    report(rows, time.perf_counter() - start, args.out)
+
+
+def report(rows: list[dict], seconds: float, out: str) -> None:
     equal = [r for r in rows if r.get("max_abs_diff", 1) <= TOL]
     explained = [r for r in rows if r.get("max_abs_diff_layer_output_cloned", 1) <= TOL
                  and r not in equal]
@@ -174,7 +188,7 @@ def main() -> None:
              "float64 (mode positive vs ClassifierOutputTarget for logits 0 and 1, mode "
              "predicted vs BinaryLogitTarget(0)); times float32, one call each after a warm-up "
              f"(bincam: both logits from one forward; pytorch-grad-cam: one call per logit). "
-             f"Total run {time.perf_counter() - start:.0f} s.\n",
+             f"Total run {seconds:.0f} s.\n",
              f"**{len(equal)} of {len(rows)} equal within {TOL:g}**; differing: "
              f"{len(rows) - len(equal)} ({len(explained)} explained: pytorch-grad-cam reads "
              "DenseNet's norm5 output after the model's in-place ReLU changed it; with that "
@@ -190,7 +204,7 @@ def main() -> None:
             diff += f" (cloned: {r['max_abs_diff_layer_output_cloned']:.1e})"
         lines.append(f"| {r['model']} | {r['layer']} | {r['tokens']} | {r['size']} | "
                      f"{r['path']} | {diff} | {r['bincam_s']:.3f} | {r['gradcam_s']:.3f} |")
-    write_report(args.out, "\n".join(lines) + "\n",
+    write_report(out, "\n".join(lines) + "\n",
                  {"machine": machine_info(), "tolerance": TOL, "rows": rows,
                   "equal": len(equal), "explained": len(explained)})
 
