@@ -188,7 +188,8 @@ def report(rows: list[dict], seconds: float, out: str) -> None:
              "float64 (mode positive vs ClassifierOutputTarget for logits 0 and 1, mode "
              "predicted vs BinaryLogitTarget(0)); times float32, one call each after a warm-up "
              f"(bincam: both logits from one forward; pytorch-grad-cam: one call per logit). "
-             f"Total run {seconds:.0f} s.\n",
+             f"Total run {seconds:.0f} s. Times are single calls on a machine other jobs shared: "
+             "indicative only.\n",
              f"**{len(equal)} of {len(rows)} equal within {TOL:g}**; differing: "
              f"{len(rows) - len(equal)} ({len(explained)} explained: pytorch-grad-cam reads "
              "DenseNet's norm5 output after the model's in-place ReLU changed it; with that "
