@@ -14,6 +14,7 @@ _LAZY = {
     "build_net": "bincam.nets",
     "explain": "bincam.runtime",
     "open_engine": "bincam.runtime",
+    "export_torch": "bincam.export.torch_module",
     "Explanation": "bincam.core.explanation",
     "analyze": "bincam.analysis",
     "AnalyzeOptions": "bincam.analysis",

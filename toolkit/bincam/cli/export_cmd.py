@@ -17,6 +17,10 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
            layer: str = typer.Option(None, help="CAM layer (default: the net's final tap)."),
            gradients: str = typer.Option("auto", help="auto, dense or factored"),
            onnx_model: Path = typer.Option(None, "--onnx", help="Any ONNX classifier instead."),
+           torch_factory: str = typer.Option(None, "--torch", help="A torch classifier of your "
+                                             "own instead: 'package.module:factory' (called "
+                                             "with no arguments; imported from the current "
+                                             "folder too), with --layer (its dotted name)."),
            activation: str = typer.Option(None, help="With --onnx: the activation tensor."),
            logits: str = typer.Option(None, help="With --onnx: the logits tensor."),
            attributes: str = typer.Option(None, help="With --onnx: comma-separated logit names."),
@@ -87,11 +91,14 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         parse_config('name: "probe"', "a probe config")  # tritonclient present, before work
     if onnx_model is not None and not onnx_model.is_file():
         raise BincamError(f"--onnx {onnx_model} does not exist")
+    if torch_factory is not None:
+        _check_torch_options(checkpoint, onnx_model, activation, logits, layer,
+                             list_activations, explain)
     if list_activations:
         return _list_activations(onnx_model, logits)
     if onnx_model is not None and (checkpoint is not None or not activation or not logits):
         raise BincamError("--onnx needs --activation and --logits, and no checkpoint")
-    if onnx_model is None and checkpoint is None:
+    if onnx_model is None and checkpoint is None and torch_factory is None:
         raise BincamError("give a checkpoint folder, or --onnx MODEL with --activation and "
                           "--logits")
     given = [f"--{n.replace('_', '-')}" for n, v, default in (
@@ -114,7 +121,13 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
                            activation=activation, logits=logits,
                            attributes=_names(attributes), tokens=tokens)
         return _triton_repository(triton_repo, out, stock=True)
-    if onnx_model is not None:
+    if torch_factory is not None:
+        from bincam.export.torch_module import load_factory, torch_gradient_graph
+
+        model, torch_model = torch_gradient_graph(
+            load_factory(torch_factory), None, layer, gradients, names=_names(attributes),
+            tokens=None if tokens == "none" else tokens)
+    elif onnx_model is not None:
         model = export_onnx_classifier(onnx_model, activation, logits, _names(attributes),
                                        gradients, tokens)
     else:
@@ -135,6 +148,23 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         note += f"; float16 outputs: {', '.join(half) or 'none (computed in float32 here)'}"
     console.print(f"wrote {out}: {note}", markup=False, highlight=False, soft_wrap=True)
     _triton_repository(triton_repo, out, stock=False)
+
+
+def _check_torch_options(checkpoint, onnx_model, activation, logits, layer, list_activations,
+                         explain) -> None:
+    """``--torch``: the options that cannot go with it, refused before anything is loaded."""
+    if checkpoint is not None or onnx_model is not None:
+        raise BincamError("--torch exports a torch model of your own: give no checkpoint and no "
+                          "--onnx with it")
+    if activation or logits or list_activations:
+        raise BincamError("--activation, --logits and --list-activations are for --onnx; with "
+                          "--torch name the CAM layer with --layer")
+    if not layer:
+        raise BincamError("--torch needs --layer: the dotted name of the CAM layer in your "
+                          "model (e.g. layer4)")
+    if explain:
+        raise BincamError("--explain does not take --torch yet: export the gradient file with "
+                          "--torch, then use it")
 
 
 def layout_note(model) -> str:

@@ -46,7 +46,7 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto",
     layer = layer or model.default_cam_layer
     cam_module(model, layer)  # validates the name, listing the valid ones
     card = getattr(model, "card", None)
-    size = card.image_size if card else 224
+    size = card.image_size if card else getattr(model, "image_size", None) or 224
     affine = layer in getattr(model, "affine_heads", {})
     if gradients == "factored" and not affine:
         raise BincamError(f"layer {layer!r} has no affine head after it; use --gradients dense")
@@ -66,7 +66,8 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto",
         std=tuple(card.std) if card else (1.0, 1.0, 1.0),
         positive_counts=card.positive_counts if card else None,
         negative_counts=card.negative_counts if card else None,
-        input_fit=card.input_fit if card else "celeba"))
+        input_fit=card.input_fit if card else "celeba",
+        token_layout=getattr(model, "token_layout", "none")))
     return graph
 
 

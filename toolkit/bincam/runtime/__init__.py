@@ -5,7 +5,10 @@ decides which engine a model runs on.
     with open_engine("models/synth-small-balanced", engine="ort") as engine:
         result = engine.explain(images, method="gradcam", mode="predicted")
 
-``model``: a checkpoint folder, an exported ``.onnx`` file (or its bytes), or a torch net.
+``model``: a checkpoint folder, an exported ``.onnx`` file (or its bytes), or a torch net: a
+bincam net, or any eval-mode classifier of your own with ``layer=`` (the module or its dotted
+name) and optionally ``outputs=``, ``tokens=``, ``names=``, ``input_size=``
+(``nets.wrapped.WrappedClassifier``; its images go in as the net takes them).
 ``engine``: ``auto`` (torch for a checkpoint or net, ort for ONNX), ``torch``, ``ort`` or ``trt``;
 a checkpoint or net given to ort/trt is exported first (that step needs torch). Options go to the
 engine: torch ``closed_form``; ort ``optimize``, ``spin``; trt ``max_batch``, ``opt_batch``,
@@ -50,6 +53,7 @@ def _exported(model, layer: str | None, cache: Path | None) -> bytes:
     return path.read_bytes()
 
 
+FOREIGN_OPTIONS = ("outputs", "tokens", "names", "input_size")  # a net of the user's own
 OPTIONS = {"torch": {"closed_form"}, "ort": {"optimize", "spin"},
            "trt": {"max_batch", "opt_batch", "cache", "cuda_graphs"}}
 
@@ -93,6 +97,12 @@ def open_engine(model, engine: str = "auto", device: str | None = None,
     ``threads``: intra-op threads of the torch and ort engines; ``onnx``: the exported file (path
     or bytes) of a net or checkpoint, which ort and trt then run instead of exporting it."""
     engine = resolve_engine(model, engine)
+    foreign = {k: options.pop(k) for k in FOREIGN_OPTIONS if k in options}
+    foreign = {k: v for k, v in foreign.items() if v is not None}
+    if _is_torch_module(model) and not isinstance(model, bytes):
+        model, layer = _as_bincam_net(model, layer, foreign)
+    elif foreign:
+        raise BincamError(f"{', '.join(foreign)} only apply to a torch model of your own")
     unknown = sorted(set(options) - OPTIONS[engine])
     if unknown:
         raise BincamError(f"the {engine} engine takes no option {', '.join(unknown)}; its "
@@ -128,11 +138,31 @@ def open_engine(model, engine: str = "auto", device: str | None = None,
     return opened
 
 
+def _as_bincam_net(net, layer, foreign: dict):
+    """A bincam net and its layer name: a net of the user's own wrapped at ``layer``; a bincam
+    net's layer given as its module turned into its name."""
+    from bincam.nets.wrapped import wrap_classifier
+
+    wrapped = wrap_classifier(net, layer, **foreign)
+    if wrapped is not net:
+        return wrapped, wrapped.default_cam_layer
+    if layer is not None and not isinstance(layer, str):
+        found = [name for name, path in net.cam_layers.items()
+                 if net.get_submodule(path) is layer]
+        if not found:
+            raise BincamError(f"that module is not a CAM layer of this net; its layers: "
+                              f"{', '.join(net.cam_layers)}")
+        layer = found[0]
+    return net, layer
+
+
 def explain(model, images, method: str = "gradcam", mode: str = "predicted", attributes=None,
-            layer: str | None = None, closed_form: bool | None = None):
+            layer=None, closed_form: bool | None = None, **foreign):
     """Binary CAMs of ``images`` for the selected attributes (default: all) from one forward:
-    ``open_engine(model)`` (a net or checkpoint: the torch engine), then ``explain``."""
+    ``open_engine(model)`` (a net or checkpoint: the torch engine), then ``explain``.
+    ``foreign``: ``outputs``, ``tokens``, ``names``, ``input_size`` for a net of your own."""
     options = {} if closed_form is None else {"closed_form": closed_form}
+    options.update(foreign)
     with open_engine(model, layer=layer, **options) as engine:
         return engine.explain(images, method, mode, attributes)
 

@@ -21,7 +21,10 @@ from bincam.runtime.engine import Engine
 
 
 def model_attributes(model: nn.Module) -> list[str]:
-    """Names of a net's outputs: from its card, else CelebA's 40, else ``logit0…``."""
+    """Names of a net's outputs: from its card (or a wrapped net's names), else CelebA's 40,
+    else ``logit0…``."""
+    if getattr(model, "attribute_names", None):
+        return list(model.attribute_names)
     card = getattr(model, "card", None)
     if card is not None:
         return list(card.attributes)
@@ -39,7 +42,8 @@ def model_info(model: nn.Module, layer: str | None = None,
     card = getattr(model, "card", None)
     if card is not None:
         return ModelInfo.from_card(card, layer, layout, mask_positive)
-    return ModelInfo(model_attributes(model), layer, layout, None, mask_positive)
+    return ModelInfo(model_attributes(model), layer, layout, None, mask_positive,
+                     token_layout=getattr(model, "token_layout", "none"))
 
 
 class TorchEngine(Engine):
@@ -63,7 +67,9 @@ class TorchEngine(Engine):
             self.capabilities = frozenset({"torch_cuda_memory"})
 
     def check_images(self, images) -> torch.Tensor:
-        """A batch ``[B, 3, S, S]`` (uint8, or float in [0, 1]) as float on the model's device."""
+        """A batch ``[B, 3, S, S]`` (uint8, or float in [0, 1]) as float on the model's device.
+        A wrapped net of the user's (``input_range`` None) takes any finite floats, as its own
+        preprocessing made them."""
         x = torch.as_tensor(images)
         check_shape(x.shape, self.info.image_size)
         if x.dtype == torch.uint8:
@@ -72,8 +78,10 @@ class TorchEngine(Engine):
             raise wrong_dtype(x.dtype)
         else:
             finite = torch.isfinite(x).flatten(1).all(1)
-            check_float_values((~finite).nonzero().flatten().tolist(), float(x.min()),
-                               float(x.max()))
+            free = getattr(self.model, "input_range", (0, 1)) is None and bool(finite.all())
+            if not free:
+                check_float_values((~finite).nonzero().flatten().tolist(), float(x.min()),
+                                   float(x.max()))
         return x.to(self.device, self.dtype)
 
     def _run(self, images, indices: list[int]) -> dict[str, np.ndarray]:
