@@ -15,6 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bincam.errors import BincamError
 from bincam.core.model_info import ModelInfo, onnx_info, write_metadata
+from bincam.core.preprocess import Preprocessing
+from bincam.data.fit import check_fit
+from bincam.export.input_spec import image_input
 from bincam.files import atomic_path
 from bincam.export.names import rename_tensor
 from bincam.export.vjp import append_gradients
@@ -73,7 +76,9 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto",
 def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                            attributes: list[str] | None = None,
                            gradients: str = "auto", tokens: str = "none",
-                           indices: list[int] | None = None) -> onnx.ModelProto:
+                           indices: list[int] | None = None,
+                           preprocessing: Preprocessing | None = None, size: int | None = None,
+                           fit: str = "celeba") -> onnx.ModelProto:
     """Append the gradients to an ONNX classifier made by any framework: the factored channel
     weights where the head after ``activation`` is affine (``gradients`` auto or factored), else
     the VJP subgraph. ``tokens``: ``vit`` or ``swin`` when ``activation`` is a transformer's
@@ -88,6 +93,8 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
     except Exception as exc:  # noqa: BLE001 - protobuf errors vary
         raise BincamError(f"{source} is not a readable ONNX file ({exc.__class__.__name__})") \
             from None
+    prep = (preprocessing or Preprocessing()).check()
+    size = image_input(model, prep, size, str(source))
     model = fold_constants(model)
     names = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
     for what, name in (("activation", activation), ("logits", logits)):
@@ -138,12 +145,13 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
         out = append_gradients(rebuilt, activation, logits, indices)
         if grid is not None:
             token_gradients(out, tokens, grid)
-    dims = out.graph.input[0].type.tensor_type.shape.dim
-    size = dims[-1].dim_value or None
     write_metadata(out, ModelInfo(attributes=names, target_layer=activation,
                                   gradient_layout="dense" if head is None else "factored",
                                   image_size=size, mask_positive=bool(head and head.relu_first),
-                                  input_name=out.graph.input[0].name, token_layout=tokens))
+                                  input_name=out.graph.input[0].name, token_layout=tokens,
+                                  input_fit=check_fit(fit, "--fit"), pixel_range=prep.pixel_range,
+                                  mean=prep.mean, std=prep.std,
+                                  channel_order=prep.channel_order, layout=prep.layout))
     return out
 
 

@@ -155,7 +155,8 @@ class Handler:
                 self._run([item], explained, requests, results)
 
     def _run_batch(self, items, explained: bool, requests, results) -> None:
-        x = np.concatenate([b.astype(np.float32) / 255.0 if b.dtype == np.uint8 else b
+        pixels = all(b.dtype == np.uint8 for _, b in items)  # kept exact for the preprocessing
+        x = np.concatenate([b if pixels or b.dtype != np.uint8 else b.astype(np.float32) / 255.0
                             for _, b in items])
         wanted = set().union(*(requests[i].requested or OUTPUTS for i, _ in items))
         try:
