@@ -155,8 +155,7 @@ class Handler:
                 self._run([item], explained, requests, results)
 
     def _run_batch(self, items, explained: bool, requests, results) -> None:
-        pixels = all(b.dtype == np.uint8 for _, b in items)  # kept exact for the preprocessing
-        x = np.concatenate([b if pixels or b.dtype != np.uint8 else b.astype(np.float32) / 255.0
+        x = np.concatenate([b.astype(np.float32) / 255.0 if b.dtype == np.uint8 else b
                             for _, b in items])
         wanted = set().union(*(requests[i].requested or OUTPUTS for i, _ in items))
         try:
