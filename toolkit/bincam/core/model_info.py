@@ -133,8 +133,7 @@ class ModelInfo:
         return cls(list(card.attributes), layer or card.default_cam_layer, gradient_layout,
                    card.image_size, mask_positive, tuple(card.mean), tuple(card.std),
                    card.positive_counts, card.negative_counts, version=card.bincam_version,
-                   weighting=config.get("weighting"), input_fit=card.input_fit,
-                   pixel_range=tuple(card.pixel_range))
+                   weighting=config.get("weighting"), input_fit=card.input_fit)
 
     def to_metadata(self) -> dict[str, str]:
         """``metadata_props`` of an exported model."""

@@ -116,13 +116,6 @@ def pixels_input(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return model_input(np.asarray(pixels).transpose(0, 3, 1, 2), prep)
 
 
-def input_shape(prep: Preprocessing, batch, size) -> list:
-    """The model's input shape for ``batch`` images of side ``size``."""
-    if prep.raw_pixels or prep.layout == "nhwc":
-        return [batch, size, size, 3]
-    return [batch, 3, size, size]
-
-
 def parse_values(text: str, option: str) -> tuple[float, ...]:
     """``"0.485,0.456,0.406"`` → floats; one clear error naming ``option`` otherwise."""
     try:

@@ -65,8 +65,8 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto",
     write_metadata(graph, ModelInfo(
         attributes=model_attributes(model), target_layer=layer, gradient_layout=layout,
         image_size=size, mask_positive=bool(mask_positive),
-        mean=tuple(card.mean) if card else (0.0, 0.0, 0.0),
-        std=tuple(card.std) if card else (1.0, 1.0, 1.0),
+        # bincam nets take RGB NCHW in [0, 1] (nets/resnets.py), as the torch engine feeds them:
+        # the file's preprocessing is the identity (core.preprocess), whatever the card says
         positive_counts=card.positive_counts if card else None,
         negative_counts=card.negative_counts if card else None,
         input_fit=card.input_fit if card else "celeba"))
