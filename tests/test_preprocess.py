@@ -23,9 +23,10 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 IMAGENET_255 = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 
 
-def tiny_classifier(folder: Path, layout: str, inputs: int | None = None) -> tuple[Path, str]:
-    """A 2-logit conv net taking ``layout`` images (or ``inputs`` features), exported with
-    torch.onnx; the file and its CAM tensor (the last Relu)."""
+def tiny_classifier(folder: Path, layout: str, inputs: int | None = None,
+                    dynamic: bool = False) -> tuple[Path, str]:
+    """A 2-logit conv net taking ``layout`` images (or ``inputs`` features; ``dynamic``: of any
+    size), exported with torch.onnx; the file and its CAM tensor (the last Relu)."""
     import torch
 
     class Tiny(torch.nn.Module):
@@ -53,8 +54,9 @@ def tiny_classifier(folder: Path, layout: str, inputs: int | None = None) -> tup
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.rand(*shape),), buf, dynamo=False, opset_version=17,
                           input_names=["x"], output_names=["out"],
-                          dynamic_axes={"x": {0: "b"}, "out": {0: "b"}})
-    path = folder / f"tiny-{layout}{'-flat' if inputs else ''}.onnx"
+                          dynamic_axes={"x": {0: "b", 2: "h", 3: "w"} if dynamic else {0: "b"},
+                                        "out": {0: "b"}})
+    path = folder / f"tiny-{layout}{'-flat' if inputs else ''}{'-any' if dynamic else ''}.onnx"
     path.write_bytes(buf.getvalue())
     model = onnx.load_from_string(buf.getvalue())
     relus = [n.output[0] for n in model.graph.node if n.op_type == "Relu"]
@@ -210,6 +212,26 @@ def test_preprocess_sources(tmp_path):
     assert timm.size == 224 and any("crop" in n for n in timm.notes)  # crop_pct 0.95, said
     tv = declared_input("torchvision:ResNet18_Weights.IMAGENET1K_V1")
     assert tv.preprocessing.mean == pytest.approx(IMAGENET[0]) and tv.size == 224
+
+
+def test_a_sources_size_fixes_only_a_dynamic_input(tmp_path):
+    from bincam.core.model_info import onnx_info
+    from bincam.export.model import export_onnx_classifier
+    from bincam.export.preprocess_sources import declared_input
+
+    config = tmp_path / "preprocessor_config.json"
+    config.write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": 24}))
+    source = declared_input(str(config))
+    fixed, activation = tiny_classifier(tmp_path, "nchw")
+    info = onnx_info(export_onnx_classifier(fixed, activation, "out", **source.input_options()),
+                     "m")
+    assert info.image_size == SIZE and info.mean == (0.5,) * 3  # the file's own size wins
+    dynamic, activation = tiny_classifier(tmp_path, "nchw", dynamic=True)
+    made = export_onnx_classifier(dynamic, activation, "out", **source.input_options())
+    assert onnx_info(made, "m").image_size == 24
+    explicit = declared_input(str(config), size="28")
+    made = export_onnx_classifier(dynamic, activation, "out", **explicit.input_options())
+    assert onnx_info(made, "m").image_size == 28
 
 
 def test_bad_preprocessing_options_are_one_clear_error(tmp_path):

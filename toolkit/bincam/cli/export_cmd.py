@@ -138,8 +138,7 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         return _triton_repository(triton_repo, out, stock=True)
     if onnx_model is not None:
         model = export_onnx_classifier(onnx_model, activation, logits, _names(attributes),
-                                       gradients, tokens, preprocessing=declared.preprocessing,
-                                       size=declared.size, fit=declared.fit)
+                                       gradients, tokens, **declared.input_options())
     else:
         from bincam.checkpoint import load_checkpoint
 
@@ -215,8 +214,7 @@ def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, o
         options = {k: options[k] for k in ("layer", "gradients")}
     else:
         options.pop("layer")
-        options.update(preprocessing=declared.preprocessing, size=declared.size,
-                       fit=declared.fit)
+        options.update(declared.input_options())
     made = export_explaining(spec, torch_model, onnx_model, select, masks, precision, **options)
     if checkpoint is not None:
         made.model = _with_fit(made.model, declared.fit)

@@ -29,10 +29,11 @@ def _dims(value) -> list:
 
 
 def image_input(model: onnx.ModelProto, prep: Preprocessing, size: int | None,
-                source: str) -> int | None:
+                source: str, size_hint: int | None = None) -> int | None:
     """Check that the graph's input is a batch of 3-channel images as ``prep.layout`` says and
     fix its spatial dims to ``size`` (``--size``) where they are dynamic; its side (``None``
-    where it stays unknown). One clear error where layout, channels or size disagree."""
+    where it stays unknown). One clear error where layout, channels or size disagree.
+    ``size_hint`` (a ``--preprocess`` source's size) fixes dynamic sides only."""
     inputs = [i for i in model.graph.input
               if i.name not in {t.name for t in model.graph.initializer}]
     if len(inputs) != 1:
@@ -62,8 +63,8 @@ def image_input(model: onnx.ModelProto, prep: Preprocessing, size: int | None,
             if size is not None and dim.dim_value != size:
                 raise BincamError(f"--size {size}: the input {value.name!r} of {source} is "
                                   f"fixed at {dims[spatial[0]]}×{dims[spatial[1]]}")
-        elif size is not None:
-            dim.dim_value = size  # a dynamic side fixed for the export (a oneof: no dim_param)
+        elif (size or size_hint) is not None:
+            dim.dim_value = size or size_hint  # a dynamic side fixed (a oneof: no dim_param)
     sides = [d if isinstance(d, int) and d else None for d in (_dims(value)[i] for i in spatial)]
     if sides[0] and sides[1] and sides[0] != sides[1]:
         raise BincamError(f"the input {value.name!r} of {source} is {sides[0]}×{sides[1]}; "

@@ -78,7 +78,8 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                            gradients: str = "auto", tokens: str = "none",
                            indices: list[int] | None = None,
                            preprocessing: Preprocessing | None = None, size: int | None = None,
-                           fit: str = "celeba") -> onnx.ModelProto:
+                           fit: str = "celeba", size_hint: int | None = None
+                           ) -> onnx.ModelProto:
     """Append the gradients to an ONNX classifier made by any framework: the factored channel
     weights where the head after ``activation`` is affine (``gradients`` auto or factored), else
     the VJP subgraph. ``tokens``: ``vit`` or ``swin`` when ``activation`` is a transformer's
@@ -94,7 +95,7 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
         raise BincamError(f"{source} is not a readable ONNX file ({exc.__class__.__name__})") \
             from None
     prep = (preprocessing or Preprocessing()).check()
-    size = image_input(model, prep, size, str(source))
+    size = image_input(model, prep, size, str(source), size_hint)
     model = fold_constants(model)
     names = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
     for what, name in (("activation", activation), ("logits", logits)):

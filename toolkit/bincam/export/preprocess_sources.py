@@ -30,6 +30,13 @@ class Source:
     size: int | None
     fit: str
     notes: list[str] = field(default_factory=list)
+    size_given: bool = False        # --size itself (else the source's: for a dynamic input only)
+
+    def input_options(self) -> dict:
+        """Keyword arguments of ``export_onnx_classifier`` for this declaration."""
+        return {"preprocessing": self.preprocessing, "fit": self.fit,
+                "size": self.size if self.size_given else None,
+                "size_hint": None if self.size_given else self.size}
 
 
 def read_source(text: str) -> Source:
@@ -197,4 +204,4 @@ def declared_input(preprocess: str | None = None, pixel_range: str | None = None
     prep = replace(prep, raw_pixels=raw_pixels, **{k: v for k, v in given.items()
                                                    if v is not None}).check()
     return Source(prep, parse_size(size) if size else base.size,
-                  check_fit(fit, "--fit") if fit else base.fit, base.notes)
+                  check_fit(fit, "--fit") if fit else base.fit, base.notes, size is not None)
