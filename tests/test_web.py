@@ -113,3 +113,39 @@ def test_page_matches_python_onnx_runtime(served):
         assert np.median(diff) <= 1 and (diff > 8).mean() < 0.01, (box, diff.mean())
         # the overlay is there: far from the plain image
         assert np.abs(drawn - face.astype(np.int16)).mean() > 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("raw", [False, True], ids=["declared", "raw-pixels"])
+def test_page_applies_the_files_preprocessing(served, raw):
+    """A foreign BGR, NHWC, 0–255, mean/std classifier: the page feeds what the file's metadata
+    declares (or, with --raw-pixels, the pixels themselves) and gets the logits of the model on
+    the hand-preprocessed image."""
+    from test_preprocess import IMAGENET_255, SIZE, by_hand, reference_logits, tiny_classifier
+
+    from bincam.core.preprocess import Preprocessing
+    from bincam.export.explain_graph import ExplainSpec
+    from bincam.export.explaining import export_explaining
+    from bincam.export.input_spec import raw_pixel_input
+
+    _require_browser()
+    folder, base = served
+    source, activation = tiny_classifier(folder, "nhwc")
+    prep = Preprocessing((0.0, 255.0), *IMAGENET_255, "bgr", "nhwc")
+    made = export_explaining(ExplainSpec(), onnx_path=source, activation=activation,
+                             logits="out", attributes=["neg", "pos"], preprocessing=prep,
+                             fit="stretch")
+    model = raw_pixel_input(made.model) if raw else made.model
+    (folder / "model.onnx").write_bytes(model.SerializeToString())
+    pixels = np.random.default_rng(5).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    Image.fromarray(pixels[0]).save(folder / "image.png")
+    expected = reference_logits(source, by_hand(pixels, "bgr", "nhwc", 255.0, *IMAGENET_255))
+    (folder / "out").mkdir()
+    run = subprocess.run(["node", str(WEB / "test" / "run.mjs"),
+                          f"{base}/index.html?model=/data/model.onnx&image=/data/image.png",
+                          str(folder / "out"), CHROMIUM], capture_output=True, text=True,
+                         timeout=240, cwd=WEB)
+    assert run.returncode == 0, run.stderr[-2000:]
+    page = json.loads((folder / "out" / "result.json").read_text())
+    assert page["attributes"] == ["neg", "pos"]
+    assert np.abs(np.array(page["logits"]) - expected[0]).max() <= 1e-5

@@ -1,7 +1,8 @@
 // bincam web example: run an explaining ONNX file with ONNX Runtime Web and draw its heatmaps.
 // URL parameters: ?model=URL&image=URL (defaults: model.onnx, face.png next to this page);
 // or choose files with the two inputs. The page reads what the file computes from its own
-// metadata (bincam.attributes, bincam.image_size, bincam.input, bincam.explain), so it needs
+// metadata (bincam.attributes, bincam.image_size, bincam.input, bincam.explain, and the input's
+// preprocessing: bincam.pixel_range, mean, std, channel_order, layout, raw_pixels), so it needs
 // nothing else. When done, window.bincamResult holds {attributes, logits, energy, overlays}.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
 
@@ -110,13 +111,31 @@ async function pixelsOf(source, size) {
   return ctx.getImageData(0, 0, size, size).data;
 }
 
-function toTensor(rgba, size) {
-  // [1, 3, S, S] float32 in [0, 1], the input every bincam file takes
-  const plane = size * size, data = new Float32Array(3 * plane);
-  for (let i = 0; i < plane; i++) {
-    for (let c = 0; c < 3; c++) data[c * plane + i] = rgba[4 * i + c] / 255;
+export function modelInput(rgba, size, meta) {
+  // the file's own input from RGBA pixels, by the preprocessing its metadata records (bincam's
+  // core.preprocess): x_c = (lo + (hi − lo)·p_order(c) − mean_c) / std_c, p = u/255, laid out
+  // NCHW or NHWC; a raw-pixels file takes the uint8 [1, S, S, 3] RGB pixels themselves
+  const json = (key, fallback) => (meta[key] ? JSON.parse(meta[key]) : fallback);
+  const plane = size * size;
+  if (json("bincam.raw_pixels", false)) {
+    const data = new Uint8Array(3 * plane);
+    for (let i = 0; i < plane; i++) {
+      for (let c = 0; c < 3; c++) data[3 * i + c] = rgba[4 * i + c];
+    }
+    return new ort.Tensor("uint8", data, [1, size, size, 3]);
   }
-  return new ort.Tensor("float32", data, [1, 3, size, size]);
+  const [lo, hi] = json("bincam.pixel_range", [0, 1]);
+  const mean = json("bincam.mean", [0, 0, 0]), std = json("bincam.std", [1, 1, 1]);
+  const order = meta["bincam.channel_order"] === "bgr" ? [2, 1, 0] : [0, 1, 2];
+  const nhwc = meta["bincam.layout"] === "nhwc";
+  const data = new Float32Array(3 * plane);
+  for (let i = 0; i < plane; i++) {
+    for (let c = 0; c < 3; c++) {
+      const p = rgba[4 * i + order[c]] / 255;
+      data[nhwc ? 3 * i + c : c * plane + i] = (lo + (hi - lo) * p - mean[c]) / std[c];
+    }
+  }
+  return new ort.Tensor("float32", data, nhwc ? [1, size, size, 3] : [1, 3, size, size]);
 }
 
 function imageOfHeatmap(heat, size, mapSize) {
@@ -163,7 +182,8 @@ export async function explain(modelSource, imageSource) {
   const rgba = await pixelsOf(imageSource, size);
   status.textContent = "explaining…";
   const t0 = performance.now();
-  const out = await session.run({ [meta["bincam.input"] || "images"]: toTensor(rgba, size) });
+  const input = modelInput(rgba, size, meta);
+  const out = await session.run({ [meta["bincam.input"] || "images"]: input });
   const ms = performance.now() - t0;
   const logits = Array.from(out.logits.data);
   const energy = out.energy ? Array.from(out.energy.data, (v) => (Number.isNaN(v) ? null : v))

@@ -63,7 +63,27 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
                                              "only)."),
            triton_repo: Path = typer.Option(None, help="Also write a Triton model repository "
                                             "here (Python-backend model; with --explain also "
-                                            "the stock onnxruntime and tensorrt backends).")
+                                            "the stock onnxruntime and tensorrt backends)."),
+           preprocess: str = typer.Option(None, help="With --onnx: the model's preprocessing "
+                                          "from a Hugging Face preprocessor_config.json, "
+                                          "timm:NAME or torchvision:WEIGHTS (options below "
+                                          "override it)."),
+           pixel_range: str = typer.Option(None, help="With --onnx: the input's pixel range, "
+                                           "1 (0-1, default) or 255 (0-255)."),
+           mean: str = typer.Option(None, help="With --onnx: per-channel mean subtracted, "
+                                    "a,b,c in the model's channel order (default 0,0,0)."),
+           std: str = typer.Option(None, help="With --onnx: per-channel std divided by, a,b,c "
+                                   "(positive; default 1,1,1)."),
+           channel_order: str = typer.Option(None, help="With --onnx: rgb (default) or bgr."),
+           layout: str = typer.Option(None, help="With --onnx: nchw (default) or nhwc."),
+           size: str = typer.Option(None, help="With --onnx: the input side N (or NxN) where "
+                                    "the file's is dynamic."),
+           fit: str = typer.Option(None, help="How images of any size enter the square input: "
+                                   "stretch, crop or pad (default: celeba, or the --preprocess "
+                                   "source's)."),
+           raw_pixels: bool = typer.Option(False, "--raw-pixels", help="The file takes uint8 "
+                                           "[N, S, S, 3] RGB pixels and normalises them inside "
+                                           "the graph (for Triton clients and browsers).")
            ) -> None:
     """Append the gradient subgraph (or, with --explain, the whole CAM pipeline) and write a
     self-describing ONNX model."""
@@ -112,12 +132,14 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
     if onnx_model is not None and layer is not None:
         raise BincamError("--layer is for checkpoints; with --onnx name the tensor with "
                           "--activation")
+    declared = _declared_input(onnx_model is not None, preprocess, pixel_range, mean, std,
+                               channel_order, layout, size, fit, raw_pixels)
     if explain:
         from bincam.export.explain_graph import ExplainSpec
 
         spec = ExplainSpec(method, mode, map_size, map_dtype, raw_maps, cam_precision).check()
         _export_explaining(spec, checkpoint, onnx_model, out, explain_attributes, masks,
-                           precision, checks, layer=layer, gradients=gradients,
+                           precision, checks, declared, layer=layer, gradients=gradients,
                            activation=activation, logits=logits,
                            attributes=_names(attributes), tokens=tokens)
         return _triton_repository(triton_repo, out, stock=True)
@@ -129,15 +151,16 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
             tokens=None if tokens == "none" else tokens)
     elif onnx_model is not None:
         model = export_onnx_classifier(onnx_model, activation, logits, _names(attributes),
-                                       gradients, tokens)
+                                       gradients, tokens, **declared.input_options())
     else:
         from bincam.checkpoint import load_checkpoint
 
         torch_model = load_checkpoint(checkpoint)
-        model = export_checkpoint(torch_model, layer, gradients)
+        model = _with_fit(export_checkpoint(torch_model, layer, gradients), fit)
     model = reduce_precision(model, precision, half_outputs=half_outputs)
     if checks:
         _report_checks(run_checks(model, torch_model))
+    model = _raw_pixels(model, raw_pixels, checks)
     save_onnx(model, out)
     note = layout_note(model)
     if half_outputs:  # an output computed in float32 inside the graph stays float32: say so
@@ -206,7 +229,7 @@ def _report_checks(results, title: str = "export checks") -> None:
 
 def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, out: Path,
                        select: str, masks: Path | None, precision: str, checks: bool,
-                       **options) -> None:
+                       declared, **options) -> None:
     from bincam.core.model_info import onnx_info
     from bincam.export.checks import Check, run_checks, structural_checks
     from bincam.export.explain_checks import explain_checks
@@ -221,7 +244,10 @@ def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, o
         options = {k: options[k] for k in ("layer", "gradients")}
     else:
         options.pop("layer")
+        options.update(declared.input_options())
     made = export_explaining(spec, torch_model, onnx_model, select, masks, precision, **options)
+    if checkpoint is not None:
+        made.model = _with_fit(made.model, declared.fit)
     if checks:
         _report_checks(run_checks(made.gradient, torch_model), "export checks: gradient graph")
         structure = structural_checks(made.model)
@@ -231,12 +257,62 @@ def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, o
                          else c for c in structure]
         _report_checks(structure + explain_checks(made.model, made.masks),
                        "export checks: explaining file")
+    made.model = _raw_pixels(made.model, declared.preprocessing.raw_pixels, checks)
     save_onnx(made.model, out)
     explain = onnx_info(made.model, str(out)).explain
     console.print(f"wrote {out}: outputs {', '.join(o.name for o in made.model.graph.output)} — "
                   f"{spec.method}, mode {spec.mode}, {len(explain['mask_fraction'])} attribute(s), "
                   f"{spec.map_dtype} maps {explain['map_size'][0]}² (metadata: bincam.explain); "
                   f"from {layout_note(made.gradient)}", markup=False, highlight=False)
+
+
+def _declared_input(foreign: bool, preprocess, pixel_range, mean, std, channel_order, layout,
+                    size, fit, raw_pixels):
+    """The input options, checked before any work; a checkpoint's input is its card's."""
+    from bincam.export.preprocess_sources import declared_input
+
+    given = [f"--{n.replace('_', '-')}" for n, v in (
+        ("preprocess", preprocess), ("pixel_range", pixel_range), ("mean", mean), ("std", std),
+        ("channel_order", channel_order), ("layout", layout), ("size", size)) if v is not None]
+    if given and not foreign:
+        raise BincamError(f"{', '.join(given)}: a checkpoint's input is its card's (RGB NCHW "
+                          "pixels in [0, 1], its own size); these options describe --onnx files "
+                          "(--fit and --raw-pixels apply to both)")
+    declared = declared_input(preprocess, pixel_range, mean, std, channel_order, layout, size,
+                              fit, raw_pixels)
+    if not foreign:
+        declared.fit = fit  # None: the card's rule, as export_checkpoint records it
+    for note in declared.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+    return declared
+
+
+def _with_fit(model, fit: str | None):
+    """A checkpoint's file with ``--fit`` recorded instead of its card's rule."""
+    if fit is None:
+        return model
+    from bincam.core.model_info import onnx_info, write_metadata
+
+    info = onnx_info(model, "the exported model")
+    info.input_fit = fit
+    write_metadata(model, info)
+    return model
+
+
+def _raw_pixels(model, raw_pixels: bool, checks: bool):
+    """``--raw-pixels``: the uint8-pixel input prepended (after the checks of the float graph),
+    and checked against that graph on ``core.preprocess``'s input."""
+    if not raw_pixels:
+        return model
+    from bincam.export.checks import Check
+    from bincam.export.input_spec import raw_pixel_input, raw_pixel_parity
+
+    raw = raw_pixel_input(model)
+    if checks:
+        error = raw_pixel_parity(raw, model)
+        _report_checks([Check("raw pixels: logits vs the float input", error <= 1e-5,
+                              f"{error:.2e} relative (limit 1e-05)")], "export checks: input")
+    return raw
 
 
 def _list_activations(onnx_model: Path | None, logits: str | None) -> None:

@@ -167,10 +167,16 @@ class MetadataSchema(BaseModel):
     token_layout: Literal["none", "vit", "swin"] = "none"
     explain: dict[str, Any] | None = None
     input_fit: Literal["celeba", "stretch", "crop", "pad"] = "celeba"
+    pixel_range: tuple[Number, Number] = (0.0, 1.0)
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    raw_pixels: StrictBool = False
 
     @model_validator(mode="after")
     def _consistent(self):
         _check_attributes(self)
+        if not self.pixel_range[0] < self.pixel_range[1]:
+            raise ValueError(f"pixel_range: {list(self.pixel_range)} is not an interval")
         return self
 
 

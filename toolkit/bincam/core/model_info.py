@@ -12,7 +12,10 @@ activations),
 the attributes with masks and what each output is; ``export/explain_graph.py``), and the
 ONNX image keys ``Image.BitmapPixelFormat`` (Rgb8),
 ``Image.ColorSpaceGamma`` (SRGB), ``Image.NominalPixelRange`` (Normalized_0_1) plus
-``bincam.mean`` / ``bincam.std``. No torch here.
+``bincam.mean`` / ``bincam.std`` with ``bincam.pixel_range`` ([lo, hi]), ``bincam.channel_order``
+(rgb | bgr), ``bincam.layout`` (nchw | nhwc) and ``bincam.raw_pixels`` (the input is uint8
+``[B, S, S, 3]`` normalised in the graph): the model's preprocessing, ``core.preprocess``
+(absent = the identity of bincam's own nets). No torch here.
 """
 
 from __future__ import annotations
@@ -118,6 +121,10 @@ class ModelInfo:
     token_layout: str = "none"       # vit | swin: the CAM tensor was a transformer's tokens
     explain: dict | None = None      # an explaining file: what its outputs are (bincam.explain)
     input_fit: str = "celeba"        # how an image of any size enters the input (data.fit)
+    pixel_range: tuple = (0.0, 1.0)  # the model's input preprocessing (core.preprocess):
+    channel_order: str = "rgb"       # x_c = (lo + (hi − lo)·p − mean_c)/std_c, RGB|BGR,
+    layout: str = "nchw"             # NCHW|NHWC; raw_pixels: the graph takes uint8
+    raw_pixels: bool = False         # [B, S, S, 3] RGB and does all that inside
 
     @classmethod
     def from_card(cls, card: ModelCard, layer: str | None = None,
@@ -130,6 +137,9 @@ class ModelInfo:
 
     def to_metadata(self) -> dict[str, str]:
         """``metadata_props`` of an exported model."""
+        from bincam.core.preprocess import preprocessing_of
+
+        pixel_format, pixel_range = preprocessing_of(self).metadata_pixel_format()
         return {
             "bincam.version": __version__, "bincam.attributes": json.dumps(self.attributes),
             "bincam.target_layer": self.target_layer, "bincam.gradient_layout": self.gradient_layout,
@@ -141,8 +151,11 @@ class ModelInfo:
             "bincam.mean": json.dumps(list(self.mean)), "bincam.std": json.dumps(list(self.std)),
             "bincam.class_counts": json.dumps({"positive": self.positive_counts,
                                                "negative": self.negative_counts}),
-            "Image.BitmapPixelFormat": "Rgb8", "Image.ColorSpaceGamma": "SRGB",
-            "Image.NominalPixelRange": "Normalized_0_1",
+            "bincam.pixel_range": json.dumps(list(self.pixel_range)),
+            "bincam.channel_order": self.channel_order, "bincam.layout": self.layout,
+            "bincam.raw_pixels": json.dumps(self.raw_pixels),
+            "Image.BitmapPixelFormat": pixel_format, "Image.ColorSpaceGamma": "SRGB",
+            "Image.NominalPixelRange": pixel_range,
         } | ({"bincam.token_layout": self.token_layout} if self.token_layout != "none" else {}) \
           | ({"bincam.explain": json.dumps(self.explain)} if self.explain else {})
 
@@ -171,15 +184,17 @@ class ModelInfo:
         decoded.update(positive_counts=counts.get("positive"),
                        negative_counts=counts.get("negative"))
         fields = validate_metadata(decoded, source)
-        return cls(**{k: tuple(v) if k in ("mean", "std") else v for k, v in fields.items()})
+        return cls(**{k: tuple(v) if k in ("mean", "std", "pixel_range") else v
+                      for k, v in fields.items()})
 
 
 # metadata entries stored as JSON, and as plain text (key → ModelInfo field)
 METADATA_JSON_KEYS = ("attributes", "image_size", "mask_positive", "mean", "std",
-                      "class_counts", "explain")
+                      "class_counts", "explain", "pixel_range", "raw_pixels")
 METADATA_TEXT_KEYS = {"target_layer": "target_layer", "gradient_layout": "gradient_layout",
                       "input": "input_name", "version": "version", "precision": "precision",
-                      "token_layout": "token_layout", "input_fit": "input_fit"}
+                      "token_layout": "token_layout", "input_fit": "input_fit",
+                      "channel_order": "channel_order", "layout": "layout"}
 
 
 def require_gradients(info: ModelInfo, source: str, command: str) -> None:
@@ -266,8 +281,19 @@ def onnx_summary(path: str | Path) -> list[tuple[str, str]]:
     names = info.attributes
     return [("file", kind),
             ("attributes", f"{len(names)}: {', '.join(names[:6])}{'…' if len(names) > 6 else ''}"),
-            ("input", f"{info.input_name}, {info.image_size}px RGB, mean {list(info.mean)}, "
-                      f"std {list(info.std)}, fit {info.input_fit}"),
+            ("input", _input_summary(info)),
             ("precision", info.precision),
             ("outputs", "; ".join(typed(o) for o in proto.graph.output)),
             ("made by", f"bincam {info.version or '?'}")]
+
+
+def _input_summary(info: ModelInfo) -> str:
+    """The input row of ``bincam info``: what the file takes and how pixels become it."""
+    lo, hi = info.pixel_range
+    if info.raw_pixels:
+        taken = f"uint8 [B, {info.image_size}, {info.image_size}, 3] RGB pixels, normalised inside"
+    else:
+        taken = (f"{info.image_size}px {info.channel_order.upper()} {info.layout.upper()}, "
+                 f"pixels {lo:g}–{hi:g}")
+    return (f"{info.input_name}, {taken}: mean {list(info.mean)}, std {list(info.std)}, "
+            f"fit {info.input_fit}")

@@ -41,12 +41,14 @@ def epilogue_parity(model: onnx.ModelProto, masks: dict[str, np.ndarray],
     """Worst differences between the file's outputs and the core's, over random batches.
     ``floor``: also the core's own pipeline in float32 against float64 on the same tensors
     (``float32 floor: …``), what float32 arithmetic alone costs."""
+    from bincam.core.preprocess import model_input, preprocessing_of
     from bincam.runtime.ort_engine import session_options
 
     import onnxruntime as ort
 
     info = onnx_info(model, "the explaining file")
     spec, names, size = info.explain, info.attributes, info.image_size
+    prep = preprocessing_of(info)
     probe = with_inputs_of_epilogue(model)
     options = session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -61,7 +63,7 @@ def epilogue_parity(model: onnx.ModelProto, masks: dict[str, np.ndarray],
     worst: dict[str, float] = {}
     for batch in batches:
         x = rng.random((batch, 3, size, size), dtype=np.float32)
-        got = dict(zip(outputs, session.run(None, {info.input_name: x})))
+        got = dict(zip(outputs, session.run(None, {info.input_name: model_input(x, prep)})))
         tensors = {"logits": got["logits"], "activations": got["activations"]}
         tensors.update({"gradients": got["gradients"]} if weights is None else
                        {"channel_weights": weights})

@@ -50,10 +50,11 @@ def export_explaining(spec: ExplainSpec, model=None, onnx_path: Path | str | Non
                       precision: str = "fp32", layer: str | None = None,
                       gradients: str = "auto", activation: str | None = None,
                       logits: str | None = None, attributes: list[str] | None = None,
-                      tokens: str = "none") -> ExplainingExport:
+                      tokens: str = "none", **input_options) -> ExplainingExport:
     """The explaining file of a bincam net (``model``) or of an ONNX classifier (``onnx_path``
-    with ``activation``/``logits``/``attributes``/``tokens`` as for ``export_onnx_classifier``),
-    for the attributes ``select`` (names or indices, default all)."""
+    with ``activation``/``logits``/``attributes``/``tokens`` and ``input_options``
+    (``preprocessing``, ``size``, ``fit``) as for ``export_onnx_classifier``), for the attributes
+    ``select`` (names or indices, default all)."""
     spec.check()
     if model is not None:
         from bincam.runtime.torch_engine import model_attributes
@@ -71,7 +72,7 @@ def export_explaining(spec: ExplainSpec, model=None, onnx_path: Path | str | Non
         graph = export_checkpoint(model, layer, gradients, indices)
     else:
         graph = export_onnx_classifier(onnx_path, activation, logits, names_all, gradients,
-                                       tokens, indices)
+                                       tokens, indices, **input_options)
     graph = reduce_precision(narrow_attributes(graph, indices), precision)
     size = spec.map_size or _input_size(graph)
     chosen = region_masks(names, size) if model is not None else {}

@@ -15,6 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bincam.errors import BincamError
 from bincam.core.model_info import ModelInfo, onnx_info, write_metadata
+from bincam.core.preprocess import Preprocessing
+from bincam.data.fit import check_fit
+from bincam.export.input_spec import image_input
 from bincam.files import atomic_path
 from bincam.export.names import rename_tensor
 from bincam.export.vjp import append_gradients
@@ -62,8 +65,8 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto",
     write_metadata(graph, ModelInfo(
         attributes=model_attributes(model), target_layer=layer, gradient_layout=layout,
         image_size=size, mask_positive=bool(mask_positive),
-        mean=tuple(card.mean) if card else (0.0, 0.0, 0.0),
-        std=tuple(card.std) if card else (1.0, 1.0, 1.0),
+        # bincam nets take RGB NCHW in [0, 1] (nets/resnets.py), as the torch engine feeds them:
+        # the file's preprocessing is the identity (core.preprocess), whatever the card says
         positive_counts=card.positive_counts if card else None,
         negative_counts=card.negative_counts if card else None,
         input_fit=card.input_fit if card else "celeba",
@@ -74,7 +77,10 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto",
 def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                            attributes: list[str] | None = None,
                            gradients: str = "auto", tokens: str = "none",
-                           indices: list[int] | None = None) -> onnx.ModelProto:
+                           indices: list[int] | None = None,
+                           preprocessing: Preprocessing | None = None, size: int | None = None,
+                           fit: str = "celeba", size_hint: int | None = None
+                           ) -> onnx.ModelProto:
     """Append the gradients to an ONNX classifier made by any framework: the factored channel
     weights where the head after ``activation`` is affine (``gradients`` auto or factored), else
     the VJP subgraph. ``tokens``: ``vit`` or ``swin`` when ``activation`` is a transformer's
@@ -89,6 +95,8 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
     except Exception as exc:  # noqa: BLE001 - protobuf errors vary
         raise BincamError(f"{source} is not a readable ONNX file ({exc.__class__.__name__})") \
             from None
+    prep = (preprocessing or Preprocessing()).check()
+    size = image_input(model, prep, size, str(source), size_hint)
     model = fold_constants(model)
     names = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
     for what, name in (("activation", activation), ("logits", logits)):
@@ -139,12 +147,13 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
         out = append_gradients(rebuilt, activation, logits, indices)
         if grid is not None:
             token_gradients(out, tokens, grid)
-    dims = out.graph.input[0].type.tensor_type.shape.dim
-    size = dims[-1].dim_value or None
     write_metadata(out, ModelInfo(attributes=names, target_layer=activation,
                                   gradient_layout="dense" if head is None else "factored",
                                   image_size=size, mask_positive=bool(head and head.relu_first),
-                                  input_name=out.graph.input[0].name, token_layout=tokens))
+                                  input_name=out.graph.input[0].name, token_layout=tokens,
+                                  input_fit=check_fit(fit, "--fit"), pixel_range=prep.pixel_range,
+                                  mean=prep.mean, std=prep.std,
+                                  channel_order=prep.channel_order, layout=prep.layout))
     return out
 
 

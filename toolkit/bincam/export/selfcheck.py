@@ -185,7 +185,9 @@ def self_checks(model: onnx.ModelProto, engine, seed: int = 0) -> dict[str, floa
     size = engine.info.image_size or 224
     images = np.concatenate([rng.random((2, 3, size, size), dtype=np.float32),
                              np.full((1, 3, size, size), 0.5, np.float32)])  # flat: many ties
-    a = part.activations(images)
+    from bincam.core.preprocess import model_input, preprocessing_of
+
+    a = part.activations(model_input(images, preprocessing_of(engine.info)))
     exact = float64_slice(part)
     key = "finite differences" + (" (float64)" if exact is not None else " (float32)")
     return {key: finite_differences(part, a, rng, exact), "ties": tie_convention(part, a)}

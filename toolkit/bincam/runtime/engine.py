@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from bincam.attributes import resolve_attributes
-from bincam.core.checks import check_batch
+from bincam.core.preprocess import model_input, preprocessing_of
 from bincam.core.explanation import Explanation, explain_outputs, explaining_outputs
 from bincam.core.methods import cam_method
 from bincam.core.modes import check_mode
@@ -52,8 +52,10 @@ class Engine:
         return capability in self.capabilities
 
     def check_images(self, images) -> np.ndarray:
-        """A validated float32 batch (the engines' shared rules and messages)."""
-        return check_batch(images, self.info.image_size)
+        """The validated batch (the engines' shared rules and messages) as the model's input
+        tensor, by the preprocessing its file records (``core.preprocess``; for bincam's own
+        nets the float32 batch itself)."""
+        return model_input(images, preprocessing_of(self.info), self.info.image_size)
 
     def _indices(self, attributes: Attributes) -> tuple[list[str], list[int]]:
         names = resolve_attributes(attributes, self.info.attributes)

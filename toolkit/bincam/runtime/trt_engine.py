@@ -75,14 +75,18 @@ class _Plan:
             raise BincamError(f"the plan has inputs {inputs}; a bincam model has one")
         self.input_name = inputs[0]
         self.output_names = [n for n in names if n != self.input_name]
-        types = {trt.DataType.FLOAT: np.dtype(np.float32), trt.DataType.HALF: np.dtype(np.float16)}
+        types = {trt.DataType.FLOAT: np.dtype(np.float32), trt.DataType.HALF: np.dtype(np.float16),
+                 trt.DataType.UINT8: np.dtype(np.uint8)}  # uint8: an export --raw-pixels input
         self.dtypes = {}
         for name in names:
             dtype = types.get(self.engine.get_tensor_dtype(name))
-            if dtype is None or (name == self.input_name and dtype != np.float32):
+            allowed = (np.float32, np.uint8) if name == self.input_name else (np.float32,
+                                                                               np.float16)
+            if dtype not in allowed:
                 raise BincamError(f"tensor {name} of the plan is "
                                   f"{self.engine.get_tensor_dtype(name)}; bincam models take "
-                                  "float32 images and give float32 or float16 outputs")
+                                  "float32 images (or uint8 pixels) and give float32 or float16 "
+                                  "outputs")
             self.dtypes[name] = dtype
             tensor_format = self.engine.get_tensor_format(name)
             if tensor_format != trt.TensorFormat.LINEAR:  # bincam reads and writes row major
@@ -135,13 +139,13 @@ class _Plan:
         return raw[:nbytes].view(dtype).reshape(shape)
 
     def enqueue(self, x: np.ndarray) -> dict[str, tuple[int, tuple, np.dtype]]:
-        """Copy a float32 batch in and run the plan on the stream (no sync); the outputs'
-        ``(pointer, shape, dtype)``."""
+        """Copy a float32 batch (uint8 pixels for a raw-pixels file) in and run the plan on the
+        stream (no sync); the outputs' ``(pointer, shape, dtype)``."""
         rt = self.rt
         context = self.context_for(len(x))
         if not context.set_input_shape(self.input_name, tuple(x.shape)):
             raise BincamError(f"TensorRT refused input shape {list(x.shape)} for this plan")
-        staged = self.staging(self.input_name, x.shape, np.float32)
+        staged = self.staging(self.input_name, x.shape, self.dtypes[self.input_name])
         staged[...] = x
         ptr = self.buffer(self.input_name, x.nbytes)
         _cuda_check(rt.cudaMemcpyAsync(ptr, staged.ctypes.data, x.nbytes,
