@@ -8,6 +8,9 @@ ONNX keys: ``bincam.version``, ``bincam.attributes`` (list), ``bincam.target_lay
 ``bincam.input``, ``bincam.input_fit`` (how images of any size enter the square input:
 ``data.fit``; absent = ``celeba``), ``bincam.token_layout`` (vit | swin, only for token
 activations),
+``bincam.head`` (absent = ``sigmoid``; ``softmax``: ``logits`` are the binary log-odds of the
+source's softmax classes, see ``core.heads``) with ``bincam.classes`` and
+``bincam.positive_class`` (2 classes),
 ``bincam.explain`` (only in an explaining file: method, mode, map size and type, value range,
 the attributes with masks and what each output is; ``export/explain_graph.py``), and the
 ONNX image keys ``Image.BitmapPixelFormat`` (Rgb8),
@@ -118,6 +121,9 @@ class ModelInfo:
     token_layout: str = "none"       # vit | swin: the CAM tensor was a transformer's tokens
     explain: dict | None = None      # an explaining file: what its outputs are (bincam.explain)
     input_fit: str = "celeba"        # how an image of any size enters the input (data.fit)
+    head: str = "sigmoid"            # sigmoid: K binary logits; softmax: log-odds of its classes
+    classes: list[str] | None = None  # softmax: the class names (C of them)
+    positive_class: int | None = None  # 2-way softmax: the class the one attribute names
 
     @classmethod
     def from_card(cls, card: ModelCard, layer: str | None = None,
@@ -144,7 +150,10 @@ class ModelInfo:
             "Image.BitmapPixelFormat": "Rgb8", "Image.ColorSpaceGamma": "SRGB",
             "Image.NominalPixelRange": "Normalized_0_1",
         } | ({"bincam.token_layout": self.token_layout} if self.token_layout != "none" else {}) \
-          | ({"bincam.explain": json.dumps(self.explain)} if self.explain else {})
+          | ({"bincam.explain": json.dumps(self.explain)} if self.explain else {}) \
+          | ({"bincam.head": self.head, "bincam.classes": json.dumps(self.classes),
+              "bincam.positive_class": json.dumps(self.positive_class)}
+             if self.head != "sigmoid" else {})
 
     @classmethod
     def from_metadata(cls, props: dict[str, str], source: str) -> "ModelInfo":
@@ -176,10 +185,11 @@ class ModelInfo:
 
 # metadata entries stored as JSON, and as plain text (key → ModelInfo field)
 METADATA_JSON_KEYS = ("attributes", "image_size", "mask_positive", "mean", "std",
-                      "class_counts", "explain")
+                      "class_counts", "explain", "classes", "positive_class")
 METADATA_TEXT_KEYS = {"target_layer": "target_layer", "gradient_layout": "gradient_layout",
                       "input": "input_name", "version": "version", "precision": "precision",
-                      "token_layout": "token_layout", "input_fit": "input_fit"}
+                      "token_layout": "token_layout", "input_fit": "input_fit",
+                      "head": "head"}
 
 
 def require_gradients(info: ModelInfo, source: str, command: str) -> None:
