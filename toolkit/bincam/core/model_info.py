@@ -248,6 +248,18 @@ def read_model_info(path: str | Path) -> ModelInfo:
     return onnx_info(proto, source)
 
 
+def head_summary(info: ModelInfo) -> str:
+    """What the file's logits are, in words (``bincam info``)."""
+    if info.head == "sigmoid":
+        return "sigmoid: each logit z is one binary decision, p = σ(z)"
+    classes, p = info.classes or [], info.positive_class
+    if len(classes) == 2 and p is not None:
+        return (f"softmax over 2 classes ({', '.join(classes)}): one decision, {classes[p]} vs "
+                f"{classes[1 - p]}, logit d = z_{classes[p]} − z_{classes[1 - p]}, "
+                "p = σ(d) = the softmax probability")
+    return f"softmax over {len(classes)} classes"
+
+
 def onnx_summary(path: str | Path) -> list[tuple[str, str]]:
     """``(field, value)`` rows that describe an exported file (``bincam info MODEL.onnx``):
     what it is, what it predicts and explains, its input and its outputs with their types."""
@@ -276,6 +288,7 @@ def onnx_summary(path: str | Path) -> list[tuple[str, str]]:
     names = info.attributes
     return [("file", kind),
             ("attributes", f"{len(names)}: {', '.join(names[:6])}{'…' if len(names) > 6 else ''}"),
+            ("head", head_summary(info)),
             ("input", f"{info.input_name}, {info.image_size}px RGB, mean {list(info.mean)}, "
                       f"std {list(info.std)}, fit {info.input_fit}"),
             ("precision", info.precision),
