@@ -139,13 +139,19 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
         own = session.info.explain or {}
         method, mode = method or own.get("method", "gradcam"), mode or own.get("mode", "predicted")
         names = resolve_attributes(attributes, session.attributes)
+        info = session.info
         summary = {"model": str(checkpoint), "engine": session.kind, "method": method,
-                   "mode": mode, "layer": session.info.target_layer, "attributes": names}
+                   "mode": mode, "layer": info.target_layer, "attributes": names,
+                   "head": info.head} | ({"classes": info.classes,
+                                          "positive_class": info.positive_class,
+                                          "probabilities": "softmax of the classes"}
+                                         if info.head == "softmax" else {})
         readable, pixels = _read_all(files, session.info.image_size, size, on_error,
                                      session.info.input_fit)
         with atomic_folder(out) as tmp:  # OUT appears whole when everything is written
             title = (f"model {Path(checkpoint).name} · {method} · mode {mode} · layer "
-                     f"{session.info.target_layer} · {session.kind} engine")
+                     f"{session.info.target_layer} · {session.kind} engine"
+                     + (" · p: softmax probability" if info.head == "softmax" else ""))
             records, arrays = _explain_all(session, readable, pixels, tmp, size, batch_size,
                                            (title, label), method=method, mode=mode,
                                            attributes=names)

@@ -27,6 +27,12 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
            tokens: str = typer.Option("none", help="With --onnx: none, or vit / swin when the "
                                       "activation is a transformer's tokens [B, 1+h·w, C] / "
                                       "[B, h, w, C] (mapped to [B, C, h, w] in the graph)."),
+           head: str = typer.Option("auto", help="With --onnx: auto (a Softmax/Sigmoid after "
+                                    "the logits decides; none: sigmoid), sigmoid (K independent "
+                                    "binary logits) or softmax (2 classes: one decision, the "
+                                    "positive class, logit z_pos − z_neg)."),
+           positive_class: str = typer.Option(None, help="With a 2-way softmax head: the "
+                                              "positive class, 0, 1 or its name (default 1)."),
            precision: str = typer.Option("fp32", help="fp32, or fp16: a mixed-precision graph "
                                          "(Gemm/MatMul kept in float32) for strongly typed "
                                          "TensorRT; checked with ONNX Runtime here."),
@@ -134,14 +140,25 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
                           "--activation")
     declared = _declared_input(onnx_model is not None, preprocess, pixel_range, mean, std,
                                channel_order, layout, size, fit, raw_pixels)
+    head_note = ""
+    if onnx_model is not None:  # the head and its decisions, checked before any work
+        from bincam.export.model import classifier_decisions
+
+        head_note = "; " + classifier_decisions(onnx_model, logits, _names(attributes), head,
+                                                positive_class)[0].note
+    elif head != "auto" or positive_class is not None:
+        raise BincamError("--head and --positive-class are for --onnx classifiers (a "
+                          "checkpoint's logits are sigmoid logits)")
     if explain:
         from bincam.export.explain_graph import ExplainSpec
 
         spec = ExplainSpec(method, mode, map_size, map_dtype, raw_maps, cam_precision).check()
         _export_explaining(spec, checkpoint, onnx_model, out, explain_attributes, masks,
-                           precision, checks, declared, layer=layer, gradients=gradients,
+                           precision, checks, declared, head_note, layer=layer,
+                           gradients=gradients,
                            activation=activation, logits=logits,
-                           attributes=_names(attributes), tokens=tokens)
+                           attributes=_names(attributes), tokens=tokens, head=head,
+                           positive_class=positive_class)
         return _triton_repository(triton_repo, out, stock=True)
     if torch_factory is not None:
         from bincam.export.torch_module import load_factory, torch_gradient_graph
@@ -151,7 +168,9 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
             tokens=None if tokens == "none" else tokens)
     elif onnx_model is not None:
         model = export_onnx_classifier(onnx_model, activation, logits, _names(attributes),
-                                       gradients, tokens, **declared.input_options())
+                                       gradients, tokens, head=head,
+                                       positive_class=positive_class,
+                                       **declared.input_options())
     else:
         from bincam.checkpoint import load_checkpoint
 
@@ -162,7 +181,7 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         _report_checks(run_checks(model, torch_model))
     model = _raw_pixels(model, raw_pixels, checks)
     save_onnx(model, out)
-    note = layout_note(model)
+    note = layout_note(model) + head_note
     if half_outputs:  # an output computed in float32 inside the graph stays float32: say so
         from onnx import TensorProto
 
@@ -229,7 +248,7 @@ def _report_checks(results, title: str = "export checks") -> None:
 
 def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, out: Path,
                        select: str, masks: Path | None, precision: str, checks: bool,
-                       declared, **options) -> None:
+                       declared, head_note: str = "", **options) -> None:
     from bincam.core.model_info import onnx_info
     from bincam.export.checks import Check, run_checks, structural_checks
     from bincam.export.explain_checks import explain_checks
@@ -263,7 +282,8 @@ def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, o
     console.print(f"wrote {out}: outputs {', '.join(o.name for o in made.model.graph.output)} — "
                   f"{spec.method}, mode {spec.mode}, {len(explain['mask_fraction'])} attribute(s), "
                   f"{spec.map_dtype} maps {explain['map_size'][0]}² (metadata: bincam.explain); "
-                  f"from {layout_note(made.gradient)}", markup=False, highlight=False)
+                  f"from {layout_note(made.gradient)}{head_note}", markup=False,
+                  highlight=False)
 
 
 def _declared_input(foreign: bool, preprocess, pixel_range, mean, std, channel_order, layout,

@@ -171,13 +171,35 @@ class MetadataSchema(BaseModel):
     channel_order: Literal["rgb", "bgr"] = "rgb"
     layout: Literal["nchw", "nhwc"] = "nchw"
     raw_pixels: StrictBool = False
+    head: Literal["sigmoid", "softmax"] = "sigmoid"
+    classes: list[StrictStr] | None = None
+    positive_class: StrictInt | None = None
 
     @model_validator(mode="after")
     def _consistent(self):
         _check_attributes(self)
         if not self.pixel_range[0] < self.pixel_range[1]:
             raise ValueError(f"pixel_range: {list(self.pixel_range)} is not an interval")
+        _check_head(self)
         return self
+
+
+def _check_head(schema) -> None:
+    """A softmax head names ≥ 2 classes; two classes make one attribute (the positive class),
+    more make one per class (a file may hold a subset); a sigmoid head has neither."""
+    classes, positive = schema.classes, schema.positive_class
+    if schema.head == "sigmoid":
+        if classes is not None or positive is not None:
+            raise ValueError("classes, positive_class: only for a softmax head")
+        return
+    if classes is None or len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError("classes: a softmax head needs ≥ 2 distinct class names")
+    if len(classes) == 2:
+        if positive not in (0, 1) or schema.attributes != [classes[positive]]:
+            raise ValueError("positive_class: a 2-way softmax head has one attribute, the "
+                             "positive class (0 or 1)")
+    elif positive is not None or not set(schema.attributes) <= set(classes):
+        raise ValueError("attributes: a C-way softmax head's attributes are its classes")
 
 
 def _check_attributes(schema) -> None:

@@ -8,6 +8,9 @@ ONNX keys: ``bincam.version``, ``bincam.attributes`` (list), ``bincam.target_lay
 ``bincam.input``, ``bincam.input_fit`` (how images of any size enter the square input:
 ``data.fit``; absent = ``celeba``), ``bincam.token_layout`` (vit | swin, only for token
 activations),
+``bincam.head`` (absent = ``sigmoid``; ``softmax``: ``logits`` are the binary log-odds of the
+source's softmax classes, see ``core.heads``) with ``bincam.classes`` and
+``bincam.positive_class`` (2 classes),
 ``bincam.explain`` (only in an explaining file: method, mode, map size and type, value range,
 the attributes with masks and what each output is; ``export/explain_graph.py``), and the
 ONNX image keys ``Image.BitmapPixelFormat`` (Rgb8),
@@ -125,6 +128,9 @@ class ModelInfo:
     channel_order: str = "rgb"       # x_c = (lo + (hi − lo)·p − mean_c)/std_c, RGB|BGR,
     layout: str = "nchw"             # NCHW|NHWC; raw_pixels: the graph takes uint8
     raw_pixels: bool = False         # [B, S, S, 3] RGB and does all that inside
+    head: str = "sigmoid"            # sigmoid: K binary logits; softmax: log-odds of its classes
+    classes: list[str] | None = None  # softmax: the class names (C of them)
+    positive_class: int | None = None  # 2-way softmax: the class the one attribute names
 
     @classmethod
     def from_card(cls, card: ModelCard, layer: str | None = None,
@@ -157,7 +163,10 @@ class ModelInfo:
             "Image.BitmapPixelFormat": pixel_format, "Image.ColorSpaceGamma": "SRGB",
             "Image.NominalPixelRange": pixel_range,
         } | ({"bincam.token_layout": self.token_layout} if self.token_layout != "none" else {}) \
-          | ({"bincam.explain": json.dumps(self.explain)} if self.explain else {})
+          | ({"bincam.explain": json.dumps(self.explain)} if self.explain else {}) \
+          | ({"bincam.head": self.head, "bincam.classes": json.dumps(self.classes),
+              "bincam.positive_class": json.dumps(self.positive_class)}
+             if self.head != "sigmoid" else {})
 
     @classmethod
     def from_metadata(cls, props: dict[str, str], source: str) -> "ModelInfo":
@@ -190,11 +199,12 @@ class ModelInfo:
 
 # metadata entries stored as JSON, and as plain text (key → ModelInfo field)
 METADATA_JSON_KEYS = ("attributes", "image_size", "mask_positive", "mean", "std",
-                      "class_counts", "explain", "pixel_range", "raw_pixels")
+                      "class_counts", "explain", "pixel_range", "raw_pixels", "classes",
+                      "positive_class")
 METADATA_TEXT_KEYS = {"target_layer": "target_layer", "gradient_layout": "gradient_layout",
                       "input": "input_name", "version": "version", "precision": "precision",
                       "token_layout": "token_layout", "input_fit": "input_fit",
-                      "channel_order": "channel_order", "layout": "layout"}
+                      "channel_order": "channel_order", "layout": "layout", "head": "head"}
 
 
 def require_gradients(info: ModelInfo, source: str, command: str) -> None:
@@ -253,6 +263,18 @@ def read_model_info(path: str | Path) -> ModelInfo:
     return onnx_info(proto, source)
 
 
+def head_summary(info: ModelInfo) -> str:
+    """What the file's logits are, in words (``bincam info``)."""
+    if info.head == "sigmoid":
+        return "sigmoid: each logit z is one binary decision, p = σ(z)"
+    classes, p = info.classes or [], info.positive_class
+    if len(classes) == 2 and p is not None:
+        return (f"softmax over 2 classes ({', '.join(classes)}): one decision, {classes[p]} vs "
+                f"{classes[1 - p]}, logit d = z_{classes[p]} − z_{classes[1 - p]}, "
+                "p = σ(d) = the softmax probability")
+    return f"softmax over {len(classes)} classes"
+
+
 def onnx_summary(path: str | Path) -> list[tuple[str, str]]:
     """``(field, value)`` rows that describe an exported file (``bincam info MODEL.onnx``):
     what it is, what it predicts and explains, its input and its outputs with their types."""
@@ -281,6 +303,7 @@ def onnx_summary(path: str | Path) -> list[tuple[str, str]]:
     names = info.attributes
     return [("file", kind),
             ("attributes", f"{len(names)}: {', '.join(names[:6])}{'…' if len(names) > 6 else ''}"),
+            ("head", head_summary(info)),
             ("input", _input_summary(info)),
             ("precision", info.precision),
             ("outputs", "; ".join(typed(o) for o in proto.graph.output)),

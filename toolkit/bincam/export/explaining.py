@@ -32,47 +32,34 @@ class ExplainingExport:
     masks: dict[str, np.ndarray]     # the masks of its PE, at the map size
 
 
-def _logit_count(path: Path | str, logits: str) -> int:
-    from bincam.core.model_info import load_onnx
-
-    proto, _, source = load_onnx(path)
-    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    vi = next((v for v in list(inferred.graph.value_info) + list(inferred.graph.output)
-               if v.name == logits), None)
-    dims = vi.type.tensor_type.shape.dim if vi is not None else []
-    if len(dims) != 2 or not dims[1].dim_value:
-        raise BincamError(f"the logits {logits!r} of {source} must be [B, K] with a static K")
-    return dims[1].dim_value
-
-
 def export_explaining(spec: ExplainSpec, model=None, onnx_path: Path | str | None = None,
                       select: str | None = None, masks: Path | str | None = None,
                       precision: str = "fp32", layer: str | None = None,
                       gradients: str = "auto", activation: str | None = None,
                       logits: str | None = None, attributes: list[str] | None = None,
-                      tokens: str = "none", **input_options) -> ExplainingExport:
+                      tokens: str = "none", head: str = "sigmoid",
+                      positive_class: str | None = None, **input_options) -> ExplainingExport:
     """The explaining file of a bincam net (``model``) or of an ONNX classifier (``onnx_path``
-    with ``activation``/``logits``/``attributes``/``tokens`` and ``input_options``
-    (``preprocessing``, ``size``, ``fit``) as for ``export_onnx_classifier``), for the attributes
-    ``select`` (names or indices, default all)."""
+    with ``activation``/``logits``/``attributes``/``tokens``/``head``/``positive_class`` and
+    ``input_options`` (``preprocessing``, ``size``, ``fit``) as for ``export_onnx_classifier``),
+    for the attributes ``select`` (names or indices, default all)."""
     spec.check()
     if model is not None:
         from bincam.runtime.torch_engine import model_attributes
 
         names_all = model_attributes(model)
     else:
-        k = _logit_count(onnx_path, logits)
-        names_all = attributes or [f"logit{i}" for i in range(k)]
-        if len(names_all) != k:
-            raise BincamError(f"the model has {k} logits but {len(names_all)} attribute names "
-                              "were given")
+        from bincam.export.model import classifier_decisions
+
+        names_all = classifier_decisions(onnx_path, logits, attributes, head,
+                                         positive_class)[1].attributes
     names = resolve_attributes(select, names_all)
     indices = [names_all.index(n) for n in names]
     if model is not None:
         graph = export_checkpoint(model, layer, gradients, indices)
     else:
-        graph = export_onnx_classifier(onnx_path, activation, logits, names_all, gradients,
-                                       tokens, indices, **input_options)
+        graph = export_onnx_classifier(onnx_path, activation, logits, attributes, gradients,
+                                       tokens, indices, head, positive_class, **input_options)
     graph = reduce_precision(narrow_attributes(graph, indices), precision)
     size = spec.map_size or _input_size(graph)
     chosen = region_masks(names, size) if model is not None else {}

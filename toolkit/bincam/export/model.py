@@ -19,6 +19,7 @@ from bincam.core.preprocess import Preprocessing
 from bincam.data.fit import check_fit
 from bincam.export.input_spec import image_input
 from bincam.files import atomic_path
+from bincam.export.heads import append_head, decisions, resolve_head
 from bincam.export.names import rename_tensor
 from bincam.export.vjp import append_gradients
 
@@ -74,10 +75,23 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto",
     return graph
 
 
+def classifier_decisions(source: Path | str, logits: str, attributes: list[str] | None,
+                         head: str = "sigmoid", positive_class: str | None = None):
+    """``(Head, Decisions)`` of an ONNX classifier's logits (``heads.py``), before any export:
+    the head chosen (and why) and the names of its binary decisions."""
+    from bincam.core.model_info import load_onnx
+
+    model, _, _ = load_onnx(source)
+    chosen = resolve_head(model, logits, head)
+    return chosen, decisions(chosen.kind, _class_count(model, chosen.logits), attributes,
+                             positive_class)
+
+
 def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                            attributes: list[str] | None = None,
                            gradients: str = "auto", tokens: str = "none",
-                           indices: list[int] | None = None,
+                           indices: list[int] | None = None, head: str = "sigmoid",
+                           positive_class: str | None = None,
                            preprocessing: Preprocessing | None = None, size: int | None = None,
                            fit: str = "celeba", size_hint: int | None = None
                            ) -> onnx.ModelProto:
@@ -106,7 +120,10 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                               f"{', '.join(candidates)}")
     if tokens not in TOKEN_LAYOUTS:
         raise BincamError(f"--tokens must be one of {', '.join(TOKEN_LAYOUTS)}, got {tokens!r}")
-    activation, logits = _free_output_names(model, activation, logits)
+    chosen = resolve_head(model, logits, head)
+    logits = chosen.logits
+    activation, logits = _free_output_names(model, activation, logits,
+                                            keep_logits=chosen.kind == "sigmoid")
     graph = helper.make_graph(list(model.graph.node), model.graph.name, list(model.graph.input),
                               [], list(model.graph.initializer), value_info=list(
                                   model.graph.value_info))
@@ -116,6 +133,11 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
         dims = next((v.type.tensor_type.shape.dim for v in shapes if v.name == activation), [])
         grid = token_grid([d.dim_value or None for d in dims], tokens, activation)
         add_token_maps(graph, activation, tokens, grid)
+    made = decisions(chosen.kind, _class_count(model, logits), attributes, positive_class)
+    class_logits = logits
+    if chosen.kind == "softmax":  # the binary log-odds d = J·z become the file's logits
+        append_head(graph, logits, "bincam/log_odds", made)
+        logits = "bincam/log_odds"
     for new, old in (("logits", logits), ("activations", activation)):
         if new != old and not (grid and new == "activations"):  # already called so: as it is
             graph.node.append(helper.make_node("Identity", [old], [new], name=f"bincam/{new}"))
@@ -125,14 +147,13 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
     for name in ("logits", "activations"):
         vi = next(v for v in inferred.graph.value_info if v.name == name)
         rebuilt.graph.output.append(vi)
-    k = rebuilt.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    names = attributes or [f"logit{i}" for i in range(k)]
-    if len(names) != k:
-        raise BincamError(f"the model has {k} logits but {len(names)} attribute names were given")
+    names = made.attributes
     if gradients not in LAYOUTS:
         raise BincamError(f"--gradients must be one of {', '.join(LAYOUTS)}")
-    head = find_affine_head(rebuilt, activation, logits) \
+    head = find_affine_head(rebuilt, activation, class_logits) \
         if gradients != "dense" and grid is None else None
+    if head is not None:  # d = J·z of an affine z is affine: W_d = J·W_eff
+        head.weight, head.bias = made.jacobian @ head.weight, made.jacobian @ head.bias
     if gradients == "factored" and head is None:
         raise BincamError(f"the head after {activation!r} is not [Relu →] global average pool → "
                           "Linear layers; use --gradients dense")
@@ -153,21 +174,37 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                                   input_name=out.graph.input[0].name, token_layout=tokens,
                                   input_fit=check_fit(fit, "--fit"), pixel_range=prep.pixel_range,
                                   mean=prep.mean, std=prep.std,
-                                  channel_order=prep.channel_order, layout=prep.layout))
+                                  channel_order=prep.channel_order, layout=prep.layout,
+                                  head=chosen.kind, classes=made.classes,
+                                  positive_class=made.positive_class))
     return out
+
+
+def _class_count(model: onnx.ModelProto, logits: str) -> int:
+    """C of the class logits ``[B, C]`` (static), by shape inference."""
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    vi = next((v for v in list(inferred.value_info) + list(inferred.output) if v.name == logits),
+              None)
+    dims = vi.type.tensor_type.shape.dim if vi is not None else []
+    if len(dims) != 2 or not dims[1].dim_value:
+        raise BincamError(f"the logits {logits!r} must be [B, K] with a static K")
+    return dims[1].dim_value
 
 
 RESERVED = ("logits", "activations", "gradients", "channel_weights", "gradients_tokens")
 
 
-def _free_output_names(model: onnx.ModelProto, activation: str, logits: str) -> tuple[str, str]:
+def _free_output_names(model: onnx.ModelProto, activation: str, logits: str,
+                       keep_logits: bool = True) -> tuple[str, str]:
     """Rename the source graph's own tensors that carry a name bincam's outputs take (say a
     Sigmoid output called ``logits`` while ``--logits`` names the Gemm before it), so the
-    appended outputs do not collide; returns the (possibly renamed) activation and logits."""
+    appended outputs do not collide; returns the (possibly renamed) activation and logits.
+    ``keep_logits`` False: the class logits are renamed even when called ``logits`` (a softmax
+    head's binary log-odds take that name)."""
     produced = {o for n in model.graph.node for o in n.output}
     for name in RESERVED:
-        if name in produced and (name, name) not in ((activation, "activations"),
-                                                     (logits, "logits")):
+        kept = ((activation, "activations"),) + (((logits, "logits"),) if keep_logits else ())
+        if name in produced and (name, name) not in kept:
             new = f"{name}/source"
             rename_tensor(model.graph, name, new)
             for v in list(model.graph.value_info):
