@@ -17,11 +17,11 @@ from onnx import TensorProto
 
 # ---------------------------------------------------------------- the tensorrt test double
 class _DataType(enum.Enum):
-    FLOAT, HALF, INT32 = range(3)
+    FLOAT, HALF, INT32, UINT8 = range(4)
 
 
 ONNX_TO_DOUBLE = {TensorProto.FLOAT: _DataType.FLOAT, TensorProto.FLOAT16: _DataType.HALF,
-                  TensorProto.INT32: _DataType.INT32}
+                  TensorProto.INT32: _DataType.INT32, TensorProto.UINT8: _DataType.UINT8}
 
 
 def _io(model_bytes):
@@ -200,7 +200,7 @@ def tensorrt_double(**knobs):
             shapes = {n: self.get_tensor_shape(n) for n in self.engine.names}
             addresses, generation = dict(self.addresses), self.generation
             types = {_DataType.FLOAT: np.float32, _DataType.HALF: np.float16,
-                     _DataType.INT32: np.int32}
+                     _DataType.INT32: np.int32, _DataType.UINT8: np.uint8}
 
             def work():
                 x = np.empty(shapes[x_name], np.float32)

@@ -145,7 +145,7 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         from bincam.export.model import classifier_decisions
 
         head_note = "; " + classifier_decisions(onnx_model, logits, _names(attributes), head,
-                                                positive_class)[0].note
+                                                positive_class, activation)[0].note
     elif head != "auto" or positive_class is not None:
         raise BincamError("--head and --positive-class are for --onnx classifiers (a "
                           "checkpoint's logits are sigmoid logits)")

@@ -75,13 +75,26 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto",
     return graph
 
 
+def _require_tensors(model: onnx.ModelProto, source, **named: str | None) -> None:
+    """Each named tensor (role → name) is in the graph, or one error naming it."""
+    names = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    for what, name in named.items():
+        if name is not None and name not in names:
+            candidates = [n.output[0] for n in model.graph.node][-12:]
+            raise BincamError(f"no tensor {name!r} ({what}) in {source}; tensors near the end: "
+                              f"{', '.join(candidates)}")
+
+
 def classifier_decisions(source: Path | str, logits: str, attributes: list[str] | None,
-                         head: str = "sigmoid", positive_class: str | None = None):
+                         head: str = "sigmoid", positive_class: str | None = None,
+                         activation: str | None = None):
     """``(Head, Decisions)`` of an ONNX classifier's logits (``heads.py``), before any export:
-    the head chosen (and why) and the names of its binary decisions."""
+    the head chosen (and why) and the names of its binary decisions (``activation``, when
+    given, is checked to exist too)."""
     from bincam.core.model_info import load_onnx
 
     model, _, _ = load_onnx(source)
+    _require_tensors(model, source, activation=activation, logits=logits)
     chosen = resolve_head(model, logits, head)
     return chosen, decisions(chosen.kind, _class_count(model, chosen.logits), attributes,
                              positive_class)
@@ -112,12 +125,7 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
     prep = (preprocessing or Preprocessing()).check()
     size = image_input(model, prep, size, str(source), size_hint)
     model = fold_constants(model)
-    names = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
-    for what, name in (("activation", activation), ("logits", logits)):
-        if name not in names:
-            candidates = [n.output[0] for n in model.graph.node][-12:]
-            raise BincamError(f"no tensor {name!r} ({what}) in {source}; tensors near the end: "
-                              f"{', '.join(candidates)}")
+    _require_tensors(model, source, activation=activation, logits=logits)
     if tokens not in TOKEN_LAYOUTS:
         raise BincamError(f"--tokens must be one of {', '.join(TOKEN_LAYOUTS)}, got {tokens!r}")
     chosen = resolve_head(model, logits, head)
