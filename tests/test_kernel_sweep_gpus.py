@@ -123,3 +123,20 @@ def test_kernel_compiles_for_the_claimed_architectures(arch, tmp_path):
                             "bincam_finish", "bincam_energy"}
     spills = re.findall(r"(\d+) bytes spill stores", proc.stderr)
     assert spills and all(n == "0" for n in spills), proc.stderr
+
+
+def test_finish_no_longer_divides_per_pixel():
+    """``gpu.roofline.kernel_divisions``: before, two divisions per output pixel in finish and
+    one per element loaded in the dense partials; the kernel source now walks rows and columns
+    (``bincam_walk``) and multiplies by a reciprocal (``bincam_divider``) instead."""
+    from bincam.gpu.roofline import kernel_divisions
+
+    source = kernel_source()
+    assert "q / W" not in source and "q % W" not in source and "i / hw" not in source
+    assert "bincam_walk ij(" in source and "by_hw.div(i)" in source
+    for layout in ("dense", "factored"):
+        div = kernel_divisions(layout, (8, 40, 2048, 7, 7), (224, 224))
+        assert div["finish"]["before"] >= 2 * 8 * 40 * 224 * 224
+        assert div["finish"]["after"] * 50 < div["finish"]["before"]
+    dense = kernel_divisions("dense", (8, 40, 2048, 7, 7), (224, 224))["partials"]
+    assert dense["after"] * 10 < dense["before"]
