@@ -55,7 +55,7 @@ def write(out: Path, record: dict) -> None:
     passed = {s: sum(r[s]["ok"] for r in ran) for s in SANITIZERS}
     lines = ["# The fused epilogue's geometry on every claimed GPU, and its classes on the CPU "
              "emulator", "",
-             f"Machine: {machine_line(record['machine'])}; no GPU (the kernels run on the CPU "
+             f"Machine: {machine_line(record['machine'])} (the kernels run on the CPU "
              "emulator, `bincam.gpu.emulation`, from the same source). Produced by "
              "`benchmarks/kernel_sweep_gpus.py` (`bincam.gpu.sweep_gpus`).", "",
              f"GPUs (SMs): {', '.join(f'{g} {n}' for g, n in GPUS.items())}; "
@@ -75,9 +75,19 @@ def write(out: Path, record: dict) -> None:
              *[f"| passed under {s} | {passed[s]} of {len(ran)} |" for s in SANITIZERS],
              f"| enumeration wall time | {e['seconds']:.1f} s |",
              f"| emulator wall time | {record['emulator_seconds']:.0f} s |", ""]
+    worst = {}
+    for r in ran:
+        for s in SANITIZERS:
+            for name, value in r[s].get("worst", {}).items():
+                worst[name] = max(worst.get(name, 0), value)
+    if worst:
+        lines += ["Worst over the runs: " + ", ".join(f"{n} {v:.1e}" if isinstance(v, float)
+                                                     else f"{n} {v}" for n, v in worst.items())
+                  + " (limits: `bincam.gpu.sweep.LIMITS`).", ""]
     if record.get("stopped"):
         lines += [f"Stopped after the budget ({record['stopped']}): the remaining "
-                  f"{e['representatives'] - len(ran)} representatives were not run.", ""]
+                  f"{e['representatives'] - len(ran)} representatives (the costliest to emulate: "
+                  + "; ".join(record.get("not_run", [])) + ") were not run.", ""]
     lines += ["| # | GPU | tensor | layout | method | B | K | splits | tile | finish tiles | "
               "ASan | TSan | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(ran):
@@ -118,6 +128,8 @@ def main() -> None:
     for i, combo in enumerate(reps):
         if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
             record["stopped"] = f"--budget-s {args.budget_s:.0f}"
+            record["not_run"] = [f"{c.gpu} {c.tensor} {c.layout} B={c.batch} K={c.attributes}"
+                                 for c in reps[i:]]
             break
         row = run_one(drivers, combo, i)
         row["classes"] = [[kernel, key] for kernel, key in
