@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 from bincam.gpu.check import emulated_check
-from bincam.gpu.emulation import EmulationError, build_driver, run_cases
+import numpy as np
+
+from bincam.gpu.emulation import Case, EmulationError, build_driver, run_cases
 from bincam.gpu.launcher import kernel_source
 from bincam.gpu.sweep import LIMITS, compare, failures, sweep_cases
 from bincam.machine import machine_info, machine_line
@@ -42,6 +44,19 @@ def sweep(sanitizer: str, cases) -> dict:
                            "mode": case.mode, "block": case.block, **failures(errors)})
     return {"sanitizer": sanitizer, "cases": len(cases), "build_s": build_s, "run_s": run_s,
             "worst": worst, "failed": failed}
+
+
+def empty_split_cases() -> list[Case]:
+    """C = 9 over 4 forced splits (the last empty), dense and factored: the launches where
+    only the barrier after zeroing orders the accumulators' final read."""
+    rng = np.random.default_rng(9)
+    cases = []
+    for layout in ("dense", "factored"):
+        grads = rng.standard_normal((1, 2, 9, 3, 3) if layout == "dense" else (2, 9))
+        cases.append(Case(rng.standard_normal((1, 9, 3, 3)), grads, rng.standard_normal((1, 2)),
+                          (5, 5), "gradcam", layout, masks=rng.random((2, 5, 5)) < 0.5,
+                          block=40, overrides={"splits": 4}))
+    return cases
 
 
 def mutations(cases) -> list[dict]:
@@ -69,7 +84,8 @@ def main() -> None:
     args = ap.parse_args()
     cases = sweep_cases(full=True, seed=7)
     runs = [sweep("address", cases), sweep("thread", cases)]
-    muts = mutations([c for c in sweep_cases(seed=3) if c.block in (32, 64, 128)][:12])
+    muts = mutations([c for c in sweep_cases(seed=3) if c.block in (32, 64, 128)][:12]
+                     + empty_split_cases())
     gpu = emulated_check(build_driver(None))
     record = {"benchmark": "kernel_emulation_sweep", "machine": machine_info(), "limits": LIMITS,
               "sweeps": runs, "mutations": muts, "gpu_check_configuration": gpu}

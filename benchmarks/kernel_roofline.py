@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from bincam.gpu.geometry import launch_geometry
-from bincam.gpu.roofline import PEAK_BANDWIDTH, roofline_table
+from bincam.gpu.roofline import PEAK_BANDWIDTH, kernel_bytes, kernel_divisions, roofline_table
 
 
 def main() -> None:
@@ -47,6 +47,26 @@ def main() -> None:
               "workspace (33 splits × 40 × 49 partial sums). Inputs f16: activations and dense gradients "
               "as an fp16 export with half outputs gives them (`reduce_precision(..., "
               "half_outputs=True)`), read as binary16 by the kernels.", ""]
+    lines += ["## Per kernel", "",
+              "Bytes each kernel must move (`gpu.roofline.kernel_bytes`, float32 maps, energies, "
+              "132 SMs, block 256) and the floor at peak bandwidth; integer divisions by a "
+              "launch value (`gpu.roofline.kernel_divisions`, ~20 instructions each) in the "
+              "kernel before and after the per-element divisions were removed (finish: row and "
+              "column of every output pixel; dense partials: channel and cell of every element "
+              "loaded). An estimate, not a measurement: no GPU was used.", "",
+              "| layout | batch | kernel | MB | " + " | ".join(f"floor µs {c}" for c in cards)
+              + " | divisions before | after |", "|---|---|---|---|" + "---|" * len(cards)
+              + "---|---|"]
+    for layout in ("dense", "factored"):
+        for b in (1, 8, 64):
+            shape = (b, 40, 2048, 7, 7)
+            per, div = kernel_bytes(layout, shape, (224, 224)), kernel_divisions(layout, shape,
+                                                                                  (224, 224))
+            for name, row in per.items():
+                d = div.get(name, {"before": 0, "after": 0})
+                lines.append(f"| {layout} | {b} | {name} | {row['bytes'] / 1e6:.2f} | "
+                             + " | ".join(f"{row[f'floor_us {c}']:.1f}" for c in cards)
+                             + f" | {d['before'] / 1e6:.2f} M | {d['after'] / 1e6:.2f} M |")
     (args.out / "kernel_roofline.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -151,6 +151,38 @@ __device__ void bincam_block_reduce2(float* a, float* b, float* scratch) {
 // its row hits distinct banks.
 __device__ __forceinline__ int bincam_stride(int hw) { return hw | 1; }
 
+// Row and column (i, j) of the flat index q = i·n + j, moved on by a block stride without a
+// division per step: the stride's rows and columns are split once (one division per block).
+struct bincam_walk {
+    int i, j, di, dj, n;
+    __device__ __forceinline__ bincam_walk(int q, int stride, int n_) : n(n_) {
+        i = q / n;
+        j = q - i * n;
+        di = stride / n;
+        dj = stride - di * n;
+    }
+    __device__ __forceinline__ void next() {
+        i += di;
+        j += dj;
+        if (j >= n) {
+            j -= n;
+            ++i;
+        }
+    }
+};
+
+// i / d and i % d for 0 ≤ i, d < 2¹⁶ by a multiply-high with m = ⌈2³²/d⌉, computed once per
+// block: exact there, as i·(m·d − 2³²) < 2¹⁶·d ≤ 2³² (a channel tile holds < 2¹⁶ elements).
+struct bincam_divider {
+    unsigned m;
+    int d;
+    __device__ __forceinline__ explicit bincam_divider(int d_)
+        : m((unsigned)(0xffffffffu / (unsigned)d_) + 1u), d(d_) {}
+    __device__ __forceinline__ int div(int i) const {
+        return d == 1 ? i : (int)__umulhi((unsigned)i, m);
+    }
+};
+
 // Channels [c_lo, c_hi) of split `split` of `splits`.
 __device__ __forceinline__ void bincam_split(int C, int splits, int split, int* c_lo, int* c_hi) {
     const int per = (C + splits - 1) / splits;
@@ -208,12 +240,13 @@ extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_partials
     int c_lo, c_hi;
     bincam_split(C, splits, split, &c_lo, &c_hi);
     const size_t a0 = (size_t)b * C * hw, g0 = (size_t)n * C * hw;
+    const bincam_divider by_hw(hw);
     for (int i = t; i < groups * hw; i += blockDim.x) acc[i] = 0.f;  // slot i: thread i % block
     __syncthreads();  // zeroing before any read of acc, even where the split is empty
     for (int c0 = c_lo; c0 < c_hi; c0 += tile) {
         const int nt = min(tile, c_hi - c0);
         for (int i = t; i < nt * hw; i += blockDim.x) {  // coalesced: one contiguous range
-            const int c = i / hw, p = i - c * hw;
+            const int c = by_hw.div(i), p = i - c * hw;
             gt[c * stride + p] = s * bincam_load(grads, g0 + (size_t)c0 * hw + i, half);
             at[c * stride + p] = bincam_load(acts, a0 + (size_t)c0 * hw + i, half);
         }
@@ -281,10 +314,9 @@ extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_partials
     __syncthreads();  // zeroing and sign before any read, even where the split is empty
     for (int c0 = c_lo; c0 < c_hi; c0 += tile) {
         const int nt = min(tile, c_hi - c0);
-        for (int i = t; i < nt * hw; i += blockDim.x) {  // coalesced: one contiguous range
-            const int c = i / hw, p = i - c * hw;
-            at[c * stride + p] = bincam_load(acts, a0 + (size_t)c0 * hw + i, half);
-        }
+        bincam_walk cp(t, blockDim.x, hw);  // channel cp.i, cell cp.j of element i
+        for (int i = t; i < nt * hw; i += blockDim.x, cp.next())  // coalesced: contiguous
+            at[cp.i * stride + cp.j] = bincam_load(acts, a0 + (size_t)c0 * hw + i, half);
         __syncthreads();
         for (int c = t; c < nt; c += blockDim.x) {  // per-channel statistics of A
             double sa = 0.0, sp = 0.0, np_ = 0.0;
@@ -297,8 +329,9 @@ extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_partials
             sum_a[c] = sa, pos_a[c] = sp, count[c] = np_;
         }
         __syncthreads();
-        for (int i = t; i < nk * nt; i += blockDim.x) {  // coef[k, c] from w = s·W[k, c]
-            const int k = i / nt, c = i - k * nt;
+        bincam_walk kc_(t, blockDim.x, nt);  // attribute kc_.i, channel kc_.j of entry i
+        for (int i = t; i < nk * nt; i += blockDim.x, kc_.next()) {  // coef[k, c], w = s·W[k, c]
+            const int k = kc_.i, c = kc_.j;
             const float w = sign[k] * weights[(size_t)(k0 + k) * C + c0 + c];
             const double cnt = mask_positive ? count[c] : (double)hw;
             float v;
@@ -319,8 +352,9 @@ extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_partials
             coef2[i] = two_terms ? bincam_neg(w) : 0.f;  // element-wise, unmasked: w⁻ on A⁻
         }
         __syncthreads();
-        for (int o = t; o < nk * hw; o += blockDim.x) {
-            const int k = o / hw, p = o - k * hw;
+        bincam_walk kp(t, blockDim.x, hw);  // attribute kp.i, cell kp.j of output o
+        for (int o = t; o < nk * hw; o += blockDim.x, kp.next()) {
+            const int k = kp.i, p = kp.j;
             float v = 0.f;
             for (int c = 0; c < nt; ++c) {
                 const float av = at[c * stride + p];
@@ -435,8 +469,9 @@ extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_finish(
     const int nr = bincam_run_ends(h, H, rows, counts);  // its __syncthreads also orders map
     const int nc = bincam_run_ends(w, W, cols, counts + 1);
     float ulo = bincam_identity<BINCAM_MIN>(), uhi = bincam_identity<BINCAM_MAX>();
-    for (int i = t; i < nr * nc; i += blockDim.x) {
-        const float u = bincam_upsampled(map, h, w, H, W, rows[i / nc], cols[i % nc]);
+    bincam_walk rc(t, blockDim.x, nc);
+    for (int i = t; i < nr * nc; i += blockDim.x, rc.next()) {
+        const float u = bincam_upsampled(map, h, w, H, W, rows[rc.i], cols[rc.j]);
         ulo = bincam_combine<BINCAM_MIN>(ulo, u);
         uhi = bincam_combine<BINCAM_MAX>(uhi, u);
     }
@@ -449,8 +484,9 @@ extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_finish(
     const unsigned char* mask = masks ? masks + (size_t)k * H * W : nullptr;
     const size_t out = (size_t)n * H * W;
     float inside = 0.f, total = 0.f;
-    for (int q = q_lo + t; q < q_hi; q += blockDim.x) {
-        const float f = (bincam_upsampled(map, h, w, H, W, q / W, q % W) - ulo) * uscale;
+    bincam_walk ij(q_lo + t, blockDim.x, W);  // pixel (ij.i, ij.j) = q: no division per pixel
+    for (int q = q_lo + t; q < q_hi; q += blockDim.x, ij.next()) {
+        const float f = (bincam_upsampled(map, h, w, H, W, ij.i, ij.j) - ulo) * uscale;
         if (maps_f32) maps_f32[out + q] = f;
         if (maps_f16) maps_f16[out + q] = bincam_to_half(f);
         if (maps_u8) maps_u8[out + q] = (unsigned char)__float2int_rn(f * 255.f);

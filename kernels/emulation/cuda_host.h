@@ -229,6 +229,7 @@ inline unsigned __ballot_sync(unsigned mask, int predicate) {
 }
 
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((uint64_t)a * b) >> 32); }
 
 inline float __int_as_float(int i) {
     float f;

@@ -104,6 +104,8 @@ def launch_geometry(layout: str, shape: tuple[int, int, int, int, int], size: tu
         grid_finish=(b * k, tiles, 1), grid_energy=(math.ceil(b * k / block), 1, 1),
         smem_partials=partials_shared_bytes(layout, cells, block, tile, kc),
         smem_finish=finish_shared_bytes(cells, size))
+    if layout == "dense" and tile * cells >= 1 << 16:  # the kernel's bincam_divider
+        raise BincamError(f"a dense channel tile of {tile}×{cells} elements exceeds 65535")
     need = max(geometry.smem_partials, geometry.smem_finish)
     if need > shared_limit:
         raise BincamError(f"{c} channels × {h}×{w} cells → {size[0]}×{size[1]} need {need} bytes "

@@ -77,3 +77,31 @@ def kernel_bytes(layout: str, shape: tuple[int, int, int, int, int], size: tuple
     return {name: {"bytes": n, **{f"floor_us {card}": n / bw * 1e6
                                   for card, bw in PEAK_BANDWIDTH.items()}}
             for name, n in per_kernel.items()}
+
+
+def kernel_divisions(layout: str, shape: tuple[int, int, int, int, int], size: tuple[int, int],
+                     block: int = 256, sms: int = 132) -> dict[str, dict]:
+    """About how many integer divisions by a launch value (``h·w``, ``W``, ``nt``: ~20
+    instructions each, GPUs have no integer divider) each kernel of one launch executes, before
+    and after the per-element divisions were removed. Before: the dense tile load divided every
+    element by ``h·w`` (``B·K·C·h·w``); the factored load, coefficient and accumulator loops
+    every element, ``(k, c)`` pair and output once per attribute group; finish split every
+    output pixel into row and column (``2·B·K·H·W``). After: ``bincam_walk`` steps rows and
+    columns with two divisions per thread and loop, the dense load multiplies by a reciprocal
+    (``bincam_divider``, one division per thread); what stays per tile is one per thread."""
+    b, k, c, h, w = shape
+    g = launch_geometry(layout, shape, size, block, sms, shared_limit=1 << 30)
+    cells, pixels, maps = h * w, size[0] * size[1], b * k
+    threads = g.grid_partials[0] * g.grid_partials[1] * g.grid_partials[2] * block
+    tiles = -(-(-(-c // g.splits)) // g.tile)  # channel tiles per block
+    finish_threads = g.grid_finish[0] * g.grid_finish[1] * block
+    if layout == "dense":
+        partials = {"before": maps * c * cells + threads * tiles,
+                    "after": threads * (1 + tiles)}
+    else:
+        nk = min(k, g.kc)
+        partials = {"before": b * g.grid_partials[2] * (c * cells + nk * c + nk * cells * tiles),
+                    "after": threads * 3 * 2 * tiles}
+    return {"partials": partials,
+            "finish": {"before": 2 * maps * pixels + 2 * finish_threads,
+                       "after": 2 * 2 * finish_threads}}
