@@ -66,14 +66,14 @@ OVERRIDES = {name: kwargs for name, _, kwargs in MODELS}
 DEFAULT_SIZE = 96
 
 
-def build_timm(name: str, size: int = DEFAULT_SIZE):
+def build_timm(name: str, size: int = DEFAULT_SIZE, overrides: dict | None = None):
     """``(model, size)``: a timm classifier with random weights and ``NUM_CLASSES`` outputs at
     ``size`` px (or the size its overrides fix, or its native size when the small one fails),
     made realistic (``realistic`` and ``no_identities``), in eval mode."""
     import timm
     import torch
 
-    kwargs = dict(OVERRIDES.get(name, {}))
+    kwargs = dict(OVERRIDES.get(name, {}) if overrides is None else overrides)
     sizes = [kwargs.get("img_size", size)]
     errors = []
     for s in sizes + [None]:
@@ -212,13 +212,13 @@ def mid_tensor(model_onnx, torch_model, usual: str) -> str:
 
 def token_layout(shape: list[int | None], feeds_layernorm: bool) -> str:
     """The ``--tokens`` layout a tensor needs (``shape`` with the batch axis first): ``vit`` for
-    ``[B, p + h·w, C]`` with a square h·w and 1 prefix token, ``swin`` for ``[B, h, w, C]``
-    normalised per token, else ``none``."""
+    ``[B, P + h·w, C]`` with a square h·w and a few prefix tokens (``bincam.export.tokens``),
+    ``swin`` for ``[B, h, w, C]`` normalised per token, else ``none``."""
+    from bincam.export.tokens import vit_prefix
+
     dims = shape[1:]
-    if len(dims) == 2 and all(dims):
-        side = math.isqrt(dims[0] - 1)
-        if side > 1 and side * side == dims[0] - 1:
-            return "vit"
+    if len(dims) == 2 and all(dims) and vit_prefix(dims[0]) is not None:
+        return "vit"
     if len(dims) == 3 and all(dims) and feeds_layernorm and dims[0] * dims[1] > 1:
         return "swin"
     return "none"
@@ -231,9 +231,11 @@ def to_maps(t: np.ndarray, layout: str, lead: int) -> np.ndarray:
         axes = list(range(lead))
         return t.transpose(axes + [lead + 2, lead, lead + 1])
     if layout == "vit":
+        from bincam.export.tokens import vit_prefix
+
         n = t.shape[lead]
-        side = math.isqrt(n - 1)
-        prefix = n - side * side
+        prefix = vit_prefix(n)
+        side = math.isqrt(n - prefix)
         body = np.moveaxis(t.take(range(prefix, n), axis=lead), lead + 1, lead)
         return body.reshape(t.shape[:lead] + (t.shape[-1], side, side))
     return t
