@@ -198,7 +198,8 @@ def mid_tensor(model_onnx, torch_model, usual: str) -> str:
         raise LookupError("the model has no feature_info")
     graph = model_onnx.graph
     nodes = _ancestors(graph, graph.output[0].name)
-    for module in [modules[len(modules) // 2]] + modules[::-1]:
+    middle = len(modules) // 2  # then earlier ones (a late one may carry no gradient: ViT)
+    for module in [modules[middle]] + modules[:middle][::-1] + modules[middle + 1:]:
         parts = module.split(".")
         scope = "/" + "/".join(".".join(parts[:i + 1]) for i in range(len(parts))) + "/"
         inside = [n for n in nodes if n.name.startswith(scope)]

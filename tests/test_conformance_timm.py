@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import conformance_timm  # noqa: E402
 
-TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
+TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 3, "embed_dim": 32, "num_heads": 2}
 MODELS = {
     "vit_tiny_patch16_224": TINY_VIT,
     "deit_tiny_distilled_patch16_224": TINY_VIT,
