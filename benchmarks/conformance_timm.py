@@ -13,7 +13,8 @@ Every row ends as one of: **accepted correct** (checks pass, gradients within ``
 of autograd), **accepted unverified** (no unique torch module holds the tensor), **refused**
 (bincam said why: an error or a failed check), **silently wrong** (accepted, gradients off: must
 be 0), **crashed** (bincam raised something that is not its error, or the child process died or
-hung: must be 0), or **not exportable** (torch's own exporter failed: not bincam's). Each model
+hung: must be 0), **not exportable** (torch's own exporter failed: not bincam's) or **no tensor
+found** (the harness could not locate a mid-network tensor). Each model
 runs in a child process with a timeout. The reference: see `conformance_torchvision.py`; token
 tensors are mapped to ``[B, C, h, w]`` the way the graph maps them.
 """
@@ -45,7 +46,7 @@ from conformance_timm_models import (  # noqa: E402
 from conformance_torchvision import SILENT_LIMIT, _first_line, timings  # noqa: E402
 
 VERDICTS = ("accepted correct", "accepted unverified", "refused", "silently wrong", "crashed",
-            "not exportable")
+            "not exportable", "no tensor found")
 
 
 def export_legacy(model, size: int, path: Path) -> None:
@@ -210,8 +211,8 @@ def model_rows(name: str, size: int, threads: int = 1, timing_batch: int = 4,
         for which, tensor in tensors.items():
             row = dict(base, which=which)
             if isinstance(tensor, LookupError):
-                rows.append(dict(row, verdict="not exportable", seconds={},
-                                 detail=f"no {which} tensor found by the harness: {tensor}"))
+                rows.append(dict(row, verdict="no tensor found", seconds={},
+                                 detail=f"the harness found no {which} tensor: {tensor}"))
                 continue
             shape = shapes.get(tensor, [])
             row["shape"] = ["B", *shape[1:]]
@@ -256,7 +257,7 @@ def summarize(rows: list[dict]) -> dict:
     accepted_usual = sum(r["verdict"].startswith("accepted") for r in usual)
     refusals = {}
     for r in rows:
-        if r["verdict"] in ("refused", "crashed", "not exportable"):
+        if r["verdict"] in ("refused", "crashed", "not exportable", "no tensor found"):
             refusals.setdefault(f"{r['verdict']}: {r['detail']}", []).append(
                 f"{r['model']} ({r['which']})")
     errors = [r["grad_rel_err"] for r in rows if r.get("grad_rel_err") is not None
@@ -296,7 +297,8 @@ def markdown(record: dict) -> str:
         f"Summary: {s['models']} models, {s['rows']} rows — **{s['accepted correct']} accepted "
         f"correct**, {s['accepted unverified']} accepted without a torch reference, "
         f"{s['refused']} refused, **{s['silently wrong']} silently wrong**, **{s['crashed']} "
-        f"crashed**, {s['not exportable']} not exportable by torch. At the usual Grad-CAM "
+        f"crashed**, {s['not exportable']} not exportable by torch, {s['no tensor found']} where "
+        "the harness found no mid-network tensor (its scope search). At the usual Grad-CAM "
         f"tensor: {s['accepted at the usual tensor']} of {s['usual rows']} accepted "
         f"({s['accepted at the usual tensor, %']} %). Worst error of an accepted correct row: "
         f"{_fmt(s['worst error of an accepted correct row'])}.", ""]
@@ -343,10 +345,22 @@ def main(argv=None) -> int:
                     help="keep the rows of an existing JSON for models not run now")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the MD (and summary) from the JSON beside --out")
     args = ap.parse_args(argv)
     if args.child:
         rows = model_rows(args.child, args.size, args.threads)
         Path(args.child_out).write_text(json.dumps(rows))
+        return 0
+
+    out = Path(args.out)
+    if args.render:  # the verdict names of older rows, then the table again
+        record = json.loads(out.with_suffix(".json").read_text())
+        for r in record["rows"]:
+            if r["verdict"] == "not exportable" and "found by the harness" in r["detail"]:
+                r["verdict"] = "no tensor found"
+        record["summary"] = summarize(record["rows"])
+        write_outputs(out, record)
         return 0
 
     import timm
