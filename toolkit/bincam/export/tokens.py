@@ -63,6 +63,32 @@ def token_grid(shape: list[int | None], layout: str, name: str) -> TokenGrid:
                       f"{['B', *dims]}")
 
 
+def run_shape(model: onnx.ModelProto, name: str, size: int | None, nhwc: bool = False
+              ) -> list[int | None] | None:
+    """The shape of ``name`` (batch axis unknown) on one gray ``size`` px image, by ONNX Runtime:
+    for the dims shape inference leaves unknown (timm's computed reshapes: PiT, Swin). None when
+    the graph cannot run so."""
+    inputs = [i for i in model.graph.input
+              if i.name not in {t.name for t in model.graph.initializer}]
+    if not size or len(inputs) != 1 or \
+            inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        return None
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    if name not in {o.name for o in probe.graph.output}:
+        probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    image = np.full([1, size, size, 3] if nhwc else [1, 3, size, size], 0.5, np.float32)
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        value = session.run([name], {inputs[0].name: image})[0]
+    except Exception:  # noqa: BLE001 - ORT's errors vary; the caller reports the shape it had
+        return None
+    return [None, *value.shape[1:]]
+
+
 def _const(graph: onnx.GraphProto, name: str, value) -> str:
     graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=np.int64), name))
     return name
