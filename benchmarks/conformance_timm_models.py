@@ -69,7 +69,7 @@ DEFAULT_SIZE = 96
 def build_timm(name: str, size: int = DEFAULT_SIZE, overrides: dict | None = None):
     """``(model, size)``: a timm classifier with random weights and ``NUM_CLASSES`` outputs at
     ``size`` px (or the size its overrides fix, or its native size when the small one fails),
-    made realistic (``realistic`` and ``no_identities``), in eval mode."""
+    made realistic (``conformance_models.realistic``), in eval mode."""
     import timm
     import torch
 
@@ -91,29 +91,8 @@ def build_timm(name: str, size: int = DEFAULT_SIZE, overrides: dict | None = Non
         except Exception as exc:  # noqa: BLE001 - try the next size
             errors.append(f"{s}px: {exc.__class__.__name__}: {str(exc)[:120]}")
             continue
-        no_identities(model)
         return realistic(model, s), s
     raise RuntimeError("; ".join(errors))
-
-
-def no_identities(model) -> None:
-    """Random values for the parameters timm initialises to (almost) zero so that a block is
-    an identity or a near-identity: zero-init-last BatchNorm gammas, layer-scale gammas (1e-6),
-    NFNet skip-init gains, zero class tokens. With them a block's output equals its input within
-    float tolerance, the torch module of a tensor cannot be told by value, and the gradient
-    through the block is trivial: scales become U(0.5, 1.5), tensors N(0, fan_in^-1/2)."""
-    import torch
-
-    generator = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or p.numel() == 0 or float(p.abs().max()) >= 1e-3:
-                continue
-            if p.dim() <= 1:
-                p.copy_(torch.rand(p.shape, generator=generator) + 0.5)
-            else:
-                fan_in = max(1, int(np.prod(p.shape[1:])))
-                p.copy_(torch.randn(p.shape, generator=generator) * fan_in ** -0.5)
 
 
 # ----------------------------------------------------------------------------------- CAM tensors
