@@ -21,7 +21,9 @@ DEFAULT_MODELS = (
     "convnext_tiny", "maxvit_t", "vit_tiny", "swin_tiny")
 
 # the smallest input a model (or an exporter of it) takes when the requested size is smaller
-MIN_SIZE = {"inception_v3": 96, "maxvit_t": 224, "vit_b_16": 224, "vit_b_32": 224,
+# (inception_v3: 96 px works, but its last map is then 1×1 and equals the pooled one in value:
+# two distinct tensors, so no unique torch site; at 128 px it is 2×2)
+MIN_SIZE = {"inception_v3": 128, "maxvit_t": 224, "vit_b_16": 224, "vit_b_32": 224,
             "vit_l_16": 224, "vit_l_32": 224, "vit_h_14": 224}
 # sizes tried next when exporting at the first fails (adaptive pooling to 7×7 / 6×6 needs a
 # divisible feature map in the legacy exporter: vgg and alexnet at 224)
