@@ -21,7 +21,9 @@ DEFAULT_MODELS = (
     "convnext_tiny", "maxvit_t", "vit_tiny", "swin_tiny")
 
 # the smallest input a model (or an exporter of it) takes when the requested size is smaller
-MIN_SIZE = {"inception_v3": 96, "maxvit_t": 224, "vit_b_16": 224, "vit_b_32": 224,
+# (inception_v3: 96 px works, but its last map is then 1×1 and equals the pooled one in value:
+# two distinct tensors, so no unique torch site; at 128 px it is 2×2)
+MIN_SIZE = {"inception_v3": 128, "maxvit_t": 224, "vit_b_16": 224, "vit_b_32": 224,
             "vit_l_16": 224, "vit_l_32": 224, "vit_h_14": 224}
 # sizes tried next when exporting at the first fails (adaptive pooling to 7×7 / 6×6 needs a
 # divisible feature map in the legacy exporter: vgg and alexnet at 224)
@@ -102,6 +104,7 @@ def realistic(model, size: int):
     for module in model.modules():
         if isinstance(module, nn.Linear) and not module.weight.detach().any():
             nn.init.normal_(module.weight, std=module.in_features ** -0.5)
+    no_identities(model)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if norms:
         for bn in norms:
@@ -113,6 +116,26 @@ def realistic(model, size: int):
             for _ in range(2):
                 model(torch.rand(4, 3, size, size, generator=generator))
     return model.eval()
+
+
+def no_identities(model) -> None:
+    """Random values for the parameters timm initialises to (almost) zero so that a block is
+    an identity or a near-identity: zero-init-last BatchNorm gammas, layer-scale gammas (1e-6),
+    NFNet skip-init gains, zero class tokens. With them a block's output equals its input within
+    float tolerance, the torch module of a tensor cannot be told by value, and the gradient
+    through the block is trivial: scales become U(0.5, 1.5), tensors N(0, fan_in^-1/2)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or p.numel() == 0 or float(p.abs().max()) >= 1e-3:
+                continue
+            if p.dim() <= 1:
+                p.copy_(torch.rand(p.shape, generator=generator) + 0.5)
+            else:
+                fan_in = max(1, int(np.prod(p.shape[1:])))
+                p.copy_(torch.randn(p.shape, generator=generator) * fan_in ** -0.5)
 
 
 def sizes_for(name: str, requested: int) -> list[int]:

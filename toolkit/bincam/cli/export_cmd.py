@@ -25,7 +25,8 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
            logits: str = typer.Option(None, help="With --onnx: the logits tensor."),
            attributes: str = typer.Option(None, help="With --onnx: comma-separated logit names."),
            tokens: str = typer.Option("none", help="With --onnx: none, or vit / swin when the "
-                                      "activation is a transformer's tokens [B, 1+h·w, C] / "
+                                      "activation is a transformer's tokens [B, P+h·w, C] "
+                                      "(P: class/distillation/register tokens) / "
                                       "[B, h, w, C] (mapped to [B, C, h, w] in the graph)."),
            head: str = typer.Option("auto", help="With --onnx: auto (a Softmax/Sigmoid after "
                                     "the logits decides; none: sigmoid), sigmoid (K independent "

@@ -2,13 +2,12 @@
 
 A Grad-CAM layer is the last spatial feature map before the head pools it away: here, the tensors
 on a path to the logits that are ``[B, C, h, w]`` with ``h·w > 1`` (``--tokens none``), ViT tokens
-``[B, 1 + h·w, C]`` (``--tokens vit``) or Swin tokens ``[B, h, w, C]`` feeding a LayerNorm
-(``--tokens swin``), latest first; the input of a global pooling is marked as the usual choice.
+``[B, P + h·w, C]`` with ``P`` prefix tokens (class, distillation, register; ``--tokens vit``)
+or Swin tokens ``[B, h, w, C]`` feeding a LayerNorm (``--tokens swin``: torchvision's and timm's
+channels-last layout), latest first; the input of a global pooling is marked as the usual choice.
 """
 
 from __future__ import annotations
-
-import math
 
 import onnx
 
@@ -23,6 +22,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
 
 def cam_candidates(model: onnx.ModelProto, logits: str, most: int = 8) -> list[dict]:
     """Up to ``most`` candidates ``{tensor, shape, tokens, note}``, the latest first."""
+    from bincam.export.tokens import vit_prefix
     from bincam.export.vjp import path_nodes
 
     shapes = _shapes(model)
@@ -41,7 +41,7 @@ def cam_candidates(model: onnx.ModelProto, logits: str, most: int = 8) -> list[d
             elif len(dims) == 3 and dims[1] * dims[2] > 1:
                 tokens, note = "none", "pooled next: the usual Grad-CAM layer" \
                     if name in pooled else ""
-            elif len(dims) == 2 and math.isqrt(dims[0] - 1) ** 2 == dims[0] - 1 and dims[0] > 1:
+            elif len(dims) == 2 and vit_prefix(dims[0]) is not None:
                 tokens = "vit"
                 note = "a LayerNorm output: the last block's first is the usual ViT layer" \
                     if node.op_type == "LayerNormalization" else ""

@@ -115,7 +115,8 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
     for ``export_checkpoint``."""
     from bincam.export.affine_head import find_affine_head
     from bincam.export.forward import fold_constants
-    from bincam.export.tokens import TOKEN_LAYOUTS, add_token_maps, token_gradients, token_grid
+    from bincam.export.tokens import (TOKEN_LAYOUTS, add_token_maps, run_shape, token_gradients,
+                                      token_grid)
 
     try:
         model = onnx.load(str(source))
@@ -139,7 +140,10 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
     if tokens != "none":
         shapes = onnx.shape_inference.infer_shapes(model, data_prop=True).graph.value_info
         dims = next((v.type.tensor_type.shape.dim for v in shapes if v.name == activation), [])
-        grid = token_grid([d.dim_value or None for d in dims], tokens, activation)
+        shape = [d.dim_value or None for d in dims]
+        if not shape or not all(shape[1:]):  # computed reshapes: ask the graph itself
+            shape = run_shape(model, activation, size, prep.layout == "nhwc") or shape
+        grid = token_grid(shape, tokens, activation)
         add_token_maps(graph, activation, tokens, grid)
     made = decisions(chosen.kind, _class_count(model, logits), attributes, positive_class)
     class_logits = logits

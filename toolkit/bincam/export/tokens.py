@@ -1,7 +1,10 @@
 """Token activations of vision transformers as CAM maps ``[B, C, h, w]``, inside the graph.
 
-- ``vit``: ``T [B, 1 + h·w, C]`` (class token first) → drop the class token → ``[B, C, h, w]``;
-- ``swin``: ``T [B, h, w, C]`` → ``[B, C, h, w]``.
+- ``vit``: ``T [B, P + h·w, C]``, ``P`` prefix tokens first (the class token; timm's
+  distillation and register tokens; none) → drop them → ``[B, C, h, w]``. ``P`` is read from
+  ``N``: 0 where ``N`` is a square, else ``N − ⌊√N⌋²`` (unambiguous while ``P ≤ 2·h``: 1 class
+  + 1 distillation + 4 register tokens on a 14×14 grid are 201 = 196 + 5);
+- ``swin``: ``T [B, h, w, C]`` (channels last: torchvision's and timm's Swin) → ``[B, C, h, w]``.
 
 The gradient ``∂z/∂T [B, K, *T]`` goes through the same index map, so every engine, the CAM
 methods, the epilogue and PE see the usual ``activations [B, C, h, w]`` and
@@ -11,6 +14,7 @@ methods, the epilogue and PE see the usual ``activations [B, C, h, w]`` and
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -19,20 +23,70 @@ from onnx import helper, numpy_helper
 from bincam.errors import BincamError
 
 TOKEN_LAYOUTS = ("none", "vit", "swin")
+MAX_PREFIX = 16  # prefix tokens of a ViT: class, distillation, registers (timm: at most 8)
 
 
-def token_grid(shape: list[int | None], layout: str, name: str) -> tuple[int, int, int]:
-    """``(C, h, w)`` of a token tensor's map (``shape`` with the batch axis first)."""
+class TokenGrid(NamedTuple):
+    """The maps ``[C, h, w]`` of a token tensor, and how many prefix tokens precede them."""
+    c: int
+    h: int
+    w: int
+    prefix: int = 0
+
+    @property
+    def dims(self) -> list[int]:
+        return [self.c, self.h, self.w]
+
+
+def vit_prefix(tokens: int) -> int | None:
+    """``P`` of ``N = P + h·w`` tokens (square ``h·w`` > 1): 0 where ``N`` is a square, else
+    ``N − ⌊√N⌋²``; None when no grid of more than one patch is left or ``P > MAX_PREFIX``
+    (a class token, a distillation token and registers are a handful)."""
+    side = math.isqrt(tokens)
+    prefix = tokens - side * side
+    return prefix if side > 1 and prefix <= MAX_PREFIX else None
+
+
+def token_grid(shape: list[int | None], layout: str, name: str) -> TokenGrid:
+    """The map grid of a token tensor (``shape`` with the batch axis first)."""
     dims = shape[1:]
     if layout == "vit" and len(dims) == 2 and all(dims):
-        side = math.isqrt(dims[0] - 1)
-        if side * side == dims[0] - 1:
-            return dims[1], side, side
+        prefix = vit_prefix(dims[0])
+        if prefix is not None:
+            side = math.isqrt(dims[0] - prefix)
+            return TokenGrid(dims[1], side, side, prefix)
     if layout == "swin" and len(dims) == 3 and all(dims):
-        return dims[2], dims[0], dims[1]
-    want = "[B, 1 + h·w, C] with a square h·w" if layout == "vit" else "[B, h, w, C]"
+        return TokenGrid(dims[2], dims[0], dims[1])
+    want = "[B, P + h·w, C] with a square h·w (P prefix tokens: class, distillation, register)" \
+        if layout == "vit" else "[B, h, w, C]"
     raise BincamError(f"--tokens {layout} needs the activation {name!r} as {want}; it is "
                       f"{['B', *dims]}")
+
+
+def run_shape(model: onnx.ModelProto, name: str, size: int | None, nhwc: bool = False
+              ) -> list[int | None] | None:
+    """The shape of ``name`` (batch axis unknown) on one gray ``size`` px image, by ONNX Runtime:
+    for the dims shape inference leaves unknown (timm's computed reshapes: PiT, Swin). None when
+    the graph cannot run so."""
+    inputs = [i for i in model.graph.input
+              if i.name not in {t.name for t in model.graph.initializer}]
+    if not size or len(inputs) != 1 or \
+            inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        return None
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    if name not in {o.name for o in probe.graph.output}:
+        probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    image = np.full([1, size, size, 3] if nhwc else [1, 3, size, size], 0.5, np.float32)
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        value = session.run([name], {inputs[0].name: image})[0]
+    except Exception:  # noqa: BLE001 - ORT's errors vary; the caller reports the shape it had
+        return None
+    return [None, *value.shape[1:]]
 
 
 def _const(graph: onnx.GraphProto, name: str, value) -> str:
@@ -41,16 +95,16 @@ def _const(graph: onnx.GraphProto, name: str, value) -> str:
 
 
 def _to_maps(graph: onnx.GraphProto, source: str, target: str, layout: str,
-             grid: tuple[int, int, int], lead: int, prefix: str) -> None:
+             grid: TokenGrid, lead: int, prefix: str) -> None:
     """Nodes turning ``source`` (``lead`` leading axes, then the token axes) into ``target``
     (``lead`` axes, then ``C, h, w``)."""
-    c, h, w = grid
+    c, h, w, first = grid
     axes = list(range(lead))
     if layout == "vit":
         body = f"{prefix}/patches"
         graph.node.append(helper.make_node(
-            "Slice", [source, _const(graph, f"{prefix}/start", [1]),
-                      _const(graph, f"{prefix}/end", [1 + h * w]),
+            "Slice", [source, _const(graph, f"{prefix}/start", [first]),
+                      _const(graph, f"{prefix}/end", [first + h * w]),
                       _const(graph, f"{prefix}/axis", [lead])], [body], name=body))
         moved = f"{prefix}/channels_first"
         graph.node.append(helper.make_node("Transpose", [body], [moved], name=moved,
@@ -63,12 +117,12 @@ def _to_maps(graph: onnx.GraphProto, source: str, target: str, layout: str,
 
 
 def add_token_maps(graph: onnx.GraphProto, activation: str, layout: str,
-                   grid: tuple[int, int, int]) -> None:
+                   grid: TokenGrid) -> None:
     """Output ``activations [B, C, h, w]`` computed from the token tensor ``activation``."""
     _to_maps(graph, activation, "activations", layout, grid, 1, "bincam/tokens")
 
 
-def token_gradients(model: onnx.ModelProto, layout: str, grid: tuple[int, int, int]) -> None:
+def token_gradients(model: onnx.ModelProto, layout: str, grid: TokenGrid) -> None:
     """Turn the output ``gradients [B, K, *T]`` into ``gradients [B, K, C, h, w]``."""
     producer = next(n for n in model.graph.node if "gradients" in n.output)
     producer.output[list(producer.output).index("gradients")] = "gradients_tokens"
@@ -80,4 +134,4 @@ def token_gradients(model: onnx.ModelProto, layout: str, grid: tuple[int, int, i
     raw.name = "gradients_tokens"
     lead = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim[:2]]  # B, K
     out.type.CopyFrom(helper.make_tensor_type_proto(out.type.tensor_type.elem_type,
-                                                    lead + list(grid)))
+                                                    lead + grid.dims))
