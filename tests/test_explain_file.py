@@ -70,7 +70,7 @@ def test_structure_outputs_and_metadata(gradient_graph):
     masks = region_masks(SUBSET, 64)
     model = append_explanation(graph, ExplainSpec("layercam", "negative", map_size=64,
                                                   map_dtype="uint8", raw_maps=True), masks)
-    checks = structural_checks(model)
+    checks = structural_checks(model, "trt")
     assert all(c.ok for c in checks), checks
     outputs = {o.name: o.type.tensor_type for o in model.graph.output}
     assert list(outputs) == ["logits", "heatmaps", "energy", "raw_maps"]

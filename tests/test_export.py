@@ -71,7 +71,7 @@ def test_fidelity_against_torch(exported, arch, layer, layout):
 @pytest.mark.parametrize("arch,layer,layout", CASES[:2] + CASES[3:4])
 def test_structure(exported, arch, layer, layout):
     _, graph = exported(arch, layer, layout)
-    checks = structural_checks(graph)
+    checks = structural_checks(graph, "trt")
     assert all(c.ok for c in checks), [(c.name, c.detail) for c in checks]
     props = {p.key: p.value for p in graph.metadata_props}
     assert props["bincam.gradient_layout"] == layout and "Image.NominalPixelRange" in props

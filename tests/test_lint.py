@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bincam.export.lint import SUPPORTED, UNSUPPORTED, lint_tensorrt
 
 F = TensorProto.FLOAT
+F32 = np.float32
 
 
 def model(nodes, inputs=(("x", [1, 4, 8, 8]),), outputs=("y",), inits=(), functions=()):
@@ -131,3 +132,17 @@ def test_table():
         assert op in SUPPORTED, op
     assert {"Unique", "NonMaxSuppression"} & UNSUPPORTED == {"Unique"}
     assert all(v is None or isinstance(v, str) for v in SUPPORTED.values())
+
+
+def test_a_1d_convolution_passes_and_a_4d_one_is_flagged():
+    """ECA attention's Conv1d (timm eca_nfnet_l0): TensorRT 10's matrix lists Conv without the
+    8.4 matrix's "2-D or 3-D only"; issue 27 found it refused for that."""
+    conv1d = helper.make_node("Conv", ["x", "w"], ["y"], name="eca", kernel_shape=[3],
+                              pads=[1, 1])
+    conv4d = helper.make_node("Conv", ["x", "w"], ["y"], name="c4", kernel_shape=[1, 1, 1, 1])
+    one = model([conv1d], inputs=(("x", [1, 1, 8]),), inits=(("w", np.ones((1, 1, 3), F32)),))
+    four = model([conv4d], inputs=(("x", [1, 1, 2, 2, 2, 2]),),
+                 inits=(("w", np.ones((1, 1, 1, 1, 1, 1), F32)),))
+    assert lint_tensorrt(one) == []
+    assert lint_tensorrt(four) == [
+        "Conv node 'c4': 4-D kernel; TensorRT takes 1-D to 3-D convolutions only"]

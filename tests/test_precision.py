@@ -27,7 +27,7 @@ def model():
 @pytest.mark.parametrize("layout", ["factored", "dense"])
 def test_fp16_graph_types_checks_and_fidelity(model, layout):
     graph = reduce_precision(export_checkpoint(model, None, layout), "fp16")
-    assert all(c.ok for c in structural_checks(graph)), structural_checks(graph)
+    assert all(c.ok for c in structural_checks(graph, "trt")), structural_checks(graph, "trt")
     ops = op_types_by_precision(graph)
     assert "Conv" in ops["float16"] and "Gemm" in ops["float32"] and "Conv" not in ops["float32"]
     weights = {t.data_type for t in graph.graph.initializer if t.dims and len(t.dims) == 4}
@@ -68,7 +68,7 @@ def test_fp16_half_outputs(model, layout):
     the bytes written and read by the fused kernel), logits and channel weights float32; ONNX
     Runtime runs the file with the fp16 fidelity limits."""
     graph = reduce_precision(export_checkpoint(model, None, layout), "fp16", half_outputs=True)
-    assert all(c.ok for c in structural_checks(graph)), structural_checks(graph)
+    assert all(c.ok for c in structural_checks(graph, "trt")), structural_checks(graph, "trt")
     types = {o.name: o.type.tensor_type.elem_type for o in graph.graph.output}
     half, single = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     assert types == ({"logits": single, "activations": half, "gradients": half}

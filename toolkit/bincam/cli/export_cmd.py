@@ -43,6 +43,10 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
                                              "writes and the fused CUDA epilogue reads)."),
            checks: bool = typer.Option(True, help="Run checker, shape inference, TensorRT lint, "
                                        "self-checks, parity and input-dependence checks."),
+           target: str = typer.Option("ort", help="The runtime the file is for: ort (ONNX "
+                                      "Runtime; TensorRT lint findings are warnings), trt "
+                                      "(TensorRT) or any (both): then a lint finding refuses "
+                                      "the export."),
            list_activations: bool = typer.Option(False, help="With --onnx: list candidate CAM "
                                                  "tensors (with their --tokens) and stop."),
            explain: bool = typer.Option(False, "--explain", help="Write an explaining file: its "
@@ -94,10 +98,14 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
            ) -> None:
     """Append the gradient subgraph (or, with --explain, the whole CAM pipeline) and write a
     self-describing ONNX model."""
-    from bincam.export.checks import run_checks
+    from bincam.export.checks import check_target, run_checks
     from bincam.export.model import export_checkpoint, export_onnx_classifier, save_onnx
     from bincam.export.precision import PRECISIONS, reduce_precision
 
+    check_target(target)
+    if explain and cam_precision == "float64" and target != "ort":
+        raise BincamError("--cam-precision float64 files are for ONNX Runtime (TensorRT has no "
+                          "float64): use --target ort, or --cam-precision float32")
     if precision not in PRECISIONS and precision != "bf16":
         raise BincamError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if half_outputs and (precision != "fp16" or explain):
@@ -155,7 +163,7 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
 
         spec = ExplainSpec(method, mode, map_size, map_dtype, raw_maps, cam_precision).check()
         _export_explaining(spec, checkpoint, onnx_model, out, explain_attributes, masks,
-                           precision, checks, declared, head_note, layer=layer,
+                           precision, checks, declared, head_note, target, layer=layer,
                            gradients=gradients,
                            activation=activation, logits=logits,
                            attributes=_names(attributes), tokens=tokens, head=head,
@@ -179,7 +187,7 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         model = _with_fit(export_checkpoint(torch_model, layer, gradients), fit)
     model = reduce_precision(model, precision, half_outputs=half_outputs)
     if checks:
-        _report_checks(run_checks(model, torch_model))
+        _report_checks(run_checks(model, torch_model, target))
     model = _raw_pixels(model, raw_pixels, checks)
     save_onnx(model, out)
     note = layout_note(model) + head_note
@@ -240,16 +248,21 @@ def _report_checks(results, title: str = "export checks") -> None:
     """Print the checks as a table; any failure stops the export before anything is written."""
     table = Table("check", "result", "detail", title=title)
     for c in results:
-        table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAILED[/]", c.detail)
+        table.add_row(c.name, "[yellow]warning[/]" if c.warning else "[green]ok[/]" if c.ok
+                      else "[red]FAILED[/]", c.detail)
     console.print(table)
-    failed = [c.name for c in results if not c.ok]
+    for c in results:
+        if c.warning:
+            console.print(f"warning: {c.name}: {c.detail}", markup=False, highlight=False,
+                          soft_wrap=True)
+    failed = [c.name + (f" ({c.advice})" if c.advice else "") for c in results if not c.ok]
     if failed:
-        raise BincamError(f"export checks failed: {', '.join(failed)}; nothing written")
+        raise BincamError(f"export checks failed: {'; '.join(failed)}; nothing written")
 
 
 def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, out: Path,
                        select: str, masks: Path | None, precision: str, checks: bool,
-                       declared, head_note: str = "", **options) -> None:
+                       declared, head_note: str = "", target: str = "ort", **options) -> None:
     from bincam.core.model_info import onnx_info
     from bincam.export.checks import Check, run_checks, structural_checks
     from bincam.export.explain_checks import explain_checks
@@ -269,8 +282,9 @@ def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, o
     if checkpoint is not None:
         made.model = _with_fit(made.model, declared.fit)
     if checks:
-        _report_checks(run_checks(made.gradient, torch_model), "export checks: gradient graph")
-        structure = structural_checks(made.model)
+        _report_checks(run_checks(made.gradient, torch_model, target),
+                       "export checks: gradient graph")
+        structure = structural_checks(made.model, target)
         if spec.cam_precision == "float64":  # the gradient graph's lint above still holds
             structure = [Check(c.name, True, "not for TensorRT (no float64): --cam-precision "
                                "float64 files are for ONNX Runtime") if "TensorRT" in c.name

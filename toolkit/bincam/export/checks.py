@@ -1,6 +1,10 @@
 """Checks at export: ONNX checker, strict shape inference, TensorRT lint, parity with the torch
 engine on fresh random inputs, and input dependence (two inputs ⇒ two different gradients — what
-a naive export that bakes gradients in as constants fails)."""
+a naive export that bakes gradients in as constants fails).
+
+The TensorRT lint depends on the file's ``target``: ``ort`` (the default; ONNX Runtime runs every
+valid ONNX graph) makes its findings a warning, ``trt`` and ``any`` (the file must also build as a
+TensorRT engine) a refusal that names the node, the reason and the way out."""
 
 from __future__ import annotations
 
@@ -18,14 +22,49 @@ TOLERANCES = {"logits max abs": 1e-4, "gradients rel L2": 1e-5,
               "PE max abs": 1e-4, "prediction flips": 0}
 
 
+TARGETS = ("ort", "trt", "any")
+LINT = "TensorRT operator lint"
+
+
 @dataclass
 class Check:
     name: str
     ok: bool
     detail: str
+    warning: bool = False   # passed, but with a finding the user should read
+    advice: str = ""        # for a failed check: what went wrong and what to do, in one line
 
 
-def structural_checks(model: onnx.ModelProto) -> list[Check]:
+def check_target(target: str) -> str:
+    if target not in TARGETS:
+        from bincam.errors import BincamError
+
+        raise BincamError(f"--target must be one of {', '.join(TARGETS)} (ort: ONNX Runtime; "
+                          f"trt: TensorRT; any: both), got {target!r}")
+    return target
+
+
+def lint_check(model: onnx.ModelProto, target: str = "ort") -> Check:
+    """The TensorRT lint as a check: passed; a warning for ``target`` ``ort``; else failed,
+    with the first problem (node and reason) and the way out as ``advice``."""
+    problems = lint_tensorrt(model)
+    if not problems:
+        return Check(LINT, True, f"{len({n.op_type for n in model.graph.node})} op types, all "
+                                 "supported")
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    found = "; ".join(problems[:3]) + (f"; … {len(problems) - 3} more" if len(problems) > 3
+                                       else "")
+    if check_target(target) == "ort":
+        return Check(LINT, True, f"{found} — TensorRT could not build this file; ONNX Runtime "
+                     "runs it (--target trt makes this a refusal)", warning=True)
+    return Check(LINT, False, found, advice=(
+        f"TensorRT cannot build this file: {problems[0]}{more}; export with --target ort for "
+        "ONNX Runtime, or change the model so that TensorRT supports its ops"))
+
+
+def structural_checks(model: onnx.ModelProto, target: str = "ort") -> list[Check]:
+    """ONNX checker, strict shape inference, and the TensorRT lint for ``target``."""
+    check_target(target)
     out = []
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -43,10 +82,7 @@ def structural_checks(model: onnx.ModelProto) -> list[Check]:
                          "an output lost its symbolic batch axis"))
     except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError subclasses
         out.append(Check("strict shape inference", False, str(exc).splitlines()[0][:160]))
-    problems = lint_tensorrt(model)
-    out.append(Check("TensorRT operator lint", not problems,
-                     f"{len({n.op_type for n in model.graph.node})} op types, all supported"
-                     if not problems else "; ".join(problems[:3])))
+    out.append(lint_check(model, target))
     return out
 
 
@@ -204,13 +240,14 @@ def precision_fidelity(engine, torch_model, images: np.ndarray) -> dict[str, flo
             "prediction flip rate": float(flipped.mean())}
 
 
-def run_checks(model: onnx.ModelProto, torch_model=None) -> list[Check]:
-    """All checks: structure; the torch-free self-checks (finite differences and tie
-    conventions, or the factored head identity); parity with torch (or, for a reduced-precision
-    graph, fidelity on synthetic faces) when the torch net is at hand; input dependence."""
+def run_checks(model: onnx.ModelProto, torch_model=None, target: str = "ort") -> list[Check]:
+    """All checks: structure (the TensorRT lint a refusal only for ``target`` ``trt`` or
+    ``any``); the torch-free self-checks (finite differences and tie conventions, or the
+    factored head identity); parity with torch (or, for a reduced-precision graph, fidelity on
+    synthetic faces) when the torch net is at hand; input dependence."""
     from bincam.runtime import open_engine
 
-    checks = structural_checks(model)
+    checks = structural_checks(model, target)
     with open_engine(model.SerializeToString(), "ort") as engine:
         own = _self_checks(model, engine)
         self_checked = bool(own) and all(c.ok for c in own)

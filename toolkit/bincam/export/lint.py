@@ -45,9 +45,12 @@ SUPPORTED.update({
     "MaxPool": "2-D or 3-D pooling only; dilations all 1; no Indices output",
     "LpPool": "dilations all 1",
     # earlier parsers' rules (the 8.4 matrix; the 7.x Clip importer), kept as conservative checks:
-    # TensorRT 10 also takes 1-D convolutions, tensor deconvolution weights and tensor Clip bounds
-    "Conv": "2-D or 3-D convolutions only",
-    "ConvTranspose": f"2-D or 3-D deconvolutions only; weights W {BUILD_CONSTANT}",
+    # TensorRT 10 also takes tensor deconvolution weights and tensor Clip bounds. Not kept: the
+    # 8.4 matrix's "2-D or 3-D convolutions only" (the 10.x matrix lists Conv and ConvTranspose
+    # without it; the parser lifts a 1-D convolution to 2-D), which refused ECA attention's
+    # Conv1d (timm eca_nfnet_l0, ecaresnet) for no reason
+    "Conv": "1-D to 3-D convolutions only",
+    "ConvTranspose": f"1-D to 3-D deconvolutions only; weights W {BUILD_CONSTANT}",
     "Cast": "only to FLOAT, FLOAT16, BFLOAT16, INT32, INT64, UINT8 or BOOL",
     "Constant": "no sparse_value, value_string or value_strings",
     "Dropout": f"training_mode {BUILD_CONSTANT} and false",
@@ -149,12 +152,15 @@ def _reasons(node: onnx.NodeProto, values: dict):
         if i < len(node.input) and node.input[i] and node.input[i] not in values:
             before = f" for TensorRT before {LIFTED[op]}" if op in LIFTED else ""
             yield f"{what} {BUILD_CONSTANT}{before}"
-    if op in ("Conv", "ConvTranspose", "AveragePool", "MaxPool"):
+    if op in ("Conv", "ConvTranspose"):
         weight = values.get(node.input[1]) if len(node.input) > 1 else None
         kernel = a.get("kernel_shape", weight.shape[2:] if weight is not None else None)
+        if kernel is not None and len(kernel) > 3:
+            yield f"{len(kernel)}-D kernel; TensorRT takes 1-D to 3-D convolutions only"
+    if op in ("AveragePool", "MaxPool"):
+        kernel = a.get("kernel_shape")
         if kernel is not None and len(kernel) not in (2, 3):
-            kind = "pooling" if op.endswith("Pool") else "convolutions"
-            yield f"{len(kernel)}-D kernel; TensorRT takes 2-D or 3-D {kind} only"
+            yield f"{len(kernel)}-D kernel; TensorRT takes 2-D or 3-D pooling only"
     if op in ("AveragePool", "MaxPool", "LpPool") and any(d != 1 for d in a.get("dilations", [])):
         yield f"dilations {list(a['dilations'])}; TensorRT pools with dilations of 1 only"
     if op == "MaxPool" and len(node.output) > 1 and node.output[1]:

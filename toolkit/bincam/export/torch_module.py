@@ -48,20 +48,23 @@ def torch_gradient_graph(net, example=None, layer=None, gradients: str = "auto",
 
 
 def export_torch(net, example=None, layer=None, out: str | Path | None = None,
-                 gradients: str = "auto", checks: bool = True, **options):
+                 gradients: str = "auto", checks: bool = True, target: str = "ort", **options):
     """The checked gradient ONNX model of ``net`` (written atomically to ``out`` if given; nothing
     is written when a check fails). ``example``: an image batch or the input side (default:
-    timm's configured size, else 224)."""
-    from bincam.export.checks import run_checks
+    timm's configured size, else 224). ``target``: ``ort``, ``trt`` or ``any`` — the TensorRT
+    lint refuses only for ``trt`` and ``any`` (``checks.run_checks``)."""
+    from bincam.export.checks import check_target, run_checks
     from bincam.export.model import save_onnx
 
+    check_target(target)
     if out is not None:
         from bincam.files import check_output
 
         check_output(Path(out), "out", folder=False)
     model, wrapped = torch_gradient_graph(net, example, layer, gradients, **options)
     if checks:
-        failed = [f"{c.name} ({c.detail})" for c in run_checks(model, wrapped) if not c.ok]
+        failed = [f"{c.name} ({c.advice or c.detail})" for c in run_checks(model, wrapped, target)
+                  if not c.ok]
         if failed:
             raise BincamError(f"export checks failed: {'; '.join(failed)}; nothing written")
     if out is not None:
