@@ -21,6 +21,7 @@ from bincam.export.input_spec import image_input
 from bincam.files import atomic_path
 from bincam.export.heads import append_head, decisions, resolve_head
 from bincam.export.names import rename_tensor
+from bincam.export.opset import model_opset
 from bincam.export.vjp import append_gradients
 
 LAYOUTS = ("auto", "dense", "factored")
@@ -76,7 +77,8 @@ def export_checkpoint(model, layer: str | None = None, gradients: str = "auto",
 
 
 def classifier_decisions(source: Path | str, logits: str, attributes: list[str] | None,
-                         head: str = "sigmoid", positive_class: str | None = None):
+                         head: str = "sigmoid", positive_class: str | None = None,
+                         target: str = "log-odds"):
     """``(Head, Decisions)`` of an ONNX classifier's logits (``heads.py``), before any export:
     the head chosen (and why) and the names of its binary decisions."""
     from bincam.core.model_info import load_onnx
@@ -84,7 +86,7 @@ def classifier_decisions(source: Path | str, logits: str, attributes: list[str] 
     model, _, _ = load_onnx(source)
     chosen = resolve_head(model, logits, head)
     return chosen, decisions(chosen.kind, _class_count(model, chosen.logits), attributes,
-                             positive_class)
+                             positive_class, target)
 
 
 def export_onnx_classifier(source: Path | str, activation: str, logits: str,
@@ -93,13 +95,16 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                            indices: list[int] | None = None, head: str = "sigmoid",
                            positive_class: str | None = None,
                            preprocessing: Preprocessing | None = None, size: int | None = None,
-                           fit: str = "celeba", size_hint: int | None = None
-                           ) -> onnx.ModelProto:
+                           fit: str = "celeba", size_hint: int | None = None,
+                           target: str = "log-odds") -> onnx.ModelProto:
     """Append the gradients to an ONNX classifier made by any framework: the factored channel
     weights where the head after ``activation`` is affine (``gradients`` auto or factored), else
     the VJP subgraph. ``tokens``: ``vit`` or ``swin`` when ``activation`` is a transformer's
     token tensor (mapped to ``[B, C, h, w]`` in the graph, see ``tokens.py``). ``indices``: as
-    for ``export_checkpoint``."""
+    for ``export_checkpoint``. ``head``, ``positive_class``, ``target``: the head kind and what
+    its maps explain (``heads.py``): the file's logits are always the binary log-odds ``d``
+    (``σ(d)`` the model's own probability); ``target`` ``logit`` differentiates the class
+    logit ``z_c`` instead of ``d_c`` (pytorch-grad-cam's target)."""
     from bincam.export.affine_head import find_affine_head
     from bincam.export.forward import fold_constants
     from bincam.export.tokens import TOKEN_LAYOUTS, add_token_maps, token_gradients, token_grid
@@ -133,10 +138,11 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
         dims = next((v.type.tensor_type.shape.dim for v in shapes if v.name == activation), [])
         grid = token_grid([d.dim_value or None for d in dims], tokens, activation)
         add_token_maps(graph, activation, tokens, grid)
-    made = decisions(chosen.kind, _class_count(model, logits), attributes, positive_class)
-    class_logits = logits
-    if chosen.kind == "softmax":  # the binary log-odds d = J·z become the file's logits
-        append_head(graph, logits, "bincam/log_odds", made)
+    made = decisions(chosen.kind, _class_count(model, logits), attributes, positive_class,
+                     target)
+    class_logits, seed = logits, None
+    if chosen.kind == "softmax":  # the binary log-odds d (J·z, or one-vs-rest) become logits
+        seed = append_head(graph, logits, "bincam/log_odds", made, model_opset(model))
         logits = "bincam/log_odds"
     for new, old in (("logits", logits), ("activations", activation)):
         if new != old and not (grid and new == "activations"):  # already called so: as it is
@@ -150,10 +156,17 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
     names = made.attributes
     if gradients not in LAYOUTS:
         raise BincamError(f"--gradients must be one of {', '.join(LAYOUTS)}")
+    linear = target == "logit" or made.jacobian is not None  # the explained score is J·z
+    if gradients == "factored" and not linear:
+        raise BincamError(f"the one-vs-rest log-odds of a {len(made.classes)}-way softmax are not "
+                          "affine (logsumexp): no factored form; use --gradients dense (or "
+                          "auto), or --target logit to explain the class logits z_c")
     head = find_affine_head(rebuilt, activation, class_logits) \
-        if gradients != "dense" and grid is None else None
-    if head is not None:  # d = J·z of an affine z is affine: W_d = J·W_eff
-        head.weight, head.bias = made.jacobian @ head.weight, made.jacobian @ head.bias
+        if gradients != "dense" and grid is None and linear else None
+    if head is not None:  # J·z of an affine z is affine: W_d = J·W_eff
+        rows = made.jacobian if target == "log-odds" else \
+            np.eye(len(made.classes))[made.class_of]
+        head.weight, head.bias = rows @ head.weight, rows @ head.bias
     if gradients == "factored" and head is None:
         raise BincamError(f"the head after {activation!r} is not [Relu →] global average pool → "
                           "Linear layers; use --gradients dense")
@@ -165,7 +178,13 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                               "h and w for the factored form; use --gradients dense")
         _add_factored(out, head.weight / float(np.prod(spatial)))
     else:
-        out = append_gradients(rebuilt, activation, logits, indices)
+        if target == "logit":  # ∂z_c/∂A of each decision's class c
+            picked = range(len(names)) if indices is None else indices
+            out = append_gradients(rebuilt, activation, class_logits,
+                                   [made.class_of[i] for i in picked])
+        else:
+            out = append_gradients(rebuilt, activation, class_logits if seed else logits,
+                                   indices, seed)
         if grid is not None:
             token_gradients(out, tokens, grid)
     write_metadata(out, ModelInfo(attributes=names, target_layer=activation,
@@ -176,7 +195,7 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                                   mean=prep.mean, std=prep.std,
                                   channel_order=prep.channel_order, layout=prep.layout,
                                   head=chosen.kind, classes=made.classes,
-                                  positive_class=made.positive_class))
+                                  positive_class=made.positive_class, target=target))
     return out
 
 
