@@ -30,9 +30,14 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
            head: str = typer.Option("auto", help="With --onnx: auto (a Softmax/Sigmoid after "
                                     "the logits decides; none: sigmoid), sigmoid (K independent "
                                     "binary logits) or softmax (2 classes: one decision, the "
-                                    "positive class, logit z_pos − z_neg)."),
+                                    "positive class, logit z_pos − z_neg; C > 2: one decision "
+                                    "per class, d_c = z_c − logsumexp of the others)."),
            positive_class: str = typer.Option(None, help="With a 2-way softmax head: the "
                                               "positive class, 0, 1 or its name (default 1)."),
+           target: str = typer.Option("log-odds", help="With a softmax head: what the maps "
+                                      "explain, log-odds (each decision's binary logit d) or "
+                                      "logit (the class logit z_c, as pytorch-grad-cam); the "
+                                      "file's logits stay d, its probabilities the softmax."),
            precision: str = typer.Option("fp32", help="fp32, or fp16: a mixed-precision graph "
                                          "(Gemm/MatMul kept in float32) for strongly typed "
                                          "TensorRT; checked with ONNX Runtime here."),
@@ -145,10 +150,11 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         from bincam.export.model import classifier_decisions
 
         head_note = "; " + classifier_decisions(onnx_model, logits, _names(attributes), head,
-                                                positive_class)[0].note
-    elif head != "auto" or positive_class is not None:
-        raise BincamError("--head and --positive-class are for --onnx classifiers (a "
-                          "checkpoint's logits are sigmoid logits)")
+                                                positive_class, target)[0].note
+        head_note += "; maps of the class logits z_c" if target == "logit" else ""
+    elif head != "auto" or positive_class is not None or target != "log-odds":
+        raise BincamError("--head, --positive-class and --target are for --onnx classifiers "
+                          "(a checkpoint's logits are sigmoid logits)")
     if explain:
         from bincam.export.explain_graph import ExplainSpec
 
@@ -158,7 +164,7 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
                            gradients=gradients,
                            activation=activation, logits=logits,
                            attributes=_names(attributes), tokens=tokens, head=head,
-                           positive_class=positive_class)
+                           positive_class=positive_class, target=target)
         return _triton_repository(triton_repo, out, stock=True)
     if torch_factory is not None:
         from bincam.export.torch_module import load_factory, torch_gradient_graph
@@ -169,7 +175,7 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
     elif onnx_model is not None:
         model = export_onnx_classifier(onnx_model, activation, logits, _names(attributes),
                                        gradients, tokens, head=head,
-                                       positive_class=positive_class,
+                                       positive_class=positive_class, target=target,
                                        **declared.input_options())
     else:
         from bincam.checkpoint import load_checkpoint

@@ -272,11 +272,16 @@ def head_summary(info: ModelInfo) -> str:
     if info.head == "sigmoid":
         return "sigmoid: each logit z is one binary decision, p = σ(z)"
     classes, p = info.classes or [], info.positive_class
+    maps = "; maps explain the class logit z_c (--target logit), not d" \
+        if info.target == "logit" else ""
     if len(classes) == 2 and p is not None:
         return (f"softmax over 2 classes ({', '.join(classes)}): one decision, {classes[p]} vs "
                 f"{classes[1 - p]}, logit d = z_{classes[p]} − z_{classes[1 - p]}, "
-                "p = σ(d) = the softmax probability")
-    return f"softmax over {len(classes)} classes"
+                f"p = σ(d) = the softmax probability{maps}")
+    shown = ", ".join(classes[:6]) + ("…" if len(classes) > 6 else "")
+    return (f"softmax over {len(classes)} classes ({shown}): one decision per class, one vs "
+            "the rest, logit d_c = z_c − logsumexp_{j≠c} z_j, p = σ(d_c) = the softmax "
+            f"probability of c{maps}")
 
 
 def onnx_summary(path: str | Path) -> list[tuple[str, str]]:

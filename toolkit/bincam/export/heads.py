@@ -27,7 +27,9 @@ from bincam.export.opset import axes_as_input
 HEADS = ("auto", "sigmoid", "softmax")
 TARGETS = ("log-odds", "logit")
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
-CLASS_LOGITS = "bincam/class_logits"
+# --target logit: the class logit z_c of each decision, the score the gradients are of (the
+# file's ``logits`` stay the log-odds d); the self-checks differentiate it
+TARGET_LOGITS = "bincam/target_logits"
 
 
 @dataclass

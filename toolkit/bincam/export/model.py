@@ -19,7 +19,7 @@ from bincam.core.preprocess import Preprocessing
 from bincam.data.fit import check_fit
 from bincam.export.input_spec import image_input
 from bincam.files import atomic_path
-from bincam.export.heads import append_head, decisions, resolve_head
+from bincam.export.heads import TARGET_LOGITS, append_head, decisions, resolve_head
 from bincam.export.names import rename_tensor
 from bincam.export.opset import model_opset
 from bincam.export.vjp import append_gradients
@@ -144,6 +144,12 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
     if chosen.kind == "softmax":  # the binary log-odds d (J·z, or one-vs-rest) become logits
         seed = append_head(graph, logits, "bincam/log_odds", made, model_opset(model))
         logits = "bincam/log_odds"
+    if target == "logit":  # what the gradients are of, for the self-checks: z_c per decision
+        graph.node.append(helper.make_node("Constant", [], ["bincam/target_classes"],
+                                           name="bincam/target_classes", value=numpy_helper.
+                                           from_array(np.array(made.class_of, np.int64))))
+        graph.node.append(helper.make_node("Gather", [class_logits, "bincam/target_classes"],
+                                           [TARGET_LOGITS], axis=1, name=TARGET_LOGITS))
     for new, old in (("logits", logits), ("activations", activation)):
         if new != old and not (grid and new == "activations"):  # already called so: as it is
             graph.node.append(helper.make_node("Identity", [old], [new], name=f"bincam/{new}"))
@@ -250,6 +256,11 @@ def narrow_attributes(model: onnx.ModelProto, indices: list[int]) -> onnx.ModelP
     g.node.append(helper.make_node("Gather", ["bincam/logits_all_attributes",
                                               "bincam/selected_attributes"], ["logits"], axis=1,
                                    name="bincam/select_attributes"))
+    if any(TARGET_LOGITS in n.output for n in g.node):  # --target logit: its scores too
+        rename_tensor(g, TARGET_LOGITS, f"{TARGET_LOGITS}_all")
+        g.node.append(helper.make_node("Gather", [f"{TARGET_LOGITS}_all",
+                                                  "bincam/selected_attributes"], [TARGET_LOGITS],
+                                       axis=1, name="bincam/select_target_logits"))
     logits_out = next(o for o in g.output if o.name == "logits")
     logits_out.type.tensor_type.shape.dim[1].dim_value = len(indices)
     if info.gradient_layout == "factored":

@@ -38,11 +38,14 @@ class Slice:
         self.name = _cam_tensor(model, info)
         produced = {o for n in model.graph.node for o in n.output}
         self.grad = "gradients_tokens" if "gradients_tokens" in produced else "gradients"
+        self.score = explained_score(model)
+        if self.score != "logits":  # an inner tensor: the Extractor needs its type
+            model = onnx.shape_inference.infer_shapes(model, data_prop=True)
         self.extractor = extractor = onnx.utils.Extractor(model)  # shape inference, once
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         self.input, self.images = info.input_name, None
-        part = self.cut(["logits", self.grad])
+        part = self.cut([self.score, self.grad])
         self.needs_images = self.input in {i.name for i in part.graph.input}
         self.session = ort.InferenceSession(part.SerializeToString(), options,
                                             providers=["CPUExecutionProvider"])
@@ -70,7 +73,7 @@ class Slice:
         return self.extractor.extract_model([self.name, self.input], outputs)
 
     def logits(self, a: np.ndarray) -> np.ndarray:
-        return self.session.run(["logits"], self.feeds(a))[0]
+        return self.session.run([self.score], self.feeds(a))[0]
 
     def gradients(self, a: np.ndarray) -> np.ndarray:
         return self.session.run([self.grad], self.feeds(a))[0]
@@ -86,7 +89,7 @@ def float64_slice(cut: Slice):
     import onnxruntime as ort
     from onnx import TensorProto, numpy_helper
 
-    part, images = cut.cut(["logits"]), cut.input
+    part, images = cut.cut([cut.score]), cut.input
     graph = part.graph
     opset = next((o.version for o in part.opset_import if o.domain in ("", "ai.onnx")), 18)
     for tensor in list(graph.initializer):
@@ -142,7 +145,7 @@ def finite_differences(part: Slice, a: np.ndarray, rng, exact=None,
 
     def logits(x: np.ndarray) -> np.ndarray:
         if exact is not None:
-            return exact.run(["logits"], dict(part.feeds(x), **{part.name: x}))[0]
+            return exact.run([part.score], dict(part.feeds(x), **{part.name: x}))[0]
         return part.logits(x).astype(np.float64)
 
     errors = []
@@ -162,11 +165,31 @@ def tie_convention(part: Slice, a: np.ndarray) -> float:
     return _rel(at.astype(np.float64), broken.astype(np.float64))
 
 
-def factored_head(engine, rng) -> float:
-    """Relative max error of ``Δz = (W·h·w)·Δ mean_hw(ReLU?(A))`` between two random inputs."""
+def explained_score(model: onnx.ModelProto) -> str:
+    """The tensor the file's gradients are of: ``logits``, or a softmax head's class logits
+    ``z_c`` where it was exported with ``--target logit`` (``heads.TARGET_LOGITS``)."""
+    from bincam.export.heads import TARGET_LOGITS
+
+    return TARGET_LOGITS if any(TARGET_LOGITS in n.output for n in model.graph.node) \
+        else "logits"
+
+
+def factored_head(engine, rng, model: onnx.ModelProto | None = None) -> float:
+    """Relative max error of ``Δz = (W·h·w)·Δ mean_hw(ReLU?(A))`` between two random inputs
+    (``z``: the explained score, read from ``model`` where it is not ``logits``)."""
     size = engine.info.image_size or 224
     x = rng.random((2, 3, size, size), dtype=np.float32)
     out = engine.run(x)
+    score = "logits" if model is None else explained_score(model)
+    if score != "logits":
+        import onnxruntime as ort
+
+        part = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model, data_prop=True)
+                                    ).extract_model([engine.info.input_name], [score])
+        session = ort.InferenceSession(part.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        feed = {engine.info.input_name: engine.check_images(x)}
+        out = dict(out, logits=session.run(None, feed)[0])
     a = out["activations"].astype(np.float64)
     pooled = (np.maximum(a, 0) if engine.info.mask_positive else a).mean(axis=(2, 3))
     weights = out["channel_weights"].astype(np.float64) * a.shape[2] * a.shape[3]
@@ -180,7 +203,7 @@ def self_checks(model: onnx.ModelProto, engine, seed: int = 0) -> dict[str, floa
     for dense gradients, the head identity for factored ones."""
     rng = np.random.default_rng(seed)
     if engine.info.gradient_layout == "factored":
-        return {"factored head": factored_head(engine, rng)}
+        return {"factored head": factored_head(engine, rng, model)}
     part = Slice(model, engine.info)
     size = engine.info.image_size or 224
     images = np.concatenate([rng.random((2, 3, size, size), dtype=np.float32),
