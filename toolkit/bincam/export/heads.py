@@ -151,12 +151,13 @@ def append_head(graph: onnx.GraphProto, z: str, out: str, made: Decisions,
 
 
 def one_vs_rest(graph: onnx.GraphProto, z: str, out: str, c: int, opset: int) -> str:
-    """``out [B, C]``: ``d_c = z_c − L_c`` with ``L_c = logsumexp_{j≠c} z_j`` computed stably,
-    ``L_c = m_c + log Σ_{j≠c} exp(z_j − m_c)``, ``m_c = max_{j≠c} z_j`` (every sum ≥ 1: no
-    overflow, no log of 0, on any runtime); returns ``bincam/head_jacobian [B, C, C]``,
-    ``∂d_c/∂z_j = δ_cj − [j≠c]·exp(z_j − L_c)`` (the softmax over the other classes, ≤ 1 off
-    the diagonal), computed in the forward pass: the gradients are seeded with it instead of
-    differentiating these nodes."""
+    """``out [B, C]``: ``d_c = z_c − logsumexp_{j≠c} z_j``, computed stably as
+    ``d_c = (z_c − m_c) − log s_c`` with ``m_c = max_{j≠c} z_j`` and
+    ``s_c = Σ_{j≠c} exp(z_j − m_c) ≥ 1`` (no overflow, no log of 0, on any runtime; the
+    differences are taken before the large values meet). Returns ``bincam/head_jacobian
+    [B, C, C]``, ``∂d_c/∂z_j = δ_cj − [j≠c]·exp((z_j − m_c) − log s_c)`` (the softmax over the
+    other classes, ≤ 1 off the diagonal), computed in the forward pass: the gradients are
+    seeded with it (``vjp.append_gradients``) instead of differentiating these nodes."""
     nodes = []
 
     def node(op: str, inputs: list[str], name: str, **attrs) -> str:
@@ -179,16 +180,18 @@ def one_vs_rest(graph: onnx.GraphProto, z: str, out: str, c: int, opset: int) ->
                                                                       np.int64))], "head_rest")
     peak = reduce("ReduceMax", rest, "head_rest_max")                         # m_c [B, C, 1]
     total = reduce("ReduceSum", node("Exp", [node("Sub", [rest, peak], "head_shifted")],
-                                     "head_exp"), "head_sum")
-    lse = node("Add", [node("Log", [total], "head_log"), peak], "head_rest_lse")  # [B, C, 1]
-    flat = node("Reshape", [lse, const("head_lse_shape", np.array([-1, c], np.int64))],
-                "head_lse")
-    nodes.append(helper.make_node("Sub", [z, flat], [out], name="bincam/head"))
+                                     "head_exp"), "head_sum")                 # s_c [B, C, 1]
+    log = node("Log", [total], "head_log")
+    flat = const("head_flat_shape", np.array([-1, c], np.int64))
+    above = node("Sub", [z, node("Reshape", [peak, flat], "head_peak")], "head_above")
+    nodes.append(helper.make_node("Sub", [above, node("Reshape", [log, flat], "head_log_flat")],
+                                  [out], name="bincam/head"))
     row = node("Unsqueeze", [z, const("head_row_axes", np.array([1], np.int64))],
                "head_row")                                                    # [B, 1, C]
+    gap = node("Sub", [node("Sub", [row, peak], "head_row_above"), log], "head_gap")
     diagonal = const("head_diagonal", np.eye(c, dtype=bool))
-    gap = node("Where", [diagonal, const("head_zero", np.zeros((), np.float32)),
-                         node("Sub", [row, lse], "head_gap")], "head_gap_off")  # z_j − L_c
+    gap = node("Where", [diagonal, const("head_zero", np.zeros((), np.float32)), gap],
+               "head_gap_off")                                # z_j − L_c, 0 on the diagonal
     weight = node("Exp", [gap], "head_other_softmax")
     node("Where", [diagonal, const("head_one", np.ones((), np.float32)),
                    node("Neg", [weight], "head_minus")], "head_jacobian")
