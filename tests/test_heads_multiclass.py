@@ -308,3 +308,10 @@ def test_option_errors(nets, tmp_path, model, extra, message):
                       _cam_tensor(nets[model]), "--logits", "logits", "--out", out, *extra)
     assert code == 2 and text.startswith("error:") and message in text, text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_target_is_for_onnx_classifiers(tmp_path):
+    code, text = _cli("export", tmp_path / "checkpoint", "--target", "logit", "--out",
+                      tmp_path / "m.onnx")
+    assert code == 2 and text.startswith("error:") and "--target are for --onnx" in text, text
+    assert list(tmp_path.iterdir()) == []

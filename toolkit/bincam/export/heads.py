@@ -6,8 +6,14 @@ rule, modes, explaining files, analyze, serve) works on binary logits unchanged.
 - ``softmax``, 2 classes: one decision, the positive class ``p`` against the other ``n``:
   ``d = z_p − z_n``, so ``σ(d) = softmax_p`` exactly; ``d = J·z`` with ``J = e_p − e_n`` is
   linear, so an affine head stays affine (factored weights ``J·W_eff``);
-- ``softmax``, C > 2 classes (one-vs-rest ``d_c = z_c − logsumexp_{j≠c} z_j``): refused for
-  now, with a clear error.
+- ``softmax``, C > 2 classes: one decision per class, one vs the rest,
+  ``d_c = z_c − logsumexp_{j≠c} z_j``, so ``σ(d_c) = softmax_c`` exactly (``one_vs_rest``,
+  computed stably). Not affine: dense gradients only, seeded with ``∂d/∂z`` computed in the
+  forward pass (``∂d_c/∂z = e_c − softmax_{−c}``, the softmax over the other classes).
+
+``--target logit`` (softmax heads): the maps explain the class logit ``z_c`` of each decision
+(pytorch-grad-cam's ``ClassifierOutputTarget``; affine heads keep the factored form) while the
+file's ``logits`` stay ``d``, so probabilities and predictions are still the model's softmax.
 
 ``--head auto`` reads the graph: a Softmax/LogSoftmax (softmax) or Sigmoid (sigmoid) reading the
 logits tensor, or producing it (the model outputs probabilities: its input is tapped instead).
