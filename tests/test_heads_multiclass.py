@@ -2,8 +2,9 @@
 with log-odds ``d_c = z_c − logsumexp_{j≠c} z_j``, so ``σ(d_c)`` is the model's own softmax;
 the head's nodes are stable at extremes (gaps of 1e3, ties, logits of 1e4), valid at opsets 13
 and 18, and the raw maps equal autograd's ``sign(d_c)·∂d_c/∂A`` Grad-CAM (dense: ``d_c`` is not
-affine). ``--target logit`` explains the class logit ``z_c`` instead (factored or dense) while
-the probabilities stay the softmax. Explaining files of a class subset, ``analyze`` (one row
+affine). ``--target logit`` explains the class logit ``z_c`` instead (factored or dense; final
+maps equal pytorch-grad-cam's ``ClassifierOutputTarget`` within 1e-5) while the probabilities
+stay the softmax. Explaining files of a class subset, ``analyze`` (one row
 per class; a 2-way softmax too), ``bincam cam`` and ``info``, and option errors."""
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ class Net(nn.Module):
         super().__init__()
         self.affine = affine
         self.conv, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU()  # a module: pytorch-grad-cam's target layer
         self.fc = nn.Linear(8 if affine else 32, classes)
 
     def features(self, x):
-        return torch.relu(self.conv(x))
+        return self.relu(self.conv(x))
 
     def head(self, a):
         if self.affine:
@@ -185,6 +187,16 @@ def test_target_logit_explains_the_class_logit(nets, gradients):
     assert _rel(result.raw, ref["raw"]) <= 1e-5
     log_odds = _reference(nets["affine"], x, "log-odds", "positive")["raw"]
     assert _rel(log_odds, ref["raw"]) > 1e-2  # the two targets differ: not a vacuous check
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    net64 = Net(affine=True).double().eval()
+    net64.load_state_dict(nets["affine"].state_dict())
+    with GradCAM(net64, [net64.relu]) as cam:
+        theirs = np.stack([cam(torch.from_numpy(x).double(),
+                               targets=[ClassifierOutputTarget(c)] * len(x)) for c in range(C)], 1)
+    assert np.abs(result.heatmaps(SIZE) - theirs).max() <= 1e-5
 
 
 def test_explaining_file_of_some_classes(nets):
