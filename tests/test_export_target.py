@@ -1,4 +1,4 @@
-"""``bincam export --target``: the TensorRT lint is a printed warning for an ONNX Runtime file
+"""``bincam export --runtime``: the TensorRT lint is a printed warning for an ONNX Runtime file
 (the default, ``ort``) and a refusal naming node, reason and way out for ``trt`` / ``any``
 (issue 27: timm's eca_nfnet_l0 was refused for TensorRT though the user wanted ONNX Runtime)."""
 
@@ -50,7 +50,7 @@ def test_run_checks_warns_for_ort_and_refuses_for_trt(lint_failing):
     assert all(c.ok for c in ort.values())
     for target in ("trt", "any"):
         lint = {c.name: c for c in run_checks(model, target=target)}["TensorRT operator lint"]
-        assert not lint.ok and "Cast node" in lint.advice and "--target ort" in lint.advice
+        assert not lint.ok and "Cast node" in lint.advice and "--runtime ort" in lint.advice
 
 
 def test_cli_default_writes_with_a_warning_and_trt_refuses(lint_failing, tmp_path):
@@ -65,14 +65,14 @@ def test_cli_default_writes_with_a_warning_and_trt_refuses(lint_failing, tmp_pat
 
     refused = tmp_path / "trt.onnx"
     proc = _bincam("export", "--onnx", path, "--activation", tap, "--logits", "logits",
-                   "--out", str(refused), "--target", "trt")
+                   "--out", str(refused), "--runtime", "trt")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
     # the checks' table, then one error line (wrapped by the console, hence the join)
     line = " ".join(proc.stderr[proc.stderr.index("error:"):].split())
     assert proc.stderr.count("error:") == 1, proc.stderr
-    assert "Cast node" in line and "DOUBLE" in line and "--target ort" in line, line
+    assert "Cast node" in line and "DOUBLE" in line and "--runtime ort" in line, line
     assert not refused.exists() and list(tmp_path.iterdir()) == [out]
 
     bad = _bincam("export", "--onnx", path, "--activation", tap, "--logits", "logits",
-                  "--out", str(tmp_path / "x.onnx"), "--target", "tensorrt")
-    assert bad.returncode == 2 and "--target must be one of ort, trt, any" in bad.stderr
+                  "--out", str(tmp_path / "x.onnx"), "--runtime", "tensorrt")
+    assert bad.returncode == 2 and "--runtime must be one of ort, trt, any" in bad.stderr

@@ -144,14 +144,16 @@ def cam(checkpoint: Path = typer.Argument(..., help="Checkpoint folder, or an ex
                    "mode": mode, "layer": info.target_layer, "attributes": names,
                    "head": info.head} | ({"classes": info.classes,
                                           "positive_class": info.positive_class,
-                                          "probabilities": "softmax of the classes"}
+                                          "probabilities": "softmax of the classes",
+                                          "target": info.target}
                                          if info.head == "softmax" else {})
         readable, pixels = _read_all(files, session.info.image_size, size, on_error,
                                      session.info.input_fit)
         with atomic_folder(out) as tmp:  # OUT appears whole when everything is written
             title = (f"model {Path(checkpoint).name} · {method} · mode {mode} · layer "
                      f"{session.info.target_layer} · {session.kind} engine"
-                     + (" · p: softmax probability" if info.head == "softmax" else ""))
+                     + (" · p: softmax probability" if info.head == "softmax" else "")
+                     + (" · maps of the class logit z_c" if info.target == "logit" else ""))
             records, arrays = _explain_all(session, readable, pixels, tmp, size, batch_size,
                                            (title, label), method=method, mode=mode,
                                            attributes=names)

@@ -31,9 +31,14 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
            head: str = typer.Option("auto", help="With --onnx: auto (a Softmax/Sigmoid after "
                                     "the logits decides; none: sigmoid), sigmoid (K independent "
                                     "binary logits) or softmax (2 classes: one decision, the "
-                                    "positive class, logit z_pos − z_neg)."),
+                                    "positive class, logit z_pos − z_neg; C > 2: one decision "
+                                    "per class, d_c = z_c − logsumexp of the others)."),
            positive_class: str = typer.Option(None, help="With a 2-way softmax head: the "
                                               "positive class, 0, 1 or its name (default 1)."),
+           target: str = typer.Option("log-odds", help="With a softmax head: what the maps "
+                                      "explain, log-odds (each decision's binary logit d) or "
+                                      "logit (the class logit z_c, as pytorch-grad-cam); the "
+                                      "file's logits stay d, its probabilities the softmax."),
            precision: str = typer.Option("fp32", help="fp32, or fp16: a mixed-precision graph "
                                          "(Gemm/MatMul kept in float32) for strongly typed "
                                          "TensorRT; checked with ONNX Runtime here."),
@@ -43,7 +48,7 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
                                              "writes and the fused CUDA epilogue reads)."),
            checks: bool = typer.Option(True, help="Run checker, shape inference, TensorRT lint, "
                                        "self-checks, parity and input-dependence checks."),
-           target: str = typer.Option("ort", help="The runtime the file is for: ort (ONNX "
+           runtime: str = typer.Option("ort", help="The runtime the file is for: ort (ONNX "
                                       "Runtime; TensorRT lint findings are warnings), trt "
                                       "(TensorRT) or any (both): then a lint finding refuses "
                                       "the export."),
@@ -102,10 +107,10 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
     from bincam.export.model import export_checkpoint, export_onnx_classifier, save_onnx
     from bincam.export.precision import PRECISIONS, reduce_precision
 
-    check_target(target)
-    if explain and cam_precision == "float64" and target != "ort":
+    check_target(runtime)
+    if explain and cam_precision == "float64" and runtime != "ort":
         raise BincamError("--cam-precision float64 files are for ONNX Runtime (TensorRT has no "
-                          "float64): use --target ort, or --cam-precision float32")
+                          "float64): use --runtime ort, or --cam-precision float32")
     if precision not in PRECISIONS and precision != "bf16":
         raise BincamError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if half_outputs and (precision != "fp16" or explain):
@@ -154,20 +159,21 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         from bincam.export.model import classifier_decisions
 
         head_note = "; " + classifier_decisions(onnx_model, logits, _names(attributes), head,
-                                                positive_class, activation)[0].note
-    elif head != "auto" or positive_class is not None:
-        raise BincamError("--head and --positive-class are for --onnx classifiers (a "
-                          "checkpoint's logits are sigmoid logits)")
+                                                positive_class, target, activation)[0].note
+        head_note += "; maps of the class logits z_c" if target == "logit" else ""
+    elif head != "auto" or positive_class is not None or target != "log-odds":
+        raise BincamError("--head, --positive-class and --target are for --onnx classifiers "
+                          "(a checkpoint's logits are sigmoid logits)")
     if explain:
         from bincam.export.explain_graph import ExplainSpec
 
         spec = ExplainSpec(method, mode, map_size, map_dtype, raw_maps, cam_precision).check()
         _export_explaining(spec, checkpoint, onnx_model, out, explain_attributes, masks,
-                           precision, checks, declared, head_note, target, layer=layer,
+                           precision, checks, declared, head_note, runtime, layer=layer,
                            gradients=gradients,
                            activation=activation, logits=logits,
                            attributes=_names(attributes), tokens=tokens, head=head,
-                           positive_class=positive_class)
+                           positive_class=positive_class, target=target)
         return _triton_repository(triton_repo, out, stock=True)
     if torch_factory is not None:
         from bincam.export.torch_module import load_factory, torch_gradient_graph
@@ -178,7 +184,7 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
     elif onnx_model is not None:
         model = export_onnx_classifier(onnx_model, activation, logits, _names(attributes),
                                        gradients, tokens, head=head,
-                                       positive_class=positive_class,
+                                       positive_class=positive_class, target=target,
                                        **declared.input_options())
     else:
         from bincam.checkpoint import load_checkpoint
@@ -187,7 +193,7 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         model = _with_fit(export_checkpoint(torch_model, layer, gradients), fit)
     model = reduce_precision(model, precision, half_outputs=half_outputs)
     if checks:
-        _report_checks(run_checks(model, torch_model, target))
+        _report_checks(run_checks(model, torch_model, runtime))
     model = _raw_pixels(model, raw_pixels, checks)
     save_onnx(model, out)
     note = layout_note(model) + head_note
@@ -262,7 +268,7 @@ def _report_checks(results, title: str = "export checks") -> None:
 
 def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, out: Path,
                        select: str, masks: Path | None, precision: str, checks: bool,
-                       declared, head_note: str = "", target: str = "ort", **options) -> None:
+                       declared, head_note: str = "", runtime: str = "ort", **options) -> None:
     from bincam.core.model_info import onnx_info
     from bincam.export.checks import Check, run_checks, structural_checks
     from bincam.export.explain_checks import explain_checks
@@ -282,9 +288,9 @@ def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, o
     if checkpoint is not None:
         made.model = _with_fit(made.model, declared.fit)
     if checks:
-        _report_checks(run_checks(made.gradient, torch_model, target),
+        _report_checks(run_checks(made.gradient, torch_model, runtime),
                        "export checks: gradient graph")
-        structure = structural_checks(made.model, target)
+        structure = structural_checks(made.model, runtime)
         if spec.cam_precision == "float64":  # the gradient graph's lint above still holds
             structure = [Check(c.name, True, "not for TensorRT (no float64): --cam-precision "
                                "float64 files are for ONNX Runtime") if "TensorRT" in c.name

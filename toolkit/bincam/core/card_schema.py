@@ -174,6 +174,7 @@ class MetadataSchema(BaseModel):
     head: Literal["sigmoid", "softmax"] = "sigmoid"
     classes: list[StrictStr] | None = None
     positive_class: StrictInt | None = None
+    target: Literal["log-odds", "logit"] = "log-odds"
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -189,8 +190,8 @@ def _check_head(schema) -> None:
     more make one per class (a file may hold a subset); a sigmoid head has neither."""
     classes, positive = schema.classes, schema.positive_class
     if schema.head == "sigmoid":
-        if classes is not None or positive is not None:
-            raise ValueError("classes, positive_class: only for a softmax head")
+        if classes is not None or positive is not None or schema.target != "log-odds":
+            raise ValueError("classes, positive_class, target: only for a softmax head")
         return
     if classes is None or len(classes) < 2 or len(set(classes)) != len(classes):
         raise ValueError("classes: a softmax head needs ≥ 2 distinct class names")

@@ -10,7 +10,8 @@ ONNX keys: ``bincam.version``, ``bincam.attributes`` (list), ``bincam.target_lay
 activations),
 ``bincam.head`` (absent = ``sigmoid``; ``softmax``: ``logits`` are the binary log-odds of the
 source's softmax classes, see ``core.heads``) with ``bincam.classes`` and
-``bincam.positive_class`` (2 classes),
+``bincam.positive_class`` (2 classes) and ``bincam.target`` (``log-odds``: the maps explain
+``d``; ``logit``: the class logit ``z_c``, as pytorch-grad-cam; ``logits`` stay ``d`` either way),
 ``bincam.explain`` (only in an explaining file: method, mode, map size and type, value range,
 the attributes with masks and what each output is; ``export/explain_graph.py``), and the
 ONNX image keys ``Image.BitmapPixelFormat`` (Rgb8),
@@ -131,6 +132,7 @@ class ModelInfo:
     head: str = "sigmoid"            # sigmoid: K binary logits; softmax: log-odds of its classes
     classes: list[str] | None = None  # softmax: the class names (C of them)
     positive_class: int | None = None  # 2-way softmax: the class the one attribute names
+    target: str = "log-odds"         # softmax: maps explain d (log-odds) or the class logit z_c
 
     @classmethod
     def from_card(cls, card: ModelCard, layer: str | None = None,
@@ -165,7 +167,8 @@ class ModelInfo:
         } | ({"bincam.token_layout": self.token_layout} if self.token_layout != "none" else {}) \
           | ({"bincam.explain": json.dumps(self.explain)} if self.explain else {}) \
           | ({"bincam.head": self.head, "bincam.classes": json.dumps(self.classes),
-              "bincam.positive_class": json.dumps(self.positive_class)}
+              "bincam.positive_class": json.dumps(self.positive_class),
+              "bincam.target": self.target}
              if self.head != "sigmoid" else {})
 
     @classmethod
@@ -204,7 +207,8 @@ METADATA_JSON_KEYS = ("attributes", "image_size", "mask_positive", "mean", "std"
 METADATA_TEXT_KEYS = {"target_layer": "target_layer", "gradient_layout": "gradient_layout",
                       "input": "input_name", "version": "version", "precision": "precision",
                       "token_layout": "token_layout", "input_fit": "input_fit",
-                      "channel_order": "channel_order", "layout": "layout", "head": "head"}
+                      "channel_order": "channel_order", "layout": "layout", "head": "head",
+                      "target": "target"}
 
 
 def require_gradients(info: ModelInfo, source: str, command: str) -> None:
@@ -268,11 +272,16 @@ def head_summary(info: ModelInfo) -> str:
     if info.head == "sigmoid":
         return "sigmoid: each logit z is one binary decision, p = σ(z)"
     classes, p = info.classes or [], info.positive_class
+    maps = "; maps explain the class logit z_c (--target logit), not d" \
+        if info.target == "logit" else ""
     if len(classes) == 2 and p is not None:
         return (f"softmax over 2 classes ({', '.join(classes)}): one decision, {classes[p]} vs "
                 f"{classes[1 - p]}, logit d = z_{classes[p]} − z_{classes[1 - p]}, "
-                "p = σ(d) = the softmax probability")
-    return f"softmax over {len(classes)} classes"
+                f"p = σ(d) = the softmax probability{maps}")
+    shown = ", ".join(classes[:6]) + ("…" if len(classes) > 6 else "")
+    return (f"softmax over {len(classes)} classes ({shown}): one decision per class, one vs "
+            "the rest, logit d_c = z_c − logsumexp_{j≠c} z_j, p = σ(d_c) = the softmax "
+            f"probability of c{maps}")
 
 
 def onnx_summary(path: str | Path) -> list[tuple[str, str]]:

@@ -39,7 +39,7 @@ def check_target(target: str) -> str:
     if target not in TARGETS:
         from bincam.errors import BincamError
 
-        raise BincamError(f"--target must be one of {', '.join(TARGETS)} (ort: ONNX Runtime; "
+        raise BincamError(f"--runtime must be one of {', '.join(TARGETS)} (ort: ONNX Runtime; "
                           f"trt: TensorRT; any: both), got {target!r}")
     return target
 
@@ -56,9 +56,9 @@ def lint_check(model: onnx.ModelProto, target: str = "ort") -> Check:
                                        else "")
     if check_target(target) == "ort":
         return Check(LINT, True, f"{found} — TensorRT could not build this file; ONNX Runtime "
-                     "runs it (--target trt makes this a refusal)", warning=True)
+                     "runs it (--runtime trt makes this a refusal)", warning=True)
     return Check(LINT, False, found, advice=(
-        f"TensorRT cannot build this file: {problems[0]}{more}; export with --target ort for "
+        f"TensorRT cannot build this file: {problems[0]}{more}; export with --runtime ort for "
         "ONNX Runtime, or change the model so that TensorRT supports its ops"))
 
 

@@ -38,11 +38,12 @@ def export_explaining(spec: ExplainSpec, model=None, onnx_path: Path | str | Non
                       gradients: str = "auto", activation: str | None = None,
                       logits: str | None = None, attributes: list[str] | None = None,
                       tokens: str = "none", head: str = "sigmoid",
-                      positive_class: str | None = None, **input_options) -> ExplainingExport:
+                      positive_class: str | None = None, target: str = "log-odds",
+                      **input_options) -> ExplainingExport:
     """The explaining file of a bincam net (``model``) or of an ONNX classifier (``onnx_path``
-    with ``activation``/``logits``/``attributes``/``tokens``/``head``/``positive_class`` and
-    ``input_options`` (``preprocessing``, ``size``, ``fit``) as for ``export_onnx_classifier``),
-    for the attributes ``select`` (names or indices, default all)."""
+    with ``activation``/``logits``/``attributes``/``tokens``/``head``/``positive_class``/
+    ``target`` and ``input_options`` (``preprocessing``, ``size``, ``fit``) as for
+    ``export_onnx_classifier``), for the attributes ``select`` (names or indices, default all)."""
     spec.check()
     if model is not None:
         from bincam.runtime.torch_engine import model_attributes
@@ -52,14 +53,15 @@ def export_explaining(spec: ExplainSpec, model=None, onnx_path: Path | str | Non
         from bincam.export.model import classifier_decisions
 
         names_all = classifier_decisions(onnx_path, logits, attributes, head,
-                                         positive_class)[1].attributes
+                                         positive_class, target)[1].attributes
     names = resolve_attributes(select, names_all)
     indices = [names_all.index(n) for n in names]
     if model is not None:
         graph = export_checkpoint(model, layer, gradients, indices)
     else:
         graph = export_onnx_classifier(onnx_path, activation, logits, attributes, gradients,
-                                       tokens, indices, head, positive_class, **input_options)
+                                       tokens, indices, head, positive_class,
+                                       target=target, **input_options)
     graph = reduce_precision(narrow_attributes(graph, indices), precision)
     size = spec.map_size or _input_size(graph)
     chosen = region_masks(names, size) if model is not None else {}

@@ -19,8 +19,9 @@ from bincam.core.preprocess import Preprocessing
 from bincam.data.fit import check_fit
 from bincam.export.input_spec import image_input
 from bincam.files import atomic_path
-from bincam.export.heads import append_head, decisions, resolve_head
+from bincam.export.heads import TARGET_LOGITS, append_head, decisions, resolve_head
 from bincam.export.names import rename_tensor
+from bincam.export.opset import model_opset
 from bincam.export.vjp import append_gradients
 
 LAYOUTS = ("auto", "dense", "factored")
@@ -87,7 +88,7 @@ def _require_tensors(model: onnx.ModelProto, source, **named: str | None) -> Non
 
 def classifier_decisions(source: Path | str, logits: str, attributes: list[str] | None,
                          head: str = "sigmoid", positive_class: str | None = None,
-                         activation: str | None = None):
+                         target: str = "log-odds", activation: str | None = None):
     """``(Head, Decisions)`` of an ONNX classifier's logits (``heads.py``), before any export:
     the head chosen (and why) and the names of its binary decisions (``activation``, when
     given, is checked to exist too)."""
@@ -97,7 +98,7 @@ def classifier_decisions(source: Path | str, logits: str, attributes: list[str] 
     _require_tensors(model, source, activation=activation, logits=logits)
     chosen = resolve_head(model, logits, head)
     return chosen, decisions(chosen.kind, _class_count(model, chosen.logits), attributes,
-                             positive_class)
+                             positive_class, target)
 
 
 def export_onnx_classifier(source: Path | str, activation: str, logits: str,
@@ -106,13 +107,16 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                            indices: list[int] | None = None, head: str = "sigmoid",
                            positive_class: str | None = None,
                            preprocessing: Preprocessing | None = None, size: int | None = None,
-                           fit: str = "celeba", size_hint: int | None = None
-                           ) -> onnx.ModelProto:
+                           fit: str = "celeba", size_hint: int | None = None,
+                           target: str = "log-odds") -> onnx.ModelProto:
     """Append the gradients to an ONNX classifier made by any framework: the factored channel
     weights where the head after ``activation`` is affine (``gradients`` auto or factored), else
     the VJP subgraph. ``tokens``: ``vit`` or ``swin`` when ``activation`` is a transformer's
     token tensor (mapped to ``[B, C, h, w]`` in the graph, see ``tokens.py``). ``indices``: as
-    for ``export_checkpoint``."""
+    for ``export_checkpoint``. ``head``, ``positive_class``, ``target``: the head kind and what
+    its maps explain (``heads.py``): the file's logits are always the binary log-odds ``d``
+    (``σ(d)`` the model's own probability); ``target`` ``logit`` differentiates the class
+    logit ``z_c`` instead of ``d_c`` (pytorch-grad-cam's target)."""
     from bincam.export.affine_head import find_affine_head
     from bincam.export.forward import fold_constants
     from bincam.export.tokens import (TOKEN_LAYOUTS, add_token_maps, run_shape, token_gradients,
@@ -145,11 +149,18 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
             shape = run_shape(model, activation, size, prep.layout == "nhwc") or shape
         grid = token_grid(shape, tokens, activation)
         add_token_maps(graph, activation, tokens, grid)
-    made = decisions(chosen.kind, _class_count(model, logits), attributes, positive_class)
-    class_logits = logits
-    if chosen.kind == "softmax":  # the binary log-odds d = J·z become the file's logits
-        append_head(graph, logits, "bincam/log_odds", made)
+    made = decisions(chosen.kind, _class_count(model, logits), attributes, positive_class,
+                     target)
+    class_logits, seed = logits, None
+    if chosen.kind == "softmax":  # the binary log-odds d (J·z, or one-vs-rest) become logits
+        seed = append_head(graph, logits, "bincam/log_odds", made, model_opset(model))
         logits = "bincam/log_odds"
+    if target == "logit":  # what the gradients are of, for the self-checks: z_c per decision
+        graph.node.append(helper.make_node("Constant", [], ["bincam/target_classes"],
+                                           name="bincam/target_classes", value=numpy_helper.
+                                           from_array(np.array(made.class_of, np.int64))))
+        graph.node.append(helper.make_node("Gather", [class_logits, "bincam/target_classes"],
+                                           [TARGET_LOGITS], axis=1, name=TARGET_LOGITS))
     for new, old in (("logits", logits), ("activations", activation)):
         if new != old and not (grid and new == "activations"):  # already called so: as it is
             graph.node.append(helper.make_node("Identity", [old], [new], name=f"bincam/{new}"))
@@ -162,10 +173,17 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
     names = made.attributes
     if gradients not in LAYOUTS:
         raise BincamError(f"--gradients must be one of {', '.join(LAYOUTS)}")
+    linear = target == "logit" or made.jacobian is not None  # the explained score is J·z
+    if gradients == "factored" and not linear:
+        raise BincamError(f"the one-vs-rest log-odds of a {len(made.classes)}-way softmax are not "
+                          "affine (logsumexp): no factored form; use --gradients dense (or "
+                          "auto), or --target logit to explain the class logits z_c")
     head = find_affine_head(rebuilt, activation, class_logits) \
-        if gradients != "dense" and grid is None else None
-    if head is not None:  # d = J·z of an affine z is affine: W_d = J·W_eff
-        head.weight, head.bias = made.jacobian @ head.weight, made.jacobian @ head.bias
+        if gradients != "dense" and grid is None and linear else None
+    if head is not None:  # J·z of an affine z is affine: W_d = J·W_eff
+        rows = made.jacobian if target == "log-odds" else \
+            np.eye(len(made.classes))[made.class_of]
+        head.weight, head.bias = rows @ head.weight, rows @ head.bias
     if gradients == "factored" and head is None:
         raise BincamError(f"the head after {activation!r} is not [Relu →] global average pool → "
                           "Linear layers; use --gradients dense")
@@ -177,7 +195,13 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                               "h and w for the factored form; use --gradients dense")
         _add_factored(out, head.weight / float(np.prod(spatial)))
     else:
-        out = append_gradients(rebuilt, activation, logits, indices)
+        if target == "logit":  # ∂z_c/∂A of each decision's class c
+            picked = range(len(names)) if indices is None else indices
+            out = append_gradients(rebuilt, activation, class_logits,
+                                   [made.class_of[i] for i in picked])
+        else:
+            out = append_gradients(rebuilt, activation, class_logits if seed else logits,
+                                   indices, seed)
         if grid is not None:
             token_gradients(out, tokens, grid)
     write_metadata(out, ModelInfo(attributes=names, target_layer=activation,
@@ -188,7 +212,7 @@ def export_onnx_classifier(source: Path | str, activation: str, logits: str,
                                   mean=prep.mean, std=prep.std,
                                   channel_order=prep.channel_order, layout=prep.layout,
                                   head=chosen.kind, classes=made.classes,
-                                  positive_class=made.positive_class))
+                                  positive_class=made.positive_class, target=target))
     return out
 
 
@@ -243,6 +267,11 @@ def narrow_attributes(model: onnx.ModelProto, indices: list[int]) -> onnx.ModelP
     g.node.append(helper.make_node("Gather", ["bincam/logits_all_attributes",
                                               "bincam/selected_attributes"], ["logits"], axis=1,
                                    name="bincam/select_attributes"))
+    if any(TARGET_LOGITS in n.output for n in g.node):  # --target logit: its scores too
+        rename_tensor(g, TARGET_LOGITS, f"{TARGET_LOGITS}_all")
+        g.node.append(helper.make_node("Gather", [f"{TARGET_LOGITS}_all",
+                                                  "bincam/selected_attributes"], [TARGET_LOGITS],
+                                       axis=1, name="bincam/select_target_logits"))
     logits_out = next(o for o in g.output if o.name == "logits")
     logits_out.type.tensor_type.shape.dim[1].dim_value = len(indices)
     if info.gradient_layout == "factored":

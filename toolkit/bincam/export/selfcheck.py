@@ -42,11 +42,14 @@ class Slice:
         produced = {o for n in model.graph.node for o in n.output}
         self.grad = "gradients_tokens" if "gradients_tokens" in produced else \
             "gradients" if "gradients" in produced else None  # None: a factored file
+        self.score = explained_score(model)
+        if self.score != "logits":  # an inner tensor: the Extractor needs its type
+            model = onnx.shape_inference.infer_shapes(model, data_prop=True)
         self.extractor = extractor = onnx.utils.Extractor(model)  # shape inference, once
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         self.input, self.images = info.input_name, None
-        part = self.cut(["logits"] + ([self.grad] if self.grad else []))
+        part = self.cut([self.score] + ([self.grad] if self.grad else []))
         self.needs_images = self.input in {i.name for i in part.graph.input}
         self.session = ort.InferenceSession(part.SerializeToString(), options,
                                             providers=["CPUExecutionProvider"])
@@ -74,7 +77,7 @@ class Slice:
         return self.extractor.extract_model([self.name, self.input], outputs)
 
     def logits(self, a: np.ndarray) -> np.ndarray:
-        return self.session.run(["logits"], self.feeds(a))[0]
+        return self.session.run([self.score], self.feeds(a))[0]
 
     def gradients(self, a: np.ndarray) -> np.ndarray:
         return self.session.run([self.grad], self.feeds(a))[0]
@@ -90,7 +93,7 @@ def float64_slice(cut: Slice):
     import onnxruntime as ort
     from onnx import TensorProto, numpy_helper
 
-    part, images = cut.cut(["logits"]), cut.input
+    part, images = cut.cut([cut.score]), cut.input
     graph = part.graph
     opset = next((o.version for o in part.opset_import if o.domain in ("", "ai.onnx")), 18)
     for tensor in list(graph.initializer):
@@ -146,7 +149,7 @@ def finite_differences(part: Slice, a: np.ndarray, rng, exact=None,
 
     def logits(x: np.ndarray) -> np.ndarray:
         if exact is not None:
-            return exact.run(["logits"], dict(part.feeds(x), **{part.name: x}))[0]
+            return exact.run([part.score], dict(part.feeds(x), **{part.name: x}))[0]
         return part.logits(x).astype(np.float64)
 
     errors = []
@@ -166,11 +169,20 @@ def tie_convention(part: Slice, a: np.ndarray) -> float:
     return _rel(at.astype(np.float64), broken.astype(np.float64))
 
 
+def explained_score(model: onnx.ModelProto) -> str:
+    """The tensor the file's gradients are of: ``logits``, or a softmax head's class logits
+    ``z_c`` where it was exported with ``--target logit`` (``heads.TARGET_LOGITS``)."""
+    from bincam.export.heads import TARGET_LOGITS
+
+    return TARGET_LOGITS if any(TARGET_LOGITS in n.output for n in model.graph.node) \
+        else "logits"
+
+
 def factored_head(model: onnx.ModelProto, engine, rng) -> float:
     """Relative max error of ``Δz = (W·h·w)·Δ mean_hw(ReLU?(A))`` between two generic points
     ``P, Q = A + s·(N + c)`` around the engine's own ``A`` (``N`` noise, ``c`` a per-channel
     offset, so the pooled features differ by ``O(s)``), ``z`` computed by the file's
-    ``A → logits`` slice — in float64 where ONNX Runtime has double kernels for it."""
+    ``A → logits`` slice (the explained score: ``z_c`` for ``--target logit``) — in float64 where ONNX Runtime has double kernels for it."""
     from bincam.core.preprocess import model_input, preprocessing_of
 
     size = engine.info.image_size or 224
@@ -186,7 +198,7 @@ def factored_head(model: onnx.ModelProto, engine, rng) -> float:
 
     def logits(x: np.ndarray) -> np.ndarray:
         if exact is not None:
-            return exact.run(["logits"], dict(part.feeds(x), **{part.name: x}))[0]
+            return exact.run([part.score], dict(part.feeds(x), **{part.name: x}))[0]
         return part.logits(x).astype(np.float64)
 
     def pooled(x: np.ndarray) -> np.ndarray:

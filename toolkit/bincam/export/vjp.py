@@ -177,21 +177,29 @@ def path_nodes(graph: onnx.GraphProto, source: str, sink: str) -> list[onnx.Node
 
 
 def append_gradients(model: onnx.ModelProto, activations: str, logits: str,
-                     indices: list[int] | None = None) -> onnx.ModelProto:
-    """A copy of ``model`` with an extra output ``gradients [B, K, C, h, w]`` = ∂logits[:, k]/∂A."""
+                     indices: list[int] | None = None, seed: str | None = None
+                     ) -> onnx.ModelProto:
+    """A copy of ``model`` with an extra output ``gradients [B, K, C, h, w]`` = ∂logits[:, k]/∂A.
+    ``seed``: a forward tensor ``J [B, K_all, N]`` of the rows ``∂d_k/∂logits`` of outputs ``d``
+    computed from ``logits [B, N]`` (a non-linear head, ``heads.one_vs_rest``): the gradients
+    are then ``∂d_k/∂A = Σ_n J[:, k, n]·∂logits[:, n]/∂A``, the VJP seeded with ``J``'s rows."""
     from bincam.export.rules import RULES
 
     source = model
     model = onnx.ModelProto.FromString(model.SerializeToString())
     b = VjpBuilder(model, k=0)
-    k_all = b.shape(logits)[1]
+    k_all = b.shape(seed)[1] if seed else b.shape(logits)[1]
     indices = list(range(k_all)) if indices is None else list(indices)
     b.k = len(indices)
     nodes = path_nodes(model.graph, activations, logits)
     on_path = {activations} | {o for n in nodes for o in n.output}
-    eye = np.eye(k_all, dtype=np.float32)[indices][:, None, :]                      # [K, 1, K_all]
     cot: dict[str, list[str]] = defaultdict(list)
-    cot[logits].append(b.node("Expand", [b.const(eye, "seed"), b.k_shape(logits)], "seed"))
+    if seed:  # [B, K_all, N] → the selected rows, [K, B, N]
+        rows = b.node("Gather", [seed, b.const(indices, "rows", np.int64)], "seed_rows", axis=1)
+        cot[logits].append(b.node("Transpose", [rows], "seed", perm=[1, 0, 2]))
+    else:
+        eye = np.eye(k_all, dtype=np.float32)[indices][:, None, :]                  # [K, 1, K_all]
+        cot[logits].append(b.node("Expand", [b.const(eye, "seed"), b.k_shape(logits)], "seed"))
     for node in reversed(nodes):
         rule = RULES.get(node.op_type)
         if rule is None:
