@@ -13,7 +13,8 @@ from bincam.errors import BincamError
 
 @app.command("export")
 def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or use --onnx)."),
-           out: Path = typer.Option(..., help="ONNX file to write."),
+           out: Path = typer.Option(None, help="ONNX file to write (required unless "
+                                    "--list-activations)."),
            layer: str = typer.Option(None, help="CAM layer (default: the net's final tap)."),
            gradients: str = typer.Option("auto", help="auto, dense or factored"),
            onnx_model: Path = typer.Option(None, "--onnx", help="Any ONNX classifier instead."),
@@ -110,6 +111,8 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
     if not list_activations:
         from bincam.files import check_output
 
+        if out is None:
+            raise BincamError("--out is missing: give the ONNX file to write (--out MODEL.onnx)")
         check_output(out, "--out", folder=False)
     if triton_repo is not None:
         from bincam.serve.repository import parse_config
