@@ -94,6 +94,43 @@ def test_relu_before_the_pool_is_found():
     np.testing.assert_allclose(engine.explain(x).heatmaps(), dense.heatmaps(), atol=1e-9)
 
 
+def test_densenet_in_place_relu_maps_are_the_binary_rule():
+    """torchvision's DenseNet runs ``F.relu(norm5(…), inplace=True)`` (functional: no module's
+    ``inplace`` flag turns it off). bincam's raw maps are the binary rule on norm5's own output
+    ``A`` (float64 autograd, no hooks): ``Σ_c mean_hw(sign(z_k)·∂z_k/∂A_c)·A_c``.
+    pytorch-grad-cam agrees once the net goes on with a copy of ``A`` (its hook keeps ``A``
+    itself); on the model as given its kept ``A`` is overwritten by the ReLU (post-ReLU maps,
+    pre-ReLU gradients) and differs."""
+    net = random_net(torchvision.models.densenet121)
+    x = images(64)
+    a = net.features(x).detach().requires_grad_()  # features ends with norm5
+    z = net.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(
+        nn.functional.relu(a), 1), 1))
+    expected = []
+    for k in range(K):
+        (g,) = torch.autograd.grad(z[:, k].sum(), a, retain_graph=True)
+        w = (torch.sign(z[:, k])[:, None, None, None] * g).mean((2, 3), keepdim=True)
+        expected.append((w * a).sum(1).detach())
+    expected = torch.stack(expected, 1).numpy()
+    result = bincam.explain(net, x, layer=net.features.norm5, mode="predicted", input_size=64)
+    scale = np.abs(expected).max()
+    assert np.abs(result.raw - expected).max() <= 1e-9 * scale
+    np.testing.assert_allclose(result.logits, z.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+    layer = net.features.norm5
+    targets = [BinaryLogitTarget(k) for k in range(K)]
+    with GradCAM(net, [layer]) as cam:  # the model as given: A changed after capture
+        as_given = np.stack([cam(x, targets=[t] * len(x)) for t in targets], 1)
+        handle = layer.register_forward_hook(lambda _m, _i, out: out.clone())
+        try:
+            cloned = np.stack([cam(x, targets=[t] * len(x)) for t in targets], 1)
+        finally:
+            handle.remove()
+    ours = result.heatmaps(64)
+    assert np.abs(ours - cloned).max() <= TOL
+    assert np.abs(ours - as_given).max() > 1e-2
+
+
 def test_vit_tokens_equal_gradcam():
     net = random_net(torchvision.models.VisionTransformer, image_size=32, patch_size=8,
                      num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)

@@ -13,7 +13,8 @@ from bincam.errors import BincamError
 
 @app.command("export")
 def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or use --onnx)."),
-           out: Path = typer.Option(..., help="ONNX file to write."),
+           out: Path = typer.Option(None, help="ONNX file to write (required unless "
+                                    "--list-activations)."),
            layer: str = typer.Option(None, help="CAM layer (default: the net's final tap)."),
            gradients: str = typer.Option("auto", help="auto, dense or factored"),
            onnx_model: Path = typer.Option(None, "--onnx", help="Any ONNX classifier instead."),
@@ -80,20 +81,23 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
            triton_repo: Path = typer.Option(None, help="Also write a Triton model repository "
                                             "here (Python-backend model; with --explain also "
                                             "the stock onnxruntime and tensorrt backends)."),
-           preprocess: str = typer.Option(None, help="With --onnx: the model's preprocessing "
-                                          "from a Hugging Face preprocessor_config.json, "
-                                          "timm:NAME or torchvision:WEIGHTS (options below "
-                                          "override it)."),
-           pixel_range: str = typer.Option(None, help="With --onnx: the input's pixel range, "
-                                           "1 (0-1, default) or 255 (0-255)."),
-           mean: str = typer.Option(None, help="With --onnx: per-channel mean subtracted, "
-                                    "a,b,c in the model's channel order (default 0,0,0)."),
-           std: str = typer.Option(None, help="With --onnx: per-channel std divided by, a,b,c "
-                                   "(positive; default 1,1,1)."),
-           channel_order: str = typer.Option(None, help="With --onnx: rgb (default) or bgr."),
+           preprocess: str = typer.Option(None, help="With --onnx/--torch: the model's "
+                                          "preprocessing from a Hugging Face "
+                                          "preprocessor_config.json, timm:NAME or "
+                                          "torchvision:WEIGHTS (options below override it)."),
+           pixel_range: str = typer.Option(None, help="With --onnx/--torch: the input's pixel "
+                                           "range, 1 (0-1, default) or 255 (0-255)."),
+           mean: str = typer.Option(None, help="With --onnx/--torch: per-channel mean "
+                                    "subtracted, a,b,c in the model's channel order (default "
+                                    "0,0,0)."),
+           std: str = typer.Option(None, help="With --onnx/--torch: per-channel std divided by, "
+                                   "a,b,c (positive; default 1,1,1)."),
+           channel_order: str = typer.Option(None, help="With --onnx/--torch: rgb (default) or "
+                                             "bgr."),
            layout: str = typer.Option(None, help="With --onnx: nchw (default) or nhwc."),
-           size: str = typer.Option(None, help="With --onnx: the input side N (or NxN) where "
-                                    "the file's is dynamic."),
+           size: str = typer.Option(None, help="With --onnx: the input side N (or NxN) where the "
+                                    "file's is dynamic; with --torch: the side it is exported "
+                                    "at (default: timm's, else 224)."),
            fit: str = typer.Option(None, help="How images of any size enter the square input: "
                                    "stretch, crop or pad (default: celeba, or the --preprocess "
                                    "source's)."),
@@ -121,6 +125,8 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
     if not list_activations:
         from bincam.files import check_output
 
+        if out is None:
+            raise BincamError("--out is missing: give the ONNX file to write (--out MODEL.onnx)")
         check_output(out, "--out", folder=False)
     if triton_repo is not None:
         from bincam.serve.repository import parse_config
@@ -152,8 +158,13 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
     if onnx_model is not None and layer is not None:
         raise BincamError("--layer is for checkpoints; with --onnx name the tensor with "
                           "--activation")
-    declared = _declared_input(onnx_model is not None, preprocess, pixel_range, mean, std,
-                               channel_order, layout, size, fit, raw_pixels)
+    declared = _declared_input(onnx_model is not None or torch_factory is not None, preprocess,
+                               pixel_range, mean, std, channel_order, layout, size, fit,
+                               raw_pixels)
+    if torch_factory is not None:
+        from bincam.export.torch_module import check_torch_preprocessing
+
+        check_torch_preprocessing(declared.preprocessing)
     head_note = ""
     if onnx_model is not None:  # the head and its decisions, checked before any work
         from bincam.export.model import classifier_decisions
@@ -179,8 +190,8 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         from bincam.export.torch_module import load_factory, torch_gradient_graph
 
         model, torch_model = torch_gradient_graph(
-            load_factory(torch_factory), None, layer, gradients, names=_names(attributes),
-            tokens=None if tokens == "none" else tokens)
+            load_factory(torch_factory), declared.size, layer, gradients,
+            names=_names(attributes), tokens=None if tokens == "none" else tokens)
     elif onnx_model is not None:
         model = export_onnx_classifier(onnx_model, activation, logits, _names(attributes),
                                        gradients, tokens, head=head,
@@ -192,8 +203,12 @@ def export(checkpoint: Path = typer.Argument(None, help="Checkpoint folder (or u
         torch_model = load_checkpoint(checkpoint)
         model = _with_fit(export_checkpoint(torch_model, layer, gradients), fit)
     model = reduce_precision(model, precision, half_outputs=half_outputs)
-    if checks:
+    if checks:  # a --torch net's checks run on its own input tensor: preprocessing after
         _report_checks(run_checks(model, torch_model, runtime))
+    if torch_factory is not None:
+        from bincam.export.torch_module import with_preprocessing
+
+        model = with_preprocessing(model, declared.preprocessing, declared.fit)
     model = _raw_pixels(model, raw_pixels, checks)
     save_onnx(model, out)
     note = layout_note(model) + head_note
@@ -309,7 +324,8 @@ def _export_explaining(spec, checkpoint: Path | None, onnx_model: Path | None, o
 
 def _declared_input(foreign: bool, preprocess, pixel_range, mean, std, channel_order, layout,
                     size, fit, raw_pixels):
-    """The input options, checked before any work; a checkpoint's input is its card's."""
+    """The input options, checked before any work; a checkpoint's input is its card's
+    (``foreign``: an --onnx or --torch model, whose preprocessing is declared)."""
     from bincam.export.preprocess_sources import declared_input
 
     given = [f"--{n.replace('_', '-')}" for n, v in (
@@ -317,8 +333,8 @@ def _declared_input(foreign: bool, preprocess, pixel_range, mean, std, channel_o
         ("channel_order", channel_order), ("layout", layout), ("size", size)) if v is not None]
     if given and not foreign:
         raise BincamError(f"{', '.join(given)}: a checkpoint's input is its card's (RGB NCHW "
-                          "pixels in [0, 1], its own size); these options describe --onnx files "
-                          "(--fit and --raw-pixels apply to both)")
+                          "pixels in [0, 1], its own size); these options describe --onnx and "
+                          "--torch models (--fit and --raw-pixels apply to all)")
     declared = declared_input(preprocess, pixel_range, mean, std, channel_order, layout, size,
                               fit, raw_pixels)
     if not foreign:
