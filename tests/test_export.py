@@ -189,3 +189,26 @@ def test_cam_command_same_files_with_ort(tmp_path, synth_root):
     assert np.abs(a["logits"] - b["logits"]).max() < 1e-4
     assert np.abs(a["raw"] - b["raw"]).max() < 1e-4 * max(np.abs(a["raw"]).max(), 1)
     assert np.abs(a["proportional_energy"] - b["proportional_energy"]).max() < 1e-4
+
+
+def test_a_fixed_batch_input_is_one_clear_error_before_any_work(tmp_path):
+    """A file whose input batch is fixed (torch.onnx.export without a dynamic axis) cannot run
+    bincam's batches: the dense self-check fed it 3 images and ended in ONNX Runtime's traceback.
+    Now one error names the input and the way out, and nothing is written."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 2)).eval()
+    path = tmp_path / "fixed.onnx"
+    torch.onnx.export(net, torch.rand(1, 3, 16, 16), str(path), input_names=["x"],
+                      output_names=["logits"], opset_version=17, dynamo=False)
+    tap = next(n.output[0] for n in onnx.load(str(path)).graph.node if n.op_type == "Relu")
+    for layout in ("dense", "auto"):
+        with pytest.raises(BincamError, match=r"input 'x' of .* has a fixed batch size 1; .*"
+                                              r"dynamic_axes"):
+            export_onnx_classifier(path, tap, "logits", gradients=layout)
+    proc = subprocess.run([sys.executable, "-m", "bincam", "export", "--onnx", str(path),
+                           "--activation", tap, "--logits", "logits", "--gradients", "dense",
+                           "--out", str(tmp_path / "out.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: the input 'x'"), proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out.onnx").exists()

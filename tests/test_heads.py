@@ -6,10 +6,7 @@ errors (one line, exit 2, nothing written)."""
 
 from __future__ import annotations
 
-import io
 import json
-import sys
-from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
@@ -19,6 +16,7 @@ from torch import nn
 
 from bincam.export.forward import export_module
 from bincam.export.model import export_onnx_classifier, save_onnx
+from cli_run import run_cli
 from bincam.runtime import open_engine
 
 SIZE = 16
@@ -152,18 +150,7 @@ def test_serve_handler_and_explaining_file_report_the_softmax(nets, tmp_path):
 
 
 def _cli(*argv) -> tuple[int, str]:
-    from bincam.cli.app import main
-
-    err, saved, sys.argv = io.StringIO(), sys.argv, ["bincam", *map(str, argv)]
-    try:
-        with redirect_stderr(err), redirect_stdout(err):
-            main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = saved
-    return code, " ".join(err.getvalue().split())
+    return run_cli(argv)
 
 
 def test_cli_export_and_cam_report_the_softmax(nets, tmp_path):

@@ -12,9 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 import warnings
-from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import onnx
@@ -24,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from bincam.export.model import export_onnx_classifier, save_onnx
+from cli_run import run_cli
 from bincam.runtime import open_engine
 
 SIZE, C = 16, 10
@@ -263,18 +262,7 @@ def test_analyze_audits_class_by_class(nets, tmp_path):
 
 
 def _cli(*argv) -> tuple[int, str]:
-    from bincam.cli.app import main
-
-    err, saved, sys.argv = io.StringIO(), sys.argv, ["bincam", *map(str, argv)]
-    try:
-        with redirect_stderr(err), redirect_stdout(err):
-            main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = saved
-    return code, " ".join(err.getvalue().split())
+    return run_cli(argv)
 
 
 def test_cli_export_info_and_cam(nets, tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from cli_run import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,26 +34,10 @@ def commands(block: str) -> list[list[str]]:
     return [shlex.split(line, comments=True) for line in lines if line.strip()]
 
 
-def run_cli(argv, capsys):
-    """``bincam ARGV`` in this process: (exit status, printed text)."""
-    from bincam.cli.app import main
-
-    saved, sys.argv = sys.argv, ["bincam", *argv]
-    try:
-        main()
-        status = 0
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 0
-    finally:
-        sys.argv = saved
-    out = capsys.readouterr()
-    return status, " ".join((out.out + out.err).split())
-
-
-def run_block(name: str, capsys) -> None:
+def run_block(name: str) -> None:
     for argv in commands(snippet(name)):
         assert argv[0] == "bincam", f"{name}: only bincam commands, got {argv[0]}"
-        status, text = run_cli(argv[1:], capsys)
+        status, text = run_cli(argv[1:])
         assert status == 0, f"{shlex.join(argv)} → {text}"
 
 
@@ -85,13 +70,13 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_export_torch_snippet(workdir, capsys):
+def test_export_torch_snippet(workdir):
     from bincam.core.model_info import load_onnx, onnx_info
 
     (workdir / "my_models.py").write_text(snippet("own-model-factory"))
     sys.modules.pop("my_models", None)  # another test's my_models must not stand in
     try:
-        run_block("own-model-export", capsys)
+        run_block("own-model-export")
     finally:
         sys.modules.pop("my_models", None)
     info = onnx_info(load_onnx(workdir / "attributes.onnx")[0], "attributes.onnx")
@@ -103,7 +88,7 @@ def test_export_torch_snippet(workdir, capsys):
     assert predictions["attributes"] == ["glasses", "hat", "beard"]
 
 
-def test_softmax_snippet_reports_the_models_softmax(workdir, capsys):
+def test_softmax_snippet_reports_the_models_softmax(workdir):
     import onnxruntime as ort
 
     from bincam.core.preprocess import model_input, preprocessing_of
@@ -114,7 +99,7 @@ def test_softmax_snippet_reports_the_models_softmax(workdir, capsys):
     torch.onnx.export(net, (torch.rand(1, 3, 224, 224),), "cats-dogs.onnx",
                       input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": {0: "batch"}}, dynamo=False)
-    run_block("own-model-softmax", capsys)
+    run_block("own-model-softmax")
     predictions = json.loads((workdir / "dog-cams" / "predictions.json").read_text())
     assert predictions["attributes"] == ["dog"] and predictions["head"] == "softmax"
     pixels = np.random.default_rng(2).integers(0, 256, (3, 3, 224, 224), dtype=np.uint8)

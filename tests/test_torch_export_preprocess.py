@@ -4,7 +4,6 @@ export's checks still compare the file with the net on the net's own input tenso
 engine then feeds the file what the net takes: logits equal the net on hand-preprocessed arrays.
 """
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import bincam
 from bincam.core.model_info import load_onnx, onnx_info
 from bincam.errors import BincamError
 from bincam.runtime import open_engine
+from cli_run import run_cli
 
 FACTORY = """
 import torch
@@ -41,22 +41,6 @@ def tiny():
     return names["tiny"]()
 
 
-def run_cli(argv, capsys):
-    """``bincam ARGV`` in this process: (exit status, printed text)."""
-    from bincam.cli.app import main
-
-    saved, sys.argv = sys.argv, ["bincam", *argv]
-    try:
-        main()
-        status = 0
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 0
-    finally:
-        sys.argv = saved
-    out = capsys.readouterr()
-    return status, " ".join((out.out + out.err).split())
-
-
 def by_hand(pixels: np.ndarray) -> torch.Tensor:
     """What the net was trained on: BGR, 0–255, minus mean, over std (NCHW)."""
     x = pixels.astype(np.float64)[:, ::-1]
@@ -71,9 +55,9 @@ def factory_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_cli_torch_records_declared_preprocessing(factory_dir, capsys):
+def test_cli_torch_records_declared_preprocessing(factory_dir):
     status, text = run_cli(["export", "--torch", "prep_models:tiny", "--layer", "2",
-                            "--out", "m.onnx", *DECLARED], capsys)
+                            "--out", "m.onnx", *DECLARED])
     assert status == 0, text
     assert "a checkpoint's input" not in text
     info = onnx_info(load_onnx(factory_dir / "m.onnx")[0], "m.onnx")
@@ -93,7 +77,7 @@ def test_cli_torch_records_declared_preprocessing(factory_dir, capsys):
                                    atol=1e-4)
 
     status, text = run_cli(["export", "--torch", "prep_models:tiny", "--layer", "2",
-                            "--out", "raw.onnx", "--raw-pixels", *DECLARED], capsys)
+                            "--out", "raw.onnx", "--raw-pixels", *DECLARED])
     assert status == 0, text
     with open_engine(factory_dir / "raw.onnx") as engine:  # normalised inside the graph
         assert engine.info.raw_pixels
@@ -106,16 +90,16 @@ def test_cli_torch_records_declared_preprocessing(factory_dir, capsys):
     (["--mean", "0.5,0.5"], "error: --mean needs 3 values"),
     (["--std", "1,0,1"], "error: --std values must be positive"),
 ])
-def test_cli_torch_impossible_preprocessing_is_one_error(factory_dir, capsys, extra, message):
+def test_cli_torch_impossible_preprocessing_is_one_error(factory_dir, extra, message):
     status, text = run_cli(["export", "--torch", "prep_models:tiny", "--layer", "2",
-                            "--out", "m.onnx", *extra], capsys)
+                            "--out", "m.onnx", *extra])
     assert status == 2 and text.startswith(message) and "Traceback" not in text, text
     assert not (factory_dir / "m.onnx").exists()
 
 
-def test_checkpoint_still_refuses_declared_preprocessing(tmp_path, capsys):
+def test_checkpoint_still_refuses_declared_preprocessing(tmp_path):
     status, text = run_cli(["export", str(ROOT / "models/synth-small-balanced"), "--out",
-                            str(tmp_path / "m.onnx"), "--mean", "0.5,0.5,0.5"], capsys)
+                            str(tmp_path / "m.onnx"), "--mean", "0.5,0.5,0.5"])
     assert status == 2 and "a checkpoint's input is its card's" in text
     assert "--onnx and --torch models" in text
 

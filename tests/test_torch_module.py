@@ -19,6 +19,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 import bincam  # noqa: E402
 from bincam.cam.targets import BinaryLogitTarget  # noqa: E402
 from bincam.errors import BincamError  # noqa: E402
+from cli_run import run_cli
 
 TOL = 1e-5
 K = 3
@@ -242,38 +243,20 @@ def test_export_torch_file_explains_like_torch(tmp_path):
     assert np.abs(ours - theirs).max() <= 1e-4
 
 
-def run_cli(argv, capsys):
-    """``bincam ARGV`` in this process: (exit status, printed text)."""
-    import sys
-
-    from bincam.cli.app import main
-
-    saved, sys.argv = sys.argv, ["bincam", *argv]
-    try:
-        main()
-        status = 0
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 0
-    finally:
-        sys.argv = saved
-    out = capsys.readouterr()
-    return status, " ".join((out.out + out.err).split())
-
-
-def test_cli_export_torch(tmp_path, monkeypatch, capsys):
+def test_cli_export_torch(tmp_path, monkeypatch):
     (tmp_path / "my_models.py").write_text(
         "import torch, torchvision\n"
         "def small():\n"
         "    torch.manual_seed(0)\n"
         "    return torchvision.models.mobilenet_v3_small(num_classes=2)\n")
     monkeypatch.chdir(tmp_path)
-    status, text = run_cli(["export", "--torch", "my_models:small", "--out", "m.onnx"], capsys)
+    status, text = run_cli(["export", "--torch", "my_models:small", "--out", "m.onnx"])
     assert status == 2 and "error: --torch needs --layer" in text
     status, text = run_cli(["export", "--torch", "my_models:nothing", "--layer", "features",
-                            "--out", "m.onnx"], capsys)
+                            "--out", "m.onnx"])
     assert status == 2 and "no callable 'nothing'" in text
     assert not (tmp_path / "m.onnx").exists()
     status, text = run_cli(["export", "--torch", "my_models:small", "--layer", "features",
-                            "--out", "m.onnx", "--no-checks"], capsys)
+                            "--out", "m.onnx", "--no-checks"])
     assert status == 0, text
     assert "dense gradients" in text and (tmp_path / "m.onnx").is_file()

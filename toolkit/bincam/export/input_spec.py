@@ -56,6 +56,12 @@ def image_input(model: onnx.ModelProto, prep: Preprocessing, size: int | None,
                           f"({prep.layout.upper()}){hint}; "
                           + ("--raw-pixels needs an image input" if prep.raw_pixels else
                              "bincam explains image classifiers"))
+    batch = value.type.tensor_type.shape.dim[0]
+    if batch.HasField("dim_value") and batch.dim_value:
+        raise BincamError(f"the input {value.name!r} of {source} has a fixed batch size "
+                          f"{batch.dim_value}; bincam runs batches of images: export the model "
+                          f"with a dynamic batch axis (torch.onnx.export(..., dynamic_axes="
+                          f"{{{value.name!r}: {{0: 'batch'}}}}), or dynamic_shapes)")
     spatial = [1, 2] if nhwc else [2, 3]
     for i in spatial:
         dim = value.type.tensor_type.shape.dim[i]
