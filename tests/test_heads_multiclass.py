@@ -261,6 +261,26 @@ def test_analyze_audits_class_by_class(nets, tmp_path):
         assert np.abs(1 / (1 + np.exp(-logits)) - ref["p"]).max() <= 1e-6
 
 
+def test_analyze_compares_models_with_different_attributes(nets, tmp_path):
+    """Two models whose attributes differ (a 10-way and a 2-way softmax) in one audit: each
+    keeps its own rows and the report's figures are written (the plots read a missing attribute
+    as no bar; they raised KeyError before)."""
+    from bincam.analysis import AnalyzeOptions, analyze
+
+    _dataset(tmp_path / "data")
+    for name, path, names in (("ten", nets["dense18"], None),
+                              ("two", nets["two.onnx"], ["class0", "class1"])):
+        save_onnx(export_onnx_classifier(path, _cam_tensor(path), "logits", names,
+                                         head="softmax", fit="stretch"), tmp_path / f"{name}.onnx")
+    out = tmp_path / "audit"
+    record = analyze(AnalyzeOptions([f"ten={tmp_path / 'ten.onnx'}", f"two={tmp_path / 'two.onnx'}"],
+                                    f"csv:{tmp_path / 'data'}", out, split="all", engine="ort",
+                                    batch_size=4, shard_size=8, cues="off"))
+    assert list(record["models"]["ten"]["per_attribute"]) == [f"class{i}" for i in range(C)]
+    assert list(record["models"]["two"]["per_attribute"]) == ["class1"]
+    assert list(out.rglob("*.png")), "the report's figures were not written"
+
+
 def _cli(*argv) -> tuple[int, str]:
     return run_cli(argv)
 

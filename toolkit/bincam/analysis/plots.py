@@ -33,8 +33,10 @@ def _png(fig) -> bytes:
 
 
 def _values(model: dict, order: list[str], key: str) -> np.ndarray:
-    return np.array([np.nan if model["per_attribute"][a].get(key) is None
-                     else model["per_attribute"][a][key] for a in order])
+    """``key`` of each attribute in ``order``; NaN (no bar) where the model lacks the attribute
+    (models with different attribute sets in one audit) or the figure."""
+    per = model["per_attribute"]
+    return np.array([np.nan if per.get(a, {}).get(key) is None else per[a][key] for a in order])
 
 
 XLABEL = "attribute (rarest minority class first)"
