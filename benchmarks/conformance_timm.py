@@ -43,7 +43,8 @@ from conformance_models import (  # noqa: E402
 from conformance_timm_models import (  # noqa: E402
     FAMILY, MODELS, NUM_CLASSES, OPSET, build_timm, run_shapes, mid_tensor, to_maps,
     token_layout, usual_tensor)
-from conformance_torchvision import SILENT_LIMIT, _first_line, timings  # noqa: E402
+from conformance_torchvision import (  # noqa: E402
+    SILENT_LIMIT, _first_line, bincam_export, timings)
 
 VERDICTS = ("accepted correct", "accepted unverified", "refused", "silently wrong", "crashed",
             "not exportable", "no tensor found")
@@ -83,28 +84,16 @@ def tensor_row(model, path: Path, size: int, tensor: str, tokens: str, threads: 
     """Export at ``tensor``, checks, reference, timing: the row's fields."""
     import torch
 
-    from bincam.errors import BincamError
     from bincam.export.checks import run_checks
-    from bincam.export.model import export_onnx_classifier
     from bincam.runtime import open_engine
 
     row = {"cam_tensor": tensor, "tokens": tokens, "torch_site": None, "layout": None,
            "verdict": None, "detail": "", "failed_checks": [], "grad_rel_err": None,
            "grad_rel_err_per_logit": None, "time_run_s": None, "time_forward_s": None,
            "time_ratio": None, "seconds": {}}
-    t = time.perf_counter()
-    try:
-        exported = export_onnx_classifier(path, tensor, "logits", tokens=tokens)
-    except BincamError as exc:
-        row.update(verdict="refused", detail=_first_line(exc))
+    exported = bincam_export(row, "verdict", path, tensor, "logits", tokens=tokens)
+    if exported is None:
         return row
-    except Exception as exc:  # noqa: BLE001 - not a BincamError: a bincam defect
-        row.update(verdict="crashed", detail=f"export_onnx_classifier raised "
-                   f"{exc.__class__.__name__}: {_first_line(exc)}",
-                   traceback=traceback.format_exc(limit=6))
-        return row
-    finally:
-        row["seconds"]["bincam export"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     try:
         results = run_checks(exported)

@@ -45,6 +45,27 @@ EXPORTERS = ("legacy", "dynamo")
 
 # -------------------------------------------------------------------------------------- one row
 
+def bincam_export(row: dict, verdict_key: str, path, tensor: str, logits: str, **options):
+    """``export_onnx_classifier``'s model, timed into ``row["seconds"]``; or ``None`` with
+    ``row[verdict_key]`` ``refused`` (a ``BincamError``: bincam's one-line answer) or ``crashed``
+    (anything else: a bincam defect, with its traceback)."""
+    from bincam.errors import BincamError
+    from bincam.export.model import export_onnx_classifier
+
+    started = time.perf_counter()
+    try:
+        return export_onnx_classifier(path, tensor, logits, **options)
+    except BincamError as exc:
+        row.update({verdict_key: "refused", "detail": _first_line(exc)})
+    except Exception as exc:  # noqa: BLE001 - not a BincamError: a bincam defect
+        row.update({verdict_key: "crashed", "detail": f"export_onnx_classifier raised "
+                    f"{exc.__class__.__name__}: {_first_line(exc)}",
+                    "traceback": traceback.format_exc(limit=6)})
+    finally:
+        row["seconds"]["bincam export"] = round(time.perf_counter() - started, 2)
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else exc.__class__.__name__)[:200]
@@ -80,9 +101,7 @@ def conformance_row(name: str, exporter: str, size: int = 64, threads: int = 1,
     problem: the row's ``status`` and ``detail`` say what happened."""
     import torch
 
-    from bincam.errors import BincamError
     from bincam.export.checks import run_checks
-    from bincam.export.model import export_onnx_classifier
     from bincam.runtime import open_engine
 
     torch.set_num_threads(threads)
@@ -129,19 +148,9 @@ def conformance_row(name: str, exporter: str, size: int = 64, threads: int = 1,
         del source
 
         # 3. bincam: gradients appended, then its own checks
-        t = time.perf_counter()
-        try:
-            exported = export_onnx_classifier(path, row["cam_tensor"], logits_name)
-        except BincamError as exc:
-            row.update(status="refused", detail=_first_line(exc))
+        exported = bincam_export(row, "status", path, row["cam_tensor"], logits_name)
+        if exported is None:
             return row
-        except Exception as exc:  # noqa: BLE001 - not a BincamError: a bincam defect
-            row.update(status="crashed", detail=f"export_onnx_classifier raised "
-                       f"{exc.__class__.__name__}: {_first_line(exc)}",
-                       traceback=traceback.format_exc(limit=6))
-            return row
-        finally:
-            row["seconds"]["bincam export"] = round(time.perf_counter() - t, 2)
         if checks:
             t = time.perf_counter()
             try:

@@ -181,29 +181,20 @@ def test_cli_export_and_cam_report_the_softmax(nets, tmp_path):
     assert code == 0 and "softmax over 2 classes" in text
 
 
-@pytest.mark.parametrize("extra, message", [
-    (("--head", "softmax"), "a softmax head needs ≥ 2 classes"),
+@pytest.mark.parametrize("net, extra, message", [
+    ("one", ("--head", "softmax"), "a softmax head needs ≥ 2 classes"),
+    ("logits", ("--head", "softmax", "--positive-class", "2"), "is not 0, 1 or a class name"),
+    ("logits", ("--head", "softmax", "--positive-class", "bird"), "is not 0, 1 or a class name"),
+    ("logits", ("--head", "softmax", "--attributes", "a,b,c"), "makes 1 binary decision but 3"),
+    ("logits", ("--head", "sigmoid", "--attributes", "a"), "2 logits but 1 attribute names"),
+    ("logits", ("--head", "sigmoid", "--positive-class", "1"), "is for a 2-way softmax head"),
+    ("logits", ("--head", "softmax2"), "--head must be one of"),
 ])
-def test_one_logit_model_refuses_softmax(nets, tmp_path, extra, message):
+def test_head_option_errors(nets, tmp_path, net, extra, message):
+    """Head options that cannot be right (``one``: a 1-logit model): one error, nothing written."""
     out = tmp_path / "m.onnx"
-    code, text = _cli("export", "--onnx", nets["one"], "--activation",
-                      _cam_tensor(nets["one"]), "--logits", "logits", "--out", out, *extra)
-    assert code == 2 and text.startswith("error:") and message in text, text
-    assert not out.exists() and list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize("extra, message", [
-    (("--head", "softmax", "--positive-class", "2"), "is not 0, 1 or a class name"),
-    (("--head", "softmax", "--positive-class", "bird"), "is not 0, 1 or a class name"),
-    (("--head", "softmax", "--attributes", "a,b,c"), "makes 1 binary decision but 3"),
-    (("--head", "sigmoid", "--attributes", "a"), "2 logits but 1 attribute names"),
-    (("--head", "sigmoid", "--positive-class", "1"), "is for a 2-way softmax head"),
-    (("--head", "softmax2"), "--head must be one of"),
-])
-def test_head_option_errors(nets, tmp_path, extra, message):
-    out = tmp_path / "m.onnx"
-    code, text = _cli("export", "--onnx", nets["logits"], "--activation",
-                      _cam_tensor(nets["logits"]), "--logits", "logits", "--out", out, *extra)
+    code, text = _cli("export", "--onnx", nets[net], "--activation",
+                      _cam_tensor(nets[net]), "--logits", "logits", "--out", out, *extra)
     assert code == 2 and text.startswith("error:") and message in text, text
     assert list(tmp_path.iterdir()) == []
 
