@@ -294,22 +294,24 @@ def torch_site(model, x, activations: np.ndarray):
     return name, kind
 
 
-def reference_gradients(model, site, x: np.ndarray, activations: np.ndarray):
-    """``(logits [B,K], ∂z_k/∂A [B,K,*A])`` by float64 autograd, with the CAM tensor set to the
-    engine's ``activations`` (a leaf) at ``site``."""
+def reference_gradients(model, site, x: np.ndarray, activations: np.ndarray,
+                        dtype: str = "float64"):
+    """``(logits [B,K], ∂z_k/∂A [B,K,*A])`` by autograd in ``dtype`` (float64: the reference),
+    with the CAM tensor set to the engine's ``activations`` (a leaf) at ``site``."""
     import torch
 
     name, kind = site
-    net = copy.deepcopy(model).double().eval()
+    kind_of = getattr(torch, dtype)
+    net = copy.deepcopy(model).to(kind_of).eval()
     module = net.get_submodule(name)
-    leaf = torch.from_numpy(activations).double().requires_grad_(True)
+    leaf = torch.from_numpy(activations).to(kind_of).requires_grad_(True)
     # a clone: the net may modify the tensor in place (densenet's F.relu(features, inplace=True))
     if kind == "output":
         handle = module.register_forward_hook(lambda _m, _i, _o: leaf.clone())
     else:
         handle = module.register_forward_pre_hook(lambda _m, inputs: (leaf.clone(), *inputs[1:]))
     try:
-        logits = net(torch.from_numpy(x).double())
+        logits = net(torch.from_numpy(x).to(kind_of))
     finally:
         handle.remove()
     grads = [torch.autograd.grad(logits[:, k].sum(), leaf, retain_graph=True,
@@ -326,6 +328,31 @@ def dense_gradients(engine, out: dict) -> np.ndarray:
     w = out["channel_weights"].astype(np.float64)                       # [K, C]
     mask = (a > 0).astype(np.float64) if engine.info.mask_positive else np.ones_like(a)
     return w[None, :, :, None, None] * mask[:, None]
+
+
+def per_image_errors(g: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Relative L2 of ``g − ref`` over all logits, per image."""
+    b = ref.shape[0]
+    return np.linalg.norm((g - ref).reshape(b, -1), axis=1) / np.maximum(
+        np.linalg.norm(ref.reshape(b, -1), axis=1), 1e-300)
+
+
+def float32_floor(model, site, x: np.ndarray, activations: np.ndarray, reference: np.ndarray,
+                  to_maps=lambda g: g, repeats: int = 4, seed: int = 0) -> np.ndarray:
+    """Per image, the largest relative L2 between float32 torch autograd and the float64
+    ``reference``, measured like the engine's error: at the engine's ``activations`` and at
+    ``repeats − 1`` copies moved by up to one float32 ulp. Where a ReLU input downstream of the
+    CAM tensor sits within float32 rounding of zero, float32 and float64 may take different
+    sides of the kink, and a correct float32 engine can be as far off as torch's own float32."""
+    rng = np.random.default_rng(seed)
+    a32 = activations.astype(np.float32)
+    worst = np.zeros(reference.shape[0])
+    for r in range(repeats):
+        a = a32 if r == 0 else (a32 + rng.uniform(-1, 1, a32.shape) * np.spacing(np.abs(a32))
+                                ).astype(np.float32)
+        _, g = reference_gradients(model, site, x.astype(np.float32), a, dtype="float32")
+        worst = np.maximum(worst, per_image_errors(to_maps(g.astype(np.float64)), reference))
+    return worst
 
 
 def relative_errors(g: np.ndarray, ref: np.ndarray) -> tuple[float, float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bincam.files import write_atomic
@@ -27,22 +28,29 @@ from bincam.machine import machine_info, machine_line
 SANITIZERS = ("address", "thread")
 
 
-def run_one(drivers: dict, combo, index: int) -> dict:
-    """``combo``'s representative case under each sanitizer: pass/fail, errors, seconds."""
+def run_one(drivers: dict, combo, index: int, parallel: bool) -> dict:
+    """``combo``'s representative case under each sanitizer (both at once with ``parallel``:
+    each run is its own process): pass/fail, errors, seconds."""
     case = representative_case(combo, index)
     row = {"combination": {**combo.__dict__, "cells": list(combo.cells), "size": list(combo.size)},
            "geometry": {k: v for k, v in geometry_of(combo).__dict__.items()},
            "mode": case.mode, "half_inputs": case.half_inputs}
-    for sanitizer, driver in drivers.items():
+
+    def one(sanitizer):
         t0 = time.perf_counter()
         try:
-            (out,) = run_cases(driver, [case], timeout=1800)
+            (out,) = run_cases(drivers[sanitizer], [case], timeout=7200)
             errors = compare(case, out)
             bad = failures(errors)
-            row[sanitizer] = {"ok": not bad, "failures": bad, "worst": errors}
+            result = {"ok": not bad, "failures": bad, "worst": errors}
         except EmulationError as error:
-            row[sanitizer] = {"ok": False, "error": str(error)[-2000:]}
-        row[sanitizer]["seconds"] = round(time.perf_counter() - t0, 1)
+            result = {"ok": False, "error": str(error)[-2000:]}
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        return result
+
+    with ThreadPoolExecutor(len(drivers) if parallel else 1) as pool:
+        for sanitizer, result in zip(drivers, pool.map(one, drivers)):
+            row[sanitizer] = result
     return row
 
 
@@ -88,13 +96,18 @@ def write(out: Path, record: dict) -> None:
         lines += [f"Stopped after the budget ({record['stopped']}): the remaining "
                   f"{e['representatives'] - len(ran)} representatives (the costliest to emulate: "
                   + "; ".join(record.get("not_run", [])) + ") were not run.", ""]
-    lines += ["| # | GPU | tensor | layout | method | B | K | splits | tile | finish tiles | "
-              "ASan | TSan | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["A representative with H×W = h×w is a *probe*: a claimed combination without its "
+              "resize, which has the same partials and energy classes (`sweep_gpus.probe`).", "",
+              "| # | GPU | tensor | h×w → H×W | layout | method | B | K | splits | tile | "
+              "finish tiles | ASan | TSan | s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(ran):
         c, g = r["combination"], r["geometry"]
         layout = c["layout"] + ("" if c["layout"] == "dense" else
                                 (", mask" if c["mask_positive"] else ", no mask"))
-        lines.append(f"| {i} | {c['gpu']} | {c['tensor']} | {layout} | {c['method']} | "
+        lines.append(f"| {i} | {c['gpu']} | {c['tensor']} | "
+                     f"{'×'.join(map(str, c['cells']))} → {'×'.join(map(str, c['size']))} | "
+                     f"{layout} | {c['method']} | "
                      f"{c['batch']} | {c['attributes']} | {g['splits']} | {g['tile']} | "
                      f"{g['tiles']} | {'pass' if r['address']['ok'] else 'FAIL'} | "
                      f"{'pass' if r['thread']['ok'] else 'FAIL'} | "
@@ -107,6 +120,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--budget-s", type=float, default=None,
                     help="start no representative after this many seconds")
+    ap.add_argument("--parallel", action="store_true",
+                    help="run the two sanitizers of a representative at once (two cores)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     enum = enumerate_all()
@@ -131,9 +146,10 @@ def main() -> None:
             record["not_run"] = [f"{c.gpu} {c.tensor} {c.layout} B={c.batch} K={c.attributes}"
                                  for c in reps[i:]]
             break
-        row = run_one(drivers, combo, i)
+        row = run_one(drivers, combo, i, args.parallel)
         row["classes"] = [[kernel, key] for kernel, key in
-                          kernel_classes(combo, geometry_of(combo)).items()]
+                          kernel_classes(combo, geometry_of(combo)).items()
+                          if (kernel, key) in enum.classes]  # a probe's own resize: not claimed
         record["representatives"].append(row)
         record["emulator_seconds"] = time.perf_counter() - start
         write(args.out, record)

@@ -310,8 +310,10 @@ extern "C" __global__ void __launch_bounds__(BINCAM_MAX_THREADS) bincam_partials
     bincam_split(C, splits, split, &c_lo, &c_hi);
     const size_t a0 = (size_t)b * C * hw;
     for (int i = t; i < nk; i += blockDim.x) sign[i] = bincam_sign(logits[b * K + k0 + i], mode);
-    for (int i = t; i < nk * hw; i += blockDim.x) acc[i] = 0.f;  // slot i: thread i % block
-    __syncthreads();  // zeroing and sign before any read, even where the split is empty
+    // no barrier here: slot i of acc is zeroed, accumulated and stored by thread i % block
+    // alone, and sign is first read after the tile loop's first barrier (never if the split
+    // is empty)
+    for (int i = t; i < nk * hw; i += blockDim.x) acc[i] = 0.f;
     for (int c0 = c_lo; c0 < c_hi; c0 += tile) {
         const int nt = min(tile, c_hi - c0);
         bincam_walk cp(t, blockDim.x, hw);  // channel cp.i, cell cp.j of element i

@@ -18,7 +18,7 @@ from bincam.gpu.geometry import launch_geometry
 from bincam.gpu.launcher import kernel_source
 from bincam.gpu.sweep_gpus import (ATTRIBUTES, BATCHES, GPUS, LAYOUTS, Combination,
                                    combinations, emulation_cost, enumerate_all, geometry_of,
-                                   kernel_classes,
+                                   kernel_classes, probe, representatives,
                                    representative_case, split_bounds, tensors, violations)
 
 
@@ -37,6 +37,28 @@ def test_every_claimed_gpu_and_tensor_meets_the_geometry_invariants():
     # the channel counts of the issue are in, on every GPU
     widths = {c.channels for c in combinations() if c.gpu == "H100 SXM"}
     assert {1512, 2520, 3024, 97, 33, 1} <= widths
+
+
+def test_probes_keep_the_partials_geometry_and_the_representatives_cover_every_class():
+    """A probe (the combination without its resize) gets the same splits, tile and attribute
+    group, so the same partials and energy classes; the representatives, probes among them,
+    cover every class the claimed combinations reach, and the probes make them cheaper."""
+    for c in combinations()[::97]:
+        g, gp = geometry_of(c), geometry_of(probe(c))
+        assert (g.splits, g.tile, g.kc, g.grid_partials) == (gp.splits, gp.tile, gp.kc,
+                                                             gp.grid_partials)
+        ours, theirs = kernel_classes(c, g), kernel_classes(probe(c), gp)
+        for kernel in ours:
+            if kernel != "finish":
+                assert ours[kernel] == theirs[kernel]
+    with_probes, without = enumerate_all(), enumerate_all(probes=False)
+    assert set(with_probes.classes) == set(without.classes)
+    for enum in (with_probes, without):
+        reps = representatives(enum)
+        covered = {kv for c in reps for kv in kernel_classes(c, geometry_of(c)).items()}
+        assert set(enum.classes) <= covered
+    cost = lambda enum: sum(emulation_cost(c, geometry_of(c)) for c in representatives(enum))
+    assert cost(with_probes) * 2 < cost(without)
 
 
 def test_the_invariants_catch_the_old_empty_split():

@@ -18,6 +18,7 @@ and barrier sequence; the representative is the class's cheapest combination to 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -222,12 +223,22 @@ class Enumeration:
     classes: dict[tuple, list]    # (kernel, class) → [combinations, representative, its cost]
 
 
-def enumerate_all(combos: list[Combination] | None = None) -> Enumeration:
+def probe(combo: Combination) -> Combination:
+    """``combo`` with no resize (``H×W = h×w``): ``launch_geometry`` picks the partials
+    kernel's splits, tile and attribute group from ``(B, K, C, h, w)`` alone, so the probe runs
+    the same partials and energy classes at a fraction of the finish kernel's cost."""
+    return dataclasses.replace(combo, size=combo.cells)
+
+
+def enumerate_all(combos: list[Combination] | None = None, probes: bool = True) -> Enumeration:
     """Every combination's geometry, its invariants and its class (one geometry per shape:
-    the method does not enter ``launch_geometry``)."""
+    the method does not enter ``launch_geometry``). The classes are those the claimed
+    combinations reach; with ``probes`` a class's representative may be the cheaper ``probe``
+    of a combination that has the class too."""
     combos = combinations() if combos is None else combos
     broken, classes, cache = [], {}, {}
-    for combo in combos:
+
+    def classify(combo):
         shape_key = (combo.gpu, combo.layout, combo.shape, combo.size)
         if shape_key not in cache:
             try:
@@ -235,7 +246,10 @@ def enumerate_all(combos: list[Combination] | None = None) -> Enumeration:
                 cache[shape_key] = (g, violations(combo, g))
             except BincamError as error:
                 cache[shape_key] = (None, [str(error)])
-        g, bad = cache[shape_key]
+        return cache[shape_key]
+
+    for combo in combos:
+        g, bad = classify(combo)
         if bad:
             broken.append((combo, bad))
             continue
@@ -244,6 +258,15 @@ def enumerate_all(combos: list[Combination] | None = None) -> Enumeration:
             entry = classes.setdefault((kernel, key), [0, combo, cost])
             entry[0] += 1
             if cost < entry[2]:
+                entry[1], entry[2] = combo, cost
+    for combo in (probe(c) for c in combos) if probes else ():
+        g, bad = classify(combo)
+        if bad:
+            continue
+        cost = emulation_cost(combo, g)
+        for kernel, key in kernel_classes(combo, g).items():
+            entry = classes.get((kernel, key))
+            if entry is not None and cost < entry[2]:
                 entry[1], entry[2] = combo, cost
     return Enumeration(len(combos), broken, classes)
 
