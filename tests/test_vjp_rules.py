@@ -70,6 +70,12 @@ def bn():
 
 CASES = {  # name: (op module, op types it covers, input shape[, "ties": post-ReLU inputs])
     "Conv": (nn.Conv2d(4, 6, 3, stride=2, padding=1), {"Conv"}, (4, 9, 9)),
+    # NFNet's weight standardisation (timm's ScaledStdConv2d: a training-mode batch_norm of the
+    # weight, which neither exporter folds): the rule folds it (VjpBuilder.constant)
+    "Conv-computed-weight": (Lambda(lambda x, w, g: F.conv2d(x, F.batch_norm(
+        w.reshape(1, 32, -1), None, None, weight=g, training=True, momentum=0.0,
+        eps=1e-6).reshape_as(w), padding=1), nn.Parameter(torch.randn(32, 4, 3, 3)),
+        nn.Parameter(torch.rand(32) + 0.5)), {"Conv"}, (4, 6, 6)),
     "Conv-groups-dilation": (nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2), {"Conv"},
                              (4, 8, 8)),
     "Relu": (nn.ReLU(), {"Relu"}, (4, 5, 5)),
@@ -109,6 +115,14 @@ CASES = {  # name: (op module, op types it covers, input shape[, "ties": post-Re
                (4, 5, 5)),
     "Slice": (Lambda(lambda x: x[:, 1:3, 1:4, 2:]), {"Slice"}, (4, 5, 5)),
     "Unsqueeze": (Lambda(lambda x: x.unsqueeze(2)), {"Unsqueeze"}, (4, 5, 5)),
+    # MobileViT, GhostNetV2: Resize to a size read from a shape at run time ([B, C] dynamic)
+    "Resize-computed-sizes": (Lambda(lambda x: F.interpolate(
+        F.avg_pool2d(x, 2), size=x.shape[-2:], mode="bilinear", align_corners=False)),
+        {"Resize"}, (4, 6, 6)),
+    # CrossViT averages its branches' logits: a stack [2, B, …] and a mean over axis 0, which
+    # has a static size there (the batch is axis 1)
+    "Stack-mean-axis0": (Lambda(lambda x: torch.stack([x, 2 * x[:, [1, 0, 3, 2]]]).mean(0)),
+                         {"Concat", "ReduceMean"}, (4, 3, 3)),
     "Squeeze": (Lambda(lambda x: x.squeeze(2)), {"Squeeze"}, (4, 1, 5)),
 }
 
@@ -261,3 +275,16 @@ def test_maxpool_indices_output_is_refused():
     graph = hand_built(node, {}, (4, 6, 6), head)
     with pytest.raises(BincamError, match="MaxPool node .*Indices output is not supported"):
         append_gradients(graph, "x", "logits")
+
+
+@pytest.mark.parametrize("mix", ["mean", "concat"])
+def test_mixing_the_images_of_a_batch_is_refused(mix):
+    """A mean or a concatenation over the (dynamic) batch axis mixes images: refused by name."""
+    fn = (lambda x: x - x.mean(0, keepdim=True)) if mix == "mean" else \
+        (lambda x: torch.cat([x, 2 * x], 0))
+    x = torch.randn(3, 4, 5, 5)
+    module = Probe(Lambda(fn), 100).eval()
+    graph = export(module, x)
+    with pytest.raises(BincamError, match="batch axis"):
+        append_gradients(graph, "x", "logits")
+

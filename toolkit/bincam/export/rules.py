@@ -35,10 +35,12 @@ def _attrs(node) -> dict:
 
 
 def _const(b, name: str, what: str, node) -> np.ndarray:
-    if name not in b.consts:
-        raise BincamError(f"{node.op_type} node {node.name!r}: its {what} {name!r} must be a "
-                          "constant for the gradient export")
-    return b.consts[name]
+    """The constant value of input ``name`` (folded where it is computed from constants)."""
+    value = b.constant(name)
+    if value is None:
+        raise BincamError(f"{node.op_type} node {node.name!r}: its {what} {name!r} depends on "
+                          "the model's input; the gradient export needs it constant")
+    return value
 
 
 def _only(node, wanted, index=0):
@@ -151,11 +153,23 @@ def transpose(b, node, dys, wanted):
                                   perm=[0] + [p + 1 for p in inverse])}
 
 
+def _batch_axis_refused(b, node, x: str, axes: list[int], what: str) -> None:
+    """A reduction or concatenation over axis 0 is over the batch unless axis 0 has a static
+    size (a stack of branches, CrossViT's logits ``[2, B, K]``: the batch is dynamic)."""
+    if 0 in axes and b.shape(x)[0] is None:
+        raise BincamError(f"{node.op_type} node {node.name!r} {what} the batch axis (axis 0 of "
+                          f"{x!r}); bincam explains each image on its own, so a model that mixes "
+                          "the images of a batch cannot be explained")
+
+
 def _spread_mean(b, node, dy, axes: list[int], keepdims: bool):
     """Gradient of a mean over ``axes`` of the input: ``dY / n``, broadcast back."""
     x = node.input[0]
-    dims = b.static(x)
-    count = int(np.prod([dims[a - 1] for a in axes]))
+    dims = b.shape(x)
+    if any(dims[a] is None for a in axes):
+        raise BincamError(f"{node.op_type} node {node.name!r}: the size of a reduced axis of "
+                          f"{x!r} is not static ({dims})")
+    count = int(np.prod([dims[a] for a in axes]))
     if not keepdims:
         dy = b.unsqueeze(dy, [a + 1 for a in axes])
     scaled = b.node("Mul", [dy, b.const(1.0 / count, "inv_count")], "mean")
@@ -180,8 +194,7 @@ def reduce_mean(b, node, dys, wanted):
     else:
         axes = a.get("axes", list(range(rank)))
     axes = sorted(ax % rank for ax in axes)
-    if 0 in axes:
-        raise BincamError(f"ReduceMean node {node.name!r} reduces over the batch axis")
+    _batch_axis_refused(b, node, node.input[0], axes, "reduces over")
     return _spread_mean(b, node, dys[node.output[0]], axes, bool(a.get("keepdims", 1)))
 
 
@@ -213,7 +226,7 @@ def conv(b, node, dys, wanted):
     w = _const(b, node.input[1], "weight", node)
     group = _attrs(node).get("group", 1)
     return {node.input[0]: _transpose_conv(b, node, dys[node.output[0]], node.input[0],
-                                           node.input[1], w.shape[2:], group)}
+                                           b.constant_input(node.input[1]), w.shape[2:], group)}
 
 
 @vjp_rule("Concat")
@@ -221,11 +234,14 @@ def concat(b, node, dys, wanted):
     """``dXᵢ`` is the slice of ``dY`` that ``Xᵢ`` occupies along the axis."""
     rank = len(b.shape(node.output[0]))
     axis = _attrs(node)["axis"] % rank
-    if axis == 0:
-        raise BincamError(f"Concat node {node.name!r} along the batch axis is not supported")
+    for x in node.input:
+        _batch_axis_refused(b, node, x, [axis], "concatenates along")
     pairs, start = [], 0
     for x in node.input:
-        size = b.static(x)[axis - 1]
+        size = b.shape(x)[axis]
+        if size is None:
+            raise BincamError(f"Concat node {node.name!r}: the size of {x!r} along axis {axis} "
+                              "is not static")
         if x in wanted:  # one tensor concatenated twice gets both slices
             pairs.append((x, b.node("Slice", [dys[node.output[0]], b.const([start], "s", np.int64),
                                               b.const([start + size], "e", np.int64),

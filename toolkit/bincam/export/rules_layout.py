@@ -88,14 +88,30 @@ def _input(node, i: int) -> str:
     return node.input[i] if len(node.input) > i else ""
 
 
+def _sizes(b, node, axes: list[int]) -> np.ndarray:
+    """A Resize node's ``sizes``: the constant, or — computed at run time from a shape, as
+    MobileViT and GhostNetV2 do (``[B, C]`` read from the input, ``H × W`` fixed) — the static
+    size of its output on the resized axes, which shape inference proved."""
+    value = b.constant(node.input[3])
+    if value is not None:
+        return value
+    out = b.shape(node.output[0]) if node.output[0] in b.shapes else []
+    if len(out) == 4 and all(isinstance(d, int) for d in out[2:]) and \
+            out[1] == b.shape(node.input[0])[1]:
+        return np.array([out[ax % 4] for ax in axes] if axes else [0, 0, *out[2:]], np.int64)
+    raise BincamError(f"Resize node {node.name!r}: its sizes {node.input[3]!r} are computed at run "
+                      "time and its output size is not static; export the model with a fixed "
+                      "input size (no dynamic height or width) so the sizes are known")
+
+
 def _axis_matrices(b, node, size_in: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """``(A_h [Ho, H], A_w [Wo, W])`` of a Resize node, from ONNX Runtime on basis images."""
     import onnxruntime as ort
 
     a = _attrs(node)
     scales = _const(b, node.input[2], "scales", node) if _input(node, 2) else None
-    sizes = _const(b, node.input[3], "sizes", node) if _input(node, 3) else None
     axes = list(a.get("axes", []))
+    sizes = _sizes(b, node, axes) if _input(node, 3) else None
     if axes and sorted(ax % 4 for ax in axes) != [2, 3]:
         raise BincamError(f"Resize node {node.name!r}: only resizing the last two axes is "
                           "supported")

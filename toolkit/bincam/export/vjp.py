@@ -22,6 +22,9 @@ from bincam.errors import BincamError
 from bincam.export.opset import axes_as_input, check_appended, check_own_nodes, model_opset
 
 GRADIENTS = "gradients"
+# what a user can do when a node between the CAM tensor and the logits has no gradient rule
+WAY_OUT = ("explain a tensor after that node instead (--activation; --list-activations "
+           "lists them), or report the model to bincam")
 
 
 class VjpBuilder:
@@ -35,6 +38,7 @@ class VjpBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.consts = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
+        self.folded: dict[str, str | None] = {}  # folded tensor → its initializer, once made
         for node in self.graph.node:
             if node.op_type == "Constant":
                 self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
@@ -48,6 +52,57 @@ class VjpBuilder:
             self.shapes.setdefault(name, list(value.shape))
         self._count = 0
         self._kshape: dict[str, str] = {}
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` if it does not depend on the graph's inputs: an initializer, a
+        ``Constant``, or computed from those alone (NFNet's weight standardisation makes its
+        convolution weights so), evaluated once by ONNX Runtime; else None."""
+        if name in self.consts:
+            return self.consts[name]
+        producer = {o: n for n in self.graph.node for o in n.output}
+        inputs = {i.name for i in self.graph.input} - set(self.consts)
+        seen, stack, needed = {name}, [name], []
+        while stack:
+            tensor = stack.pop()
+            if tensor in self.consts:
+                continue
+            node = producer.get(tensor)
+            if node is None or tensor in inputs or node.op_type.startswith("Random"):
+                return None  # a graph input (or a random draw) feeds it
+            needed.append(node)
+            for i in node.input:
+                if i and i not in seen:
+                    seen.add(i)
+                    stack.append(i)
+        import onnxruntime as ort
+
+        order = {id(n): k for k, n in enumerate(self.graph.node)}
+        nodes = sorted({id(n): n for n in needed}.values(), key=lambda n: order[id(n)])
+        used = {i for n in nodes for i in n.input}
+        inits = [numpy_helper.from_array(v, k) for k, v in self.consts.items() if k in used]
+        graph = helper.make_graph(nodes, "fold", [], [helper.make_empty_tensor_value_info(name)],
+                                  inits)
+        part = helper.make_model(graph, opset_imports=self.model.opset_import,
+                                 ir_version=self.model.ir_version)
+        try:
+            value = ort.InferenceSession(part.SerializeToString(), providers=[
+                "CPUExecutionProvider"]).run([name], {})[0]
+        except Exception:  # noqa: BLE001 - not foldable here: the rule refuses as before
+            return None
+        self.consts[name] = value
+        self.folded[name] = None
+        self.shapes.setdefault(name, list(value.shape))
+        return value
+
+    def constant_input(self, name: str) -> str:
+        """``name`` where the graph holds it as a constant; for a folded value (``constant``) a
+        new initializer with it, so the appended nodes read a build-time constant."""
+        if name not in self.folded:
+            return name
+        if self.folded[name] is None:
+            value = self.consts[name]
+            self.folded[name] = self.const(value, "folded", value.dtype)
+        return self.folded[name]
 
     def name(self, hint: str) -> str:
         self._count += 1
@@ -204,7 +259,7 @@ def append_gradients(model: onnx.ModelProto, activations: str, logits: str,
         rule = RULES.get(node.op_type)
         if rule is None:
             raise BincamError(f"no gradient rule for op {node.op_type} (node {node.name!r}) on the "
-                              f"path from {activations!r} to {logits!r}")
+                              f"path from {activations!r} to {logits!r}; {WAY_OUT}")
         dys = {}
         for out in node.output:
             if cot.get(out):
@@ -213,7 +268,11 @@ def append_gradients(model: onnx.ModelProto, activations: str, logits: str,
         if not dys:
             continue
         wanted = [i for i in node.input if i in on_path]
-        for name, grad in rule(b, node, dys, wanted).items():
+        try:
+            grads = rule(b, node, dys, wanted)
+        except BincamError as error:
+            raise BincamError(f"{error}; {WAY_OUT}") from None
+        for name, grad in grads.items():
             cot[name].append(grad)
     parts = cot[activations]
     grad = parts[0] if len(parts) == 1 else b.node("Sum", parts, "accumulate")
