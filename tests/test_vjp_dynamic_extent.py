@@ -1,6 +1,7 @@
-"""Slice and Gather gradients along a token axis whose extent is known at run time only, as PiT
-exports them (``x[:, :n_tokens]`` with ``n_tokens`` computed from a shape, then the class-token
-``Gather``): a valid graph at every opset 13–21, equal to float64 autograd at two token counts."""
+"""Slice, Concat and Gather gradients along a token axis whose extent is known at run time only,
+as PiT exports them (``x[:, :n_tokens]`` with ``n_tokens`` computed from a shape, the class token
+concatenated back, then the class-token ``Gather``): a valid graph at every opset 13–21, equal to
+float64 autograd at two token counts."""
 
 from __future__ import annotations
 
@@ -21,14 +22,17 @@ INDICES = {"class-token": np.array(0, np.int64),
 
 
 def pit_like(opset: int, indices: np.ndarray, head: np.ndarray) -> onnx.ModelProto:
-    """``x [B, n, C] → x[:, 1:n − 2] → take(·, indices, axis 1) → flatten → ·head``, ``n``
-    dynamic; the slice's end computed from ``Shape(x)`` as the exporter writes it."""
+    """``x [B, n, C] → s = x[:, 1:n − 2] → cat(x[:, :1], s, s) → take(·, indices, axis 1) →
+    flatten → ·head``, ``n`` dynamic; the slice's end computed from ``Shape(x)`` as the exporter
+    writes it."""
     unsqueeze = (N("Unsqueeze", ["e", "zero_axis"], ["e1"]) if axes_as_input("Unsqueeze", opset)
                  else N("Unsqueeze", ["e"], ["e1"], axes=[0]))
     nodes = [N("Shape", ["x"], ["sh"]), N("Gather", ["sh", "one"], ["n"], axis=0),
              N("Sub", ["n", "two"], ["e"]), unsqueeze,
              N("Slice", ["x", "start", "e1", "axis1"], ["s"]),
-             N("Gather", ["s", "idx"], ["g"], axis=1), N("Flatten", ["g"], ["f"], axis=1),
+             N("Slice", ["x", "zero_axis", "start", "axis1"], ["cls"]),
+             N("Concat", ["cls", "s", "s"], ["c"], axis=1),
+             N("Gather", ["c", "idx"], ["g"], axis=1), N("Flatten", ["g"], ["f"], axis=1),
              N("MatMul", ["f", "head"], ["logits"])]
     consts = {"one": np.array(1, np.int64), "two": np.array(2, np.int64),
               "zero_axis": np.array([0], np.int64), "start": np.array([1], np.int64),
@@ -53,7 +57,9 @@ def test_dynamic_token_axis_gradients(which, opset):
     sess = ort.InferenceSession(extended.SerializeToString(), providers=["CPUExecutionProvider"])
     for tokens in (7, 10):
         x = torch.randn(2, tokens, C, dtype=torch.float64, requires_grad=True)
-        z = x[:, 1:tokens - 2][:, torch.from_numpy(indices)].flatten(1) @ torch.from_numpy(head)
+        s = x[:, 1:tokens - 2]
+        c = torch.cat([x[:, :1], s, s], 1)
+        z = c[:, torch.from_numpy(indices)].flatten(1) @ torch.from_numpy(head)
         expected = torch.stack([torch.autograd.grad(z[:, k].sum(), x, retain_graph=True)[0]
                                 for k in range(K)], 1).numpy()
         got = sess.run([GRADIENTS], {"x": x.detach().float().numpy()})[0]

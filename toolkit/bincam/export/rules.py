@@ -218,19 +218,29 @@ def conv(b, node, dys, wanted):
 
 @vjp_rule("Concat")
 def concat(b, node, dys, wanted):
-    """``dXᵢ`` is the slice of ``dY`` that ``Xᵢ`` occupies along the axis."""
+    """``dXᵢ`` is the slice of ``dY`` that ``Xᵢ`` occupies along the axis (its bounds from the
+    inputs' shapes at run time where an extent is dynamic, as PiT's class token's)."""
     rank = len(b.shape(node.output[0]))
     axis = _attrs(node)["axis"] % rank
     if axis == 0:
         raise BincamError(f"Concat node {node.name!r} along the batch axis is not supported")
-    pairs, start = [], 0
+    pairs, start = [], 0   # start: an int while every extent so far is static, else a tensor
+    at = b.const([axis], "axis", np.int64)
     for x in node.input:
-        size = b.static(x)[axis - 1]
+        size = b.shape(x)[axis]
+        if size is not None and isinstance(start, int):
+            end = start + size
+        else:
+            extent = b.const([size], "extent", np.int64) if size is not None else \
+                b.node("Gather", [b.node("Shape", [x], "shape"), at], "extent")
+            begin = b.const([start], "s", np.int64) if isinstance(start, int) else start
+            end = b.node("Add", [begin, extent], "end")
         if x in wanted:  # one tensor concatenated twice gets both slices
-            pairs.append((x, b.node("Slice", [dys[node.output[0]], b.const([start], "s", np.int64),
-                                              b.const([start + size], "e", np.int64),
+            bounds = [b.const([v], "s", np.int64) if isinstance(v, int) else v
+                      for v in (start, end)]
+            pairs.append((x, b.node("Slice", [dys[node.output[0]], *bounds,
                                               b.const([axis + 1], "ax", np.int64)], "concat")))
-        start += size
+        start = end
     return _collect(b, pairs)
 
 
