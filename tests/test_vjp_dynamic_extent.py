@@ -12,6 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from bincam.export.lint import SUPPORTED, lint_tensorrt
 from bincam.export.opset import OPSETS, axes_as_input
 from bincam.export.vjp import GRADIENTS, append_gradients
 
@@ -54,6 +55,9 @@ def test_dynamic_token_axis_gradients(which, opset):
     model = pit_like(opset, indices, head.astype(np.float32))
     extended = append_gradients(model, "x", "logits")
     onnx.checker.check_model(extended, full_check=True)
+    new_nodes = extended.graph.node[len(model.graph.node):]
+    assert {n.op_type for n in new_nodes} <= set(SUPPORTED)
+    assert [p for p in lint_tensorrt(extended) if any(f"'{n.name}'" in p for n in new_nodes)] == []
     sess = ort.InferenceSession(extended.SerializeToString(), providers=["CPUExecutionProvider"])
     for tokens in (7, 10):
         x = torch.randn(2, tokens, C, dtype=torch.float64, requires_grad=True)

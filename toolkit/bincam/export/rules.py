@@ -225,14 +225,14 @@ def concat(b, node, dys, wanted):
     if axis == 0:
         raise BincamError(f"Concat node {node.name!r} along the batch axis is not supported")
     pairs, start = [], 0   # start: an int while every extent so far is static, else a tensor
-    at = b.const([axis], "axis", np.int64)
     for x in node.input:
         size = b.shape(x)[axis]
         if size is not None and isinstance(start, int):
             end = start + size
         else:
             extent = b.const([size], "extent", np.int64) if size is not None else \
-                b.node("Gather", [b.node("Shape", [x], "shape"), at], "extent")
+                b.node("Gather", [b.node("Shape", [x], "shape"),
+                                  b.const([axis], "axis", np.int64)], "extent")
             begin = b.const([start], "s", np.int64) if isinstance(start, int) else start
             end = b.node("Add", [begin, extent], "end")
         if x in wanted:  # one tensor concatenated twice gets both slices

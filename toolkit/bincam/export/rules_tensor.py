@@ -24,8 +24,6 @@ def gather(b, node, dys, wanted):
     axis = _attrs(node).get("axis", 0) % rank
     size = b.shape(x)[axis]
     idx = np.asarray(_const(b, node.input[1], "indices", node), dtype=np.int64)
-    if axis == 0:
-        raise BincamError(f"Gather node {node.name!r} gathers along the batch axis")
     flat = idx.ravel()
     dy = dys[y]
     if idx.ndim == 0:
