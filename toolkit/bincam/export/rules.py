@@ -265,6 +265,8 @@ def slice_(b, node, dys, wanted):
         ax, s, step = int(ax) % rank, int(s), int(step)
         if ax == 0:
             raise BincamError(f"Slice node {node.name!r} slices the batch axis")
+        if step == 0:
+            raise BincamError(f"Slice node {node.name!r} has a step of 0, which ONNX forbids")
         n = dims[ax]
         if step == 1 and (n is None or ends is None):
             dx = _pad_at_run_time(b, dx, x, y, ax, s)
