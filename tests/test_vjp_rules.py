@@ -114,6 +114,17 @@ CASES = {  # name: (op module, op types it covers, input shape[, "ties": post-Re
     "Concat": (Lambda(lambda x: torch.cat([x, 2 * x[:, :2]], 1)), {"Concat", "Slice", "Mul"},
                (4, 5, 5)),
     "Slice": (Lambda(lambda x: x[:, 1:3, 1:4, 2:]), {"Slice"}, (4, 5, 5)),
+    # strided slices (LeViT's subsampling x[:, ::2]): two axes, a remainder, an end past the extent
+    "Slice-step2-two-axes": (Lambda(lambda x: x[:, ::2, 1::3]), {"Slice"}, (5, 7, 8)),
+    "Slice-step3-clamped-end": (Lambda(lambda x: x[:, 1:100:3]), {"Slice"}, (8, 5)),
+    "Slice-flip": (Lambda(lambda x: torch.flip(x, [2])), {"Slice"}, (4, 5, 6)),  # step −1
+    # index tensors of rank 2 and 3, negative and repeated indices (their gradients add up)
+    "Gather-rank2": (Lambda(lambda x: x[:, :, torch.tensor([[0, -1], [2, 0]])]), {"Gather"},
+                     (4, 5, 6)),
+    "Gather-rank3-last-axis": (Lambda(lambda x: x[..., torch.tensor([[[5, -1], [0, 0]],
+                                                                     [[-6, 2], [3, 3]]])]),
+                               {"Gather"}, (4, 6)),
+    "Gather-rank2-one-index": (Lambda(lambda x: x[:, torch.tensor([[-2]])]), {"Gather"}, (5, 3)),
     "Unsqueeze": (Lambda(lambda x: x.unsqueeze(2)), {"Unsqueeze"}, (4, 5, 5)),
     # MobileViT, GhostNetV2: Resize to a size read from a shape at run time ([B, C] dynamic)
     "Resize-computed-sizes": (Lambda(lambda x: F.interpolate(
@@ -140,6 +151,17 @@ HAND_BUILT = {  # name: (ONNX node x → y, its constant inputs, torch equivalen
         {"W": _rng.normal(size=(20, 6)).astype(np.float32),
          "C": _rng.normal(size=6).astype(np.float32)},
         lambda x, c: 0.5 * x @ c["W"] + 2.0 * c["C"], {"Gemm"}, (20,)),
+    # negative steps on several axes, starts and ends past the extent (ONNX clamps them)
+    "Slice-negative-steps": (
+        helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["y"]),
+        {"st": np.array([-1, 4, 0], np.int64), "en": np.array([-2**63, 0, 2**63 - 1], np.int64),
+         "ax": np.array([3, 1, -2], np.int64), "sp": np.array([-2, -1, 3], np.int64)},
+        lambda x, c: x.flip(3)[..., ::2][:, 1:5].flip(1)[:, :, ::3], {"Slice"}, (6, 5, 7)),
+    "Slice-step-2-clamped-start": (
+        helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["y"]),
+        {"st": np.array([100], np.int64), "en": np.array([-100], np.int64),
+         "ax": np.array([-1], np.int64), "sp": np.array([-2], np.int64)},
+        lambda x, c: x.flip(-1)[..., ::2], {"Slice"}, (4, 6)),
 }
 COVERED = set().union(*(case[1] for case in CASES.values()),
                       *(case[3] for case in HAND_BUILT.values()))

@@ -231,47 +231,99 @@ def conv(b, node, dys, wanted):
 
 @vjp_rule("Concat")
 def concat(b, node, dys, wanted):
-    """``dXᵢ`` is the slice of ``dY`` that ``Xᵢ`` occupies along the axis."""
+    """``dXᵢ`` is the slice of ``dY`` that ``Xᵢ`` occupies along the axis (its bounds from the
+    inputs' shapes at run time where an extent is dynamic, as PiT's class token's)."""
     rank = len(b.shape(node.output[0]))
     axis = _attrs(node)["axis"] % rank
     for x in node.input:
         _batch_axis_refused(b, node, x, [axis], "concatenates along")
-    pairs, start = [], 0
+    pairs, start = [], 0   # start: an int while every extent so far is static, else a tensor
     for x in node.input:
         size = b.shape(x)[axis]
-        if size is None:
-            raise BincamError(f"Concat node {node.name!r}: the size of {x!r} along axis {axis} "
-                              "is not static")
+        if size is not None and isinstance(start, int):
+            end = start + size
+        else:
+            extent = b.const([size], "extent", np.int64) if size is not None else \
+                b.node("Gather", [b.node("Shape", [x], "shape"),
+                                  b.const([axis], "axis", np.int64)], "extent")
+            begin = b.const([start], "s", np.int64) if isinstance(start, int) else start
+            end = b.node("Add", [begin, extent], "end")
         if x in wanted:  # one tensor concatenated twice gets both slices
-            pairs.append((x, b.node("Slice", [dys[node.output[0]], b.const([start], "s", np.int64),
-                                              b.const([start + size], "e", np.int64),
+            bounds = [b.const([v], "s", np.int64) if isinstance(v, int) else v
+                      for v in (start, end)]
+            pairs.append((x, b.node("Slice", [dys[node.output[0]], *bounds,
                                               b.const([axis + 1], "ax", np.int64)], "concat")))
-        start += size
+        start = end
     return _collect(b, pairs)
 
 
 @vjp_rule("Slice")
 def slice_(b, node, dys, wanted):
-    """``dX`` is ``dY`` zero-padded back to the input's extent (steps of 1)."""
+    """``Y = X[s:e:t]`` along each sliced axis (ONNX's clamping): ``dX`` is zero but where ``X``
+    was read. Steps of 1 pad ``dY`` back (by the forward shapes where the extent or the end is
+    only known at run time); other steps gather ``concat(dY, 0)`` with, for each input position,
+    the output position that read it or the zero."""
     _only(node, wanted)
-    x = node.input[0]
+    x, y = node.input[0], node.output[0]
     dims = b.shape(x)
+    rank = len(dims)
     starts = _const(b, node.input[1], "starts", node)
-    ends = _const(b, node.input[2], "ends", node)
     axes = _const(b, node.input[3], "axes", node) if len(node.input) > 3 and node.input[3] \
         else np.arange(len(starts))
-    if len(node.input) > 4 and node.input[4] and np.any(_const(b, node.input[4], "steps", node) != 1):
-        raise BincamError(f"Slice node {node.name!r}: only steps of 1 are supported")
-    pads = [0] * (2 * (len(dims) + 1))
-    for s, e, ax in zip(starts, ends, axes):
-        ax = int(ax) % len(dims)
+    steps = _const(b, node.input[4], "steps", node) if len(node.input) > 4 and node.input[4] \
+        else np.ones(len(starts), np.int64)
+    ends = b.consts.get(node.input[2])
+    dx, pads = dys[y], np.zeros(2 * (rank + 1), np.int64)
+    for i, (s, ax, step) in enumerate(zip(starts, axes, steps)):
+        ax, s, step = int(ax) % rank, int(s), int(step)
         if ax == 0:
             raise BincamError(f"Slice node {node.name!r} slices the batch axis")
+        if step == 0:
+            raise BincamError(f"Slice node {node.name!r} has a step of 0, which ONNX forbids")
         n = dims[ax]
-        s, e = int(np.clip(s if s >= 0 else s + n, 0, n)), int(np.clip(e if e >= 0 else e + n, 0, n))
-        pads[ax + 1], pads[ax + 1 + len(dims) + 1] = s, n - e
-    return {x: b.node("Pad", [dys[node.output[0]], b.const(pads, "pads", np.int64)], "slice",
-                      mode="constant")}
+        if step == 1 and (n is None or ends is None):
+            dx = _pad_at_run_time(b, dx, x, y, ax, s)
+            continue
+        if ends is None:
+            _const(b, node.input[2], "ends", node)  # raises: a step other than 1 needs the ends
+        if n is None:
+            raise BincamError(f"Slice node {node.name!r}: a step of {step} needs a static extent "
+                              f"along axis {ax}")
+        read = range(*slice(s, int(ends[i]), step).indices(n))   # ONNX clamps as Python does
+        if step == 1:
+            pads[ax + 1], pads[ax + rank + 2] = read.start, n - read.start - len(read)
+            continue
+        source = np.full(n, len(read), np.int64)                   # len(read): the zero slab
+        source[list(read)] = np.arange(len(read))
+        slab = np.zeros(2 * (rank + 1), np.int64)
+        slab[ax + rank + 2] = 1
+        dx = b.node("Pad", [dx, b.const(slab, "pads", np.int64)], "slice_zero", mode="constant")
+        dx = b.node("Gather", [dx, b.const(source, "source", np.int64)], "slice", axis=ax + 1)
+    if pads.any():
+        dx = b.node("Pad", [dx, b.const(pads, "pads", np.int64)], "slice", mode="constant")
+    return {x: dx}
+
+
+def _pad_at_run_time(b, dy: str, x: str, y: str, ax: int, start: int) -> str:
+    """``dY`` padded back along ``ax`` (step 1, constant ``start``) by pads computed from the
+    forward shapes: ``before = clamp(start, 0, n)``, ``after = n − before − m`` (``n``, ``m`` the
+    extents of ``X`` and ``Y``)."""
+    rank = len(b.shape(x))
+    at = b.const([ax], "axis", np.int64)
+    n = b.node("Gather", [b.node("Shape", [x], "shape"), at], "extent")
+    m = b.node("Gather", [b.node("Shape", [y], "shape"), at], "extent")
+    if start >= 0:
+        before = b.node("Min", [n, b.const([start], "start", np.int64)], "before")
+    else:
+        before = b.node("Max", [b.node("Add", [n, b.const([start], "start", np.int64)]),
+                                b.const([0], "zero", np.int64)], "before")
+    after = b.node("Sub", [b.node("Sub", [n, before]), m], "after")
+    parts = [b.const(np.zeros(ax + 1), "pads", np.int64), before,
+             b.const(np.zeros(rank), "pads", np.int64), after]
+    if rank - ax - 1:
+        parts.append(b.const(np.zeros(rank - ax - 1), "pads", np.int64))
+    pads = b.node("Concat", parts, "pads", axis=0)
+    return b.node("Pad", [dy, pads], "slice", mode="constant")
 
 
 @vjp_rule("Pad")

@@ -13,32 +13,58 @@ from bincam.export.rules import _attrs, _collect, _const, _only, vjp_rule
 
 @vjp_rule("Gather")
 def gather(b, node, dys, wanted):
-    """``Y = take(X, i, axis)``, constant indices of rank ≤ 1: ``dX`` is zero but for
-    ``dX[…, iⱼ, …] += dY[…, j, …]`` — repeated indices add up. One index (the class-token pick
-    ``x[:, 0]``) pads ``dY`` back; several multiply it by their one-hot ``[n, N]`` matrix."""
+    """``Y = take(X, I, axis)``, constant indices ``I`` of any rank (``Y``'s ``I`` axes flattened
+    to one of ``m``): ``dX`` is zero but for ``dX[…, Iⱼ, …] += dY[…, j, …]`` — negative indices
+    count from the end, repeated ones add up. One index along a static axis (the class-token pick
+    ``x[:, 0]``) pads ``dY`` back; otherwise ``dY`` times the one-hot ``[m, N]`` matrix of ``I``,
+    built at run time from ``N = shape(X)[axis]`` where that extent is dynamic."""
     _only(node, wanted)
     x, y = node.input[0], node.output[0]
     rank = len(b.shape(x))
     axis = _attrs(node).get("axis", 0) % rank
     size = b.shape(x)[axis]
     idx = np.asarray(_const(b, node.input[1], "indices", node), dtype=np.int64)
-    if size is None or idx.ndim > 1:
-        raise BincamError(f"Gather node {node.name!r}: only indices of rank ≤ 1 along a static "
-                          "axis are supported")
-    idx = np.where(idx < 0, idx + size, idx)
+    flat = idx.ravel()
     dy = dys[y]
     if idx.ndim == 0:
         dy = b.unsqueeze(dy, [axis + 1])
-    if idx.size == 1:
+    elif idx.ndim > 1:  # [K, *lead, *I, *trail] → [K, *lead, m, *trail]
+        shape = b.k_shape(x)
+        lead = b.node("Slice", [shape, b.const([0], "s", np.int64),
+                                b.const([axis + 1], "e", np.int64)], "lead")
+        trail = b.node("Slice", [shape, b.const([axis + 2], "s", np.int64),
+                                 b.const([rank + 1], "e", np.int64)], "trail")
+        shape = b.node("Concat", [lead, b.const([flat.size], "m", np.int64), trail], "rows",
+                       axis=0)
+        dy = b.node("Reshape", [dy, shape], "rows")
+    if size is not None and flat.size == 1:
+        i = int(flat[0]) % size
         pads = np.zeros(2 * (rank + 1), dtype=np.int64)
-        pads[axis + 1], pads[axis + rank + 2] = int(idx.ravel()[0]), size - 1 - int(idx.ravel()[0])
+        pads[axis + 1], pads[axis + rank + 2] = i, size - 1 - i
         return {x: b.node("Pad", [dy, b.const(pads, "pads", np.int64)], "gather", mode="constant")}
-    one_hot = b.const(np.eye(size, dtype=np.float32)[idx], "one_hot")      # [n, N]
+    if size is not None:
+        one_hot = b.const(np.eye(size, dtype=np.float32)[flat % size], "one_hot")   # [m, N]
+    else:
+        one_hot = _one_hot_at_run_time(b, x, axis, flat)
     if axis == rank - 1:
         return {x: b.node("MatMul", [dy, one_hot], "gather")}
     perm = [i for i in range(rank + 1) if i != axis + 1] + [axis + 1]   # the axis last
     spread = b.node("MatMul", [b.node("Transpose", [dy], "to_last", perm=perm), one_hot], "gather")
     return {x: b.node("Transpose", [spread], "from_last", perm=[int(p) for p in np.argsort(perm)])}
+
+
+def _one_hot_at_run_time(b, x: str, axis: int, flat: np.ndarray) -> str:
+    """The ``[m, N]`` one-hot matrix of the indices ``flat`` along ``X``'s ``axis`` whose extent
+    ``N`` is known at run time only: ``1[Iⱼ + N·1[Iⱼ < 0] = range(N)ᵢ]``."""
+    n = b.node("Gather", [b.node("Shape", [x], "shape"), b.const(axis, "axis", np.int64)],
+               "extent")                                                          # scalar N
+    positions = b.node("Range", [b.const(0, "zero", np.int64), n, b.const(1, "one", np.int64)],
+                       "positions")                                               # [N]
+    wrapped = b.node("Add", [b.const(flat[:, None], "indices", np.int64),
+                             b.node("Mul", [b.const((flat < 0)[:, None], "negative", np.int64),
+                                            n])], "indices")                      # [m, 1]
+    hits = b.node("Equal", [wrapped, positions], "hits")
+    return b.node("Cast", [hits], "one_hot", to=TensorProto.FLOAT)
 
 
 @vjp_rule("Split")
