@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 NUM_CLASSES = 40
+FORWARD_FACTOR = 10  # float32 error inside a network over its error at the logits (float32_floor)
+MOVE_CAP = 1e-5      # the floor's relative move of the activations at most (~100 float32 ulps)
 
 DEFAULT_MODELS = (
     "resnet18", "resnet50", "vgg11_bn", "alexnet", "squeezenet1_0", "densenet121", "googlenet",
@@ -338,12 +340,16 @@ def per_image_errors(g: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def float32_floor(model, site, x: np.ndarray, activations: np.ndarray, reference: np.ndarray,
-                  to_maps=lambda g: g, repeats: int = 4, seed: int = 0) -> np.ndarray:
-    """Per image, the largest relative L2 between float32 torch autograd and the float64
-    ``reference``, measured like the engine's error: at the engine's ``activations`` and at
-    ``repeats − 1`` copies moved by up to one float32 ulp. Where a ReLU input downstream of the
-    CAM tensor sits within float32 rounding of zero, float32 and float64 may take different
-    sides of the kink, and a correct float32 engine can be as far off as torch's own float32."""
+                  forward_error: float, to_maps=lambda g: g, repeats: int = 4,
+                  seed: int = 0) -> np.ndarray:
+    """Per image, how far gradients of a correct float32 engine may be from the float64
+    ``reference`` at a ReLU kink: the largest relative L2 of (a) float32 torch autograd at the
+    engine's ``activations`` and at copies moved by up to one float32 ulp, and (b) float64
+    autograd at copies moved by ``FORWARD_FACTOR × forward_error`` relative, at most
+    ``MOVE_CAP`` (the engine's own
+    float32 error at the logits against float64 at the same activations; inside the network it
+    is larger than at the pooled logits). A ReLU input within that of zero downstream of the CAM
+    tensor takes either side of the kink, and so may the engine's."""
     rng = np.random.default_rng(seed)
     a32 = activations.astype(np.float32)
     worst = np.zeros(reference.shape[0])
@@ -352,7 +358,18 @@ def float32_floor(model, site, x: np.ndarray, activations: np.ndarray, reference
                                 ).astype(np.float32)
         _, g = reference_gradients(model, site, x.astype(np.float32), a, dtype="float32")
         worst = np.maximum(worst, per_image_errors(to_maps(g.astype(np.float64)), reference))
+    eps = min(FORWARD_FACTOR * max(forward_error, float(np.finfo(np.float32).eps)), MOVE_CAP)
+    for _ in range(repeats):
+        a = activations.astype(np.float64) * (1 + eps * rng.uniform(-1, 1, activations.shape))
+        _, g = reference_gradients(model, site, x.astype(np.float64), a)
+        worst = np.maximum(worst, per_image_errors(to_maps(g), reference))
     return worst
+
+
+def forward_error(engine_logits: np.ndarray, reference_logits: np.ndarray) -> float:
+    """The engine's worst relative L2 error of an image's logits against float64."""
+    diff = np.linalg.norm(engine_logits.astype(np.float64) - reference_logits, axis=1)
+    return float((diff / np.maximum(np.linalg.norm(reference_logits, axis=1), 1e-300)).max())
 
 
 def relative_errors(g: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
