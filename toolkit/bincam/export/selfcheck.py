@@ -141,7 +141,7 @@ def finite_differences(part: Slice, a: np.ndarray, rng, exact=None,
     """Relative L2 of ``⟨G, V⟩ − FD`` over images, logits and directions at a generic point.
     With ``exact`` (the float64 slice) one tiny step crosses no kink; else the best of four
     float32 steps 1e-2…1e-5 (kinks add an error ∝ ε, rounding one ∝ 1/ε; a wrong rule is off at
-    all; LeViT's random-weight attention crosses kinks down to 1e-4: 0.87 there, 0.05 at 1e-5)."""
+    all; LeViT's random-weight attention crosses kinks down to 1e-4: 0.87 there)."""
     scale = float(np.sqrt(np.mean(a.astype(np.float64) ** 2))) or 1.0
     point = (a + rng.standard_normal(a.shape) * 0.05 * scale).astype(np.float32)
     grads = part.gradients(point).astype(np.float64)  # [B, K, *A]
