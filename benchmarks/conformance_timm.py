@@ -120,10 +120,9 @@ def tensor_row(model, path: Path, size: int, tensor: str, tokens: str, threads: 
                             np.full((1, 3, size, size), 0.5, np.float32)])  # flat: ties
         out = engine.run(x)
         g = dense_gradients(engine, out)
-        raw = out["activations"]
+        raw = found_by = out["activations"]  # found_by: the values the torch site is sought by
         if tokens == "swin":
-            raw = raw.transpose(0, 2, 3, 1)
-        found_by = raw  # the values the torch site is sought by
+            raw = found_by = raw.transpose(0, 2, 3, 1)
         elif tokens == "vit":  # the prefix tokens are not in the maps: from the source graph
             raw = _raw_tensor(path, tensor, x)
             # the graph's token → map order is the harness's (a wrong order is off by O(1); a
