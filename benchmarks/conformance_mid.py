@@ -148,25 +148,31 @@ def harness_input(size: int) -> np.ndarray:
 
 
 def mid_tensor(model_onnx, torch_model, usual: str | None) -> str:
-    """A mid-network tensor (never ``usual``): for the middle ``feature_info`` module, then the
-    earlier ones, then the later ones (a late one may carry no gradient: ViT), the tensors
-    leaving its scopes (last first), then those leaving the scopes of its topmost called
-    descendants (last finished first: a module returning a tuple, DPN's blocks, CrossViT's
-    branches); the first whose values equal a unique torch module's output (or its input, used
-    once) — what ``torch_site`` finds again — with more than one position; failing that, the
-    first candidate (unverified). Raises LookupError."""
+    """A mid-network tensor (never ``usual``). Candidates: for the middle ``feature_info``
+    module, then the earlier ones, then the later ones (a late one may carry no gradient: ViT),
+    the tensors leaving its scopes (last first), then those leaving the scopes of its topmost
+    called descendants (last finished first: where the module returns a list, or values made by
+    its own ops, as CrossViT's branches); after them the blocks of the model's largest block
+    sequence (``fallback_modules``: they stand in where ``feature_info`` names no module). The
+    first candidate with more than one position whose values equal a unique torch module's
+    output (or its input, used once) — what ``torch_site`` finds again; failing that, the first
+    candidate (unverified). Raises LookupError."""
     import torch
 
     info = getattr(torch_model, "feature_info", None) or []
     modules = [f["module"] for f in info if f.get("module")]
     named = dict(torch_model.named_modules())
     existing = [m for m in dict.fromkeys(modules) if m in named]
+    fallback = fallback_modules(torch_model)
     if not existing:
-        existing = fallback_modules(torch_model)
+        existing, fallback = fallback, []
     if not existing:
         raise LookupError("the model has no feature_info module and no block sequence")
     middle = len(existing) // 2
     order = [existing[middle]] + existing[:middle][::-1] + existing[middle + 1:]
+    half = len(fallback) // 2
+    order += [m for m in fallback[half:half + 1] + fallback[:half][::-1] + fallback[half + 1:]
+              if m not in order]
 
     size = model_onnx.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
     x = harness_input(size)

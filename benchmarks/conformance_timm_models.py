@@ -1,7 +1,8 @@
 """The timm side of `conformance_timm.py`: which models (the smallest variant of every family),
 how to build them small and realistic (random weights, BatchNorm statistics estimated, no
 identity blocks), where their usual Grad-CAM tensor is in the ONNX graph (the mid-network
-one: `conformance_mid`), and how a token tensor maps to the ``[B, C, h, w]`` maps of ``--tokens`` (for the reference)."""
+one: `conformance_mid`), and how a token tensor maps to the ``[B, C, h, w]`` maps of
+``--tokens`` (for the reference)."""
 
 from __future__ import annotations
 
