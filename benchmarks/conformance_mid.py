@@ -19,7 +19,7 @@ import numpy as np
 
 from conformance_models import _ancestors, torch_site
 
-MAX_CANDIDATES = 48  # tensors checked by value before giving up on verified ones
+MAX_CANDIDATES = 64  # tensors checked by value before giving up on verified ones
 
 
 def unqualified(name: str) -> str:
@@ -151,9 +151,10 @@ def mid_tensor(model_onnx, torch_model, usual: str | None) -> str:
     """A mid-network tensor (never ``usual``). Candidates: for the middle ``feature_info``
     module, then the earlier ones, then the later ones (a late one may carry no gradient: ViT),
     the tensors leaving its scopes (last first), then those leaving the scopes of its topmost
-    called descendants (last finished first: where the module returns a list, or values made by
-    its own ops, as CrossViT's branches); after them the blocks of the model's largest block
-    sequence (``fallback_modules``: they stand in where ``feature_info`` names no module). The
+    called descendants and of theirs (last finished first: where the module returns a list, or
+    values made by its own ops, as CrossViT's branches, HRNet's stages); after them the blocks
+    of the model's largest block sequence (``fallback_modules``: they stand in where
+    ``feature_info`` names no module; the entries it names that do not exist are skipped). The
     first candidate with more than one position whose values equal a unique torch module's
     output (or its input, used once) — what ``torch_site`` finds again; failing that, the first
     candidate (unverified). Raises LookupError."""
@@ -162,17 +163,17 @@ def mid_tensor(model_onnx, torch_model, usual: str | None) -> str:
     info = getattr(torch_model, "feature_info", None) or []
     modules = [f["module"] for f in info if f.get("module")]
     named = dict(torch_model.named_modules())
-    existing = [m for m in dict.fromkeys(modules) if m in named]
     fallback = fallback_modules(torch_model)
-    if not existing:
-        existing, fallback = fallback, []
-    if not existing:
+    if not any(m in named for m in modules):
+        modules, fallback = fallback, []
+    if not modules:
         raise LookupError("the model has no feature_info module and no block sequence")
-    middle = len(existing) // 2
-    order = [existing[middle]] + existing[:middle][::-1] + existing[middle + 1:]
-    half = len(fallback) // 2
-    order += [m for m in fallback[half:half + 1] + fallback[:half][::-1] + fallback[half + 1:]
-              if m not in order]
+
+    def middle_out(names):
+        half = len(names) // 2
+        return names[half:half + 1] + names[:half][::-1] + names[half + 1:]
+
+    order = [m for m in dict.fromkeys(middle_out(modules) + middle_out(fallback)) if m in named]
 
     size = model_onnx.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
     x = harness_input(size)
@@ -183,12 +184,16 @@ def mid_tensor(model_onnx, torch_model, usual: str | None) -> str:
     owner = [node_scope(n.name, known) for n in nodes]
     last_finish = {n: i for i, n in enumerate(finished)}
 
+    def called_children(name):  # topmost called descendants, last finished first
+        inner = [n for n in scopes if n.startswith(name + ".")]
+        top = [n for n in inner if not any(n.startswith(m + ".") for m in inner)]
+        return sorted(top, key=last_finish.get, reverse=True)
+
     candidates = []
     for module in order:
-        groups = [module_scopes(module, scopes)]
-        inner = [n for n in scopes if n.startswith(module + ".")]
-        top = [n for n in inner if not any(n.startswith(m + ".") for m in inner)]
-        groups += [scopes[n] for n in sorted(top, key=last_finish.get, reverse=True)]
+        children = called_children(module)
+        grandchildren = [g for c in children for g in called_children(c)]
+        groups = [module_scopes(module, scopes)] + [scopes[n] for n in children + grandchildren]
         for mine in groups:
             for tensor in leaving(nodes, owner, mine)[::-1]:
                 if tensor != usual and tensor not in candidates:
