@@ -1,7 +1,8 @@
 """The timm side of `conformance_timm.py`: which models (the smallest variant of every family),
 how to build them small and realistic (random weights, BatchNorm statistics estimated, no
-identity blocks), where their usual and mid-network Grad-CAM tensors are in the ONNX graph, and
-how a token tensor maps to the ``[B, C, h, w]`` maps of ``--tokens`` (for the reference)."""
+identity blocks), where their usual Grad-CAM tensor is in the ONNX graph (the mid-network
+one: `conformance_mid`), and how a token tensor maps to the ``[B, C, h, w]`` maps of
+``--tokens`` (for the reference)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import warnings
 
 import numpy as np
 
+from conformance_mid import mid_tensor  # noqa: F401 - re-exported for conformance_timm
 from conformance_models import _ancestors, _constants, _is_spatial_pool, realistic
 
 NUM_CLASSES = 5
@@ -165,29 +167,6 @@ def usual_tensor(model_onnx, shapes: dict) -> str:
     if mean is not None:
         return mean[1]
     raise LookupError("no global pool, final LayerNorm or token mean before the logits")
-
-
-def mid_tensor(model_onnx, torch_model, usual: str) -> str:
-    """A mid-network tensor: the output of the middle entry of timm's ``feature_info`` (a stage
-    or a block), found in the legacy exporter's scope names (``/stages/stages.1/...``): the last
-    tensor made inside that scope and used outside it. Raises LookupError."""
-    info = getattr(torch_model, "feature_info", None) or []
-    modules = [f["module"] for f in info if f.get("module")]
-    if not modules:
-        raise LookupError("the model has no feature_info")
-    graph = model_onnx.graph
-    nodes = _ancestors(graph, graph.output[0].name)
-    middle = len(modules) // 2  # then earlier ones (a late one may carry no gradient: ViT)
-    for module in [modules[middle]] + modules[:middle][::-1] + modules[middle + 1:]:
-        parts = module.split(".")
-        scope = "/" + "/".join(".".join(parts[:i + 1]) for i in range(len(parts))) + "/"
-        inside = [n for n in nodes if n.name.startswith(scope)]
-        made = {o for n in inside for o in n.output}
-        used_outside = {i for n in nodes if not n.name.startswith(scope) for i in n.input}
-        leaving = [o for n in inside for o in n.output if o in used_outside and o in made]
-        if leaving and leaving[-1] != usual:
-            return leaving[-1]
-    raise LookupError(f"no ONNX tensor leaves the scope of {modules[len(modules) // 2]!r}")
 
 
 def token_layout(shape: list[int | None], feeds_layernorm: bool) -> str:
