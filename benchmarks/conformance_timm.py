@@ -110,7 +110,8 @@ def tensor_row(model, path: Path, size: int, tensor: str, tokens: str, threads: 
     row["failed_checks"] = [c.name for c in results if not c.ok]
     if row["failed_checks"]:
         row.update(verdict="refused", detail="; ".join(
-            f"{c.name}: {c.detail}" for c in results if not c.ok)[:300])
+            f"{c.name}: {c.detail}" + (f" — {c.advice}" if c.advice else "")
+            for c in results if not c.ok)[:400])
 
     t = time.perf_counter()
     with open_engine(exported.SerializeToString(), "ort", threads=threads) as engine:

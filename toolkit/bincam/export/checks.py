@@ -260,8 +260,15 @@ def _self_checks(model: onnx.ModelProto, engine) -> list[Check]:
     if engine.info.precision != "fp32":
         return []  # finite differences need float32 resolution; fidelity covers reduced graphs
     return [Check(f"self-check: {name}", value <= LIMITS[name],
-                  f"{value:.2e} (limit {LIMITS[name]:g}; ONNX Runtime on the file, no torch)")
+                  f"{value:.2e} (limit {LIMITS[name]:g}; ONNX Runtime on the file, no torch)",
+                  advice=SELF_CHECK_ADVICE)
             for name, value in self_checks(model, engine).items()]
+
+
+# a failed self-check: bincam's appended graph disagrees with the file itself
+SELF_CHECK_ADVICE = ("the appended gradients disagree with the file's own forward pass: explain "
+                     "another tensor (--activation; --list-activations lists them) and report "
+                     "the model to bincam")
 
 
 def _engine_checks(engine, torch_model, self_checked: bool) -> list[Check]:
