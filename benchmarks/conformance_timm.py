@@ -270,13 +270,16 @@ def summarize(rows: list[dict]) -> dict:
         if r["verdict"] in ("refused", "crashed", "not exportable", "no tensor found"):
             refusals.setdefault(f"{r['verdict']}: {r['detail']}", []).append(
                 f"{r['model']} ({r['which']})")
-    errors = [r["grad_rel_err"] for r in rows if r.get("grad_rel_err") is not None
-              and r["verdict"] == "accepted correct"]
+    correct = [r for r in rows if r["verdict"] == "accepted correct"]
+    floor = sorted(f"{r['model']} ({r['which']})" for r in correct
+                   if not r["grad_rel_err"] <= ACCURACY_LIMIT)
+    errors = [r["grad_rel_err"] for r in correct if r["grad_rel_err"] <= ACCURACY_LIMIT]
     return {"models": len({r["model"] for r in rows}), "rows": len(rows), **counts,
             "accepted at the usual tensor": accepted_usual, "usual rows": len(usual),
             "accepted at the usual tensor, %": round(100 * accepted_usual / max(1, len(usual)),
                                                      1),
             "worst error of an accepted correct row": max(errors) if errors else None,
+            "at the float32 floor": floor,
             "reasons": refusals}
 
 
@@ -317,8 +320,10 @@ def markdown(record: dict) -> str:
         f"crashed**, {s['not exportable']} not exportable by torch, {s['no tensor found']} where "
         "the harness found no mid-network tensor (its scope search). At the usual Grad-CAM "
         f"tensor: {s['accepted at the usual tensor']} of {s['usual rows']} accepted "
-        f"({s['accepted at the usual tensor, %']} %). Worst error of an accepted correct row: "
-        f"{_fmt(s['worst error of an accepted correct row'])}.", ""]
+        f"({s['accepted at the usual tensor, %']} %). Worst error of an accepted correct row "
+        f"within {ACCURACY_LIMIT:g}: {_fmt(s['worst error of an accepted correct row'])}; "
+        f"{len(s.get('at the float32 floor', []))} at the float32 floor instead: "
+        f"{', '.join(s.get('at the float32 floor', [])) or 'none'}.", ""]
     if s["reasons"]:
         lines += ["Refusals, crashes, failed exports:", ""]
         lines += [f"- {reason.replace('|', '/')} — {', '.join(where)}"

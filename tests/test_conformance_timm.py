@@ -64,3 +64,15 @@ def test_vit_prefix_tokens_are_read_from_the_count():
     assert [vit_prefix(n) for n in (197, 198, 201, 196, 37, 4)] == [1, 2, 5, 0, 1, 0]
     assert vit_prefix(1) is None and vit_prefix(3) is None  # no grid of more than one patch
     assert vit_prefix(196 + 20) is None  # 20 prefix tokens: not a ViT's handful
+
+
+def test_a_flat_image_tie_figure_alone_does_not_refuse_nfnet():
+    """NF-ResNet-26 at the output of stage 2: the tie figure of the flat gray image is 0.27 at
+    both nudges (the net cancels to exactly zero downstream on a flat image, and a nudge
+    crosses that kink either way), while the gradients equal float64 autograd to ~6e-7. That
+    figure is a warning; the random images' tie figure still refuses (tests/test_selfcheck.py)."""
+    rows = {r["which"]: r for r in conformance_timm.model_rows("nf_resnet26", 96, timing_batch=2,
+                                                                timing_runs=1)}
+    mid = rows["mid"]
+    assert mid["verdict"] == "accepted correct", (mid["verdict"], mid.get("detail"))
+    assert mid["grad_rel_err"] <= 1e-5

@@ -6,8 +6,8 @@ The slice from the CAM tensor ``A`` to ``logits`` and ``gradients`` is cut out o
 - **finite differences** (the formulas): at generic points ``A' = A + noise`` (no exact zeros or
   ties), ``⟨G(A'), V⟩`` must equal ``(z(A' + εV) − z(A' − εV)) / 2ε`` for random directions ``V``,
   the logits computed in float64 where ONNX Runtime has double kernels for the slice's ops;
-- **ties** (the conventions): at the engine's own ``A`` — post-ReLU zeros, flat regions of a
-  uniform image — ``G(A)`` must equal ``G(A + δR)`` where the ramp ``R`` decreases with the flat
+- **ties** (the conventions): at the engine's own ``A`` — post-ReLU zeros of random images (a
+  refusal), a uniform image (a warning only: see ``WARN_ONLY``) — ``G(A)`` must equal ``G(A + δR)`` where the ramp ``R`` decreases with the flat
   index, so every tie is broken toward its first element, as PyTorch and ONNX Runtime do
   (a MaxPool rule that routes a tied window's gradient to all its maxima fails here), at the
   better of two steps ``δ`` (kinks crossed downstream shrink with the step, a convention does
@@ -163,17 +163,18 @@ def finite_differences(part: Slice, a: np.ndarray, rng, exact=None,
     return min(errors)
 
 
-def tie_convention(part: Slice, a: np.ndarray, steps=(1e-5, 1e-6)) -> float:
-    """Relative L2 of ``G(A) − G(A + δR)``, ``R`` a ramp falling with the flat index, the
-    smallest over the steps ``δ``: exact ties (ReLU zeros, MaxPool windows of zeros) are broken
-    at every step, so a wrong convention is off at each; a ReLU input downstream that sits
-    within ``δ`` of zero is crossed too, and those crossings shrink with ``δ`` (RegNetX-200MF's
-    stage 2: 0.10 at 1e-5, 0.028 at 1e-6, 0.012 at 3e-7)."""
+def tie_convention(part: Slice, a: np.ndarray, steps=(1e-5, 1e-6)) -> np.ndarray:
+    """Per image, relative L2 of ``G(A) − G(A + δR)``, ``R`` a ramp falling with the flat index,
+    the smallest over the steps ``δ``: exact ties (ReLU zeros, MaxPool windows of zeros) are
+    broken at every step, so a wrong convention is off at each; a ReLU input downstream that
+    sits within ``δ`` of zero is crossed too, and those crossings shrink with ``δ``
+    (RegNetX-200MF's stage 2: 0.10 at 1e-5, 0.028 at 1e-6, 0.012 at 3e-7)."""
     flat = np.arange(int(np.prod(a.shape[1:])), dtype=np.float64).reshape(a.shape[1:])
     scale = float(np.max(np.abs(a))) or 1.0
     at = part.gradients(a).astype(np.float64)
-    return min(_rel(at, part.gradients(a - (1.0 + flat / flat.size) * step * scale
-                                       ).astype(np.float64)) for step in steps)
+    per = [part.gradients(a - (1.0 + flat / flat.size) * step * scale).astype(np.float64)
+           for step in steps]
+    return np.array([min(_rel(g[i], at[i]) for g in per) for i in range(len(a))])
 
 
 def explained_score(model: onnx.ModelProto) -> str:
@@ -232,8 +233,14 @@ def self_checks(model: onnx.ModelProto, engine, seed: int = 0) -> dict[str, floa
     a = part.activations(model_input(images, preprocessing_of(engine.info)))
     exact = float64_slice(part)
     key = "finite differences" + (" (float64)" if exact is not None else " (float32)")
-    return {key: finite_differences(part, a, rng, exact), "ties": tie_convention(part, a)}
+    ties = tie_convention(part, a)
+    return {key: finite_differences(part, a, rng, exact), "ties": float(ties[:2].max()),
+            "ties (flat image)": float(ties[2])}
 
 
 LIMITS = {"finite differences (float64)": FD64_LIMIT, "finite differences (float32)": FD32_LIMIT,
-          "ties": TIE_LIMIT, "factored head": FACTORED_LIMIT}
+          "ties": TIE_LIMIT, "ties (flat image)": TIE_LIMIT, "factored head": FACTORED_LIMIT}
+# figures above their limit that cannot show the file wrong: a flat image ties every position,
+# and where the net cancels to exactly zero downstream (NFNet-ResNet-26's stage 2: 0.27 at both
+# steps, its gradients within 6e-7 of float64 autograd) a nudge crosses that kink either way
+WARN_ONLY = frozenset({"ties (flat image)"})
