@@ -12,6 +12,7 @@ ran); ``--budget-s`` stops starting new representatives after that many seconds.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from bincam.files import write_atomic
 from bincam.gpu.emulation import EmulationError, build_driver, run_cases
+from bincam.gpu.launcher import kernel_source
 from bincam.gpu.sweep import compare, failures
 from bincam.gpu.sweep_gpus import (ATTRIBUTES, BATCHES, BLOCK, GPUS, STRESS_CHANNELS,
                                    enumerate_all, geometry_of, kernel_classes,
@@ -120,6 +122,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--budget-s", type=float, default=None,
                     help="start no representative after this many seconds")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the representatives an earlier run of this kernel wrote to --out "
+                         "and run the rest")
     ap.add_argument("--parallel", action="store_true",
                     help="run the two sanitizers of a representative at once (two cores)")
     args = ap.parse_args()
@@ -138,10 +143,25 @@ def main() -> None:
                               "table_tensors": len(tensors()) - len(STRESS_CHANNELS),
                               "seconds": seconds},
               "representatives": [], "emulator_seconds": 0.0, "stopped": None}
+    record["kernel_sha256"] = hashlib.sha256(kernel_source().encode()).hexdigest()
+    earlier = args.out / "kernel_sweep_gpus.json"
+    if args.resume and earlier.is_file():
+        kept = json.loads(earlier.read_text())
+        if kept.get("kernel_sha256") != record["kernel_sha256"]:
+            raise SystemExit("--resume: the earlier run is of another kernel source")
+        for combo, row in zip(reps, kept["representatives"]):
+            if row["combination"]["tensor"] != combo.tensor or \
+                    row["combination"]["gpu"] != combo.gpu:
+                break
+            record["representatives"].append(row)
+        record["emulator_seconds"] = kept.get("emulator_seconds", 0.0)
     drivers = {s: build_driver(s) for s in SANITIZERS}
-    start = time.perf_counter()
+    start = time.perf_counter() - record["emulator_seconds"]
+    budget_start = time.perf_counter()
     for i, combo in enumerate(reps):
-        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+        if i < len(record["representatives"]):
+            continue
+        if args.budget_s is not None and time.perf_counter() - budget_start > args.budget_s:
             record["stopped"] = f"--budget-s {args.budget_s:.0f}"
             record["not_run"] = [f"{c.gpu} {c.tensor} {c.layout} B={c.batch} K={c.attributes}"
                                  for c in reps[i:]]
