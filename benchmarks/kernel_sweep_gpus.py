@@ -24,7 +24,7 @@ from bincam.gpu.launcher import kernel_source
 from bincam.gpu.sweep import compare, failures
 from bincam.gpu.sweep_gpus import (ATTRIBUTES, BATCHES, BLOCK, GPUS, STRESS_CHANNELS,
                                    enumerate_all, geometry_of, kernel_classes,
-                                   representative_case, representatives, tensors)
+                                   representative_case, representatives, shrink, tensors)
 from bincam.machine import machine_info, machine_line
 
 SANITIZERS = ("address", "thread")
@@ -100,14 +100,16 @@ def write(out: Path, record: dict) -> None:
                   + "; ".join(record.get("not_run", [])) + ") were not run.", ""]
     lines += ["A representative with H×W = h×w is a *probe*: a claimed combination without its "
               "resize, which has the same partials and energy classes (`sweep_gpus.probe`).", "",
-              "| # | GPU | tensor | h×w → H×W | layout | method | B | K | splits | tile | "
+              "A representative with fewer channels C than its tensor has is a *channel probe* "
+              "(`sweep_gpus.shrink`): the same classes with fewer channels.", "",
+              "| # | GPU | tensor | C | h×w → H×W | layout | method | B | K | splits | tile | "
               "finish tiles | ASan | TSan | s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(ran):
         c, g = r["combination"], r["geometry"]
         layout = c["layout"] + ("" if c["layout"] == "dense" else
                                 (", mask" if c["mask_positive"] else ", no mask"))
-        lines.append(f"| {i} | {c['gpu']} | {c['tensor']} | "
+        lines.append(f"| {i} | {c['gpu']} | {c['tensor']} | {c['channels']} | "
                      f"{'×'.join(map(str, c['cells']))} → {'×'.join(map(str, c['size']))} | "
                      f"{layout} | {c['method']} | "
                      f"{c['batch']} | {c['attributes']} | {g['splits']} | {g['tile']} | "
@@ -155,6 +157,8 @@ def main() -> None:
                 break
             record["representatives"].append(row)
         record["emulator_seconds"] = kept.get("emulator_seconds", 0.0)
+    # the representatives not run yet as their cheapest channel probes (sweep_gpus.shrink)
+    reps = shrink(reps, enum, start=len(record["representatives"]))
     drivers = {s: build_driver(s) for s in SANITIZERS}
     start = time.perf_counter() - record["emulator_seconds"]
     budget_start = time.perf_counter()

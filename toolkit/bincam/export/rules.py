@@ -38,8 +38,8 @@ def _const(b, name: str, what: str, node) -> np.ndarray:
     """The constant value of input ``name`` (folded where it is computed from constants)."""
     value = b.constant(name)
     if value is None:
-        raise BincamError(f"{node.op_type} node {node.name!r}: its {what} {name!r} depends on "
-                          "the model's input; the gradient export needs it constant")
+        raise BincamError(f"{node.op_type} node {node.name!r}: input {name!r} ({what}) is "
+                          "computed from the model's input; the gradient export needs it constant")
     return value
 
 

@@ -309,6 +309,37 @@ def representatives(enum: Enumeration) -> list[Combination]:
     return chosen
 
 
+def shrink(reps: list[Combination], enum: Enumeration, start: int = 0) -> list[Combination]:
+    """``reps`` with each one from ``start`` on replaced by its cheapest *channel probe*: the
+    same combination with fewer channels (and the launcher's own geometry for them) that still
+    has every class only this representative covers — a class is what a block's control flow
+    depends on, so any launch of it will do (a dense tile class of EfficientNetV2's 1280
+    channels is reached with 40)."""
+    covers: dict[tuple, set[int]] = {}
+    for i, combo in enumerate(reps):
+        for kv in kernel_classes(combo, geometry_of(combo)).items():
+            covers.setdefault(kv, set()).add(i)
+    out = list(reps)
+    for i in range(start, len(reps)):
+        combo = reps[i]
+        g = geometry_of(combo)
+        needed = {kv for kv in kernel_classes(combo, g).items()
+                  if kv in enum.classes and covers[kv] == {i}}
+        best, cost = combo, emulation_cost(combo, g)
+        for channels in range(1, combo.channels):
+            trial = dataclasses.replace(combo, channels=channels)
+            try:
+                gt = geometry_of(trial)
+            except BincamError:
+                continue
+            if not violations(trial, gt) and needed <= set(kernel_classes(trial, gt).items()):
+                trial_cost = emulation_cost(trial, gt)
+                if trial_cost < cost:
+                    best, cost = trial, trial_cost
+        out[i] = best
+    return out
+
+
 def pick(items: list, n: int) -> list:
     """``n`` items spread evenly over ``items`` (all of them if fewer)."""
     if n >= len(items):
