@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from conformance_models import _ancestors, torch_site
+from conformance_models import _ancestors, tensor_values, torch_site
 
 MAX_CANDIDATES = 64  # tensors checked by value before giving up on verified ones
 
@@ -124,20 +124,6 @@ def has_positions(shape) -> bool:
     return (len(dims) == 2 and dims[0] > 1) or (len(dims) == 3 and dims[1] * dims[2] > 1)
 
 
-def _values(model_onnx, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    import onnx
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model_onnx)
-    del probe.graph.output[:]
-    for name in names:
-        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    return dict(zip(names, session.run(names, {model_onnx.graph.input[0].name: x})))
 
 
 def harness_input(size: int) -> np.ndarray:
@@ -202,7 +188,7 @@ def mid_tensor(model_onnx, torch_model, usual: str | None) -> str:
         raise LookupError(f"no ONNX tensor leaves the scope of {order[0]!r} or of any other "
                           "feature_info module")
     checked = candidates[:MAX_CANDIDATES]
-    values = _values(model_onnx, checked, x)
+    values = tensor_values(model_onnx, checked, x)
     consumers = {t: sum(t in n.input for n in graph.node) for t in checked}
     for tensor in checked:
         value = values[tensor]

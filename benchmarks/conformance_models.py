@@ -168,6 +168,24 @@ def export_torch(model, size: int, exporter: str, path: Path) -> None:
 
 # ----------------------------------------------------------------------------------- CAM tensor
 
+def tensor_values(model_onnx, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    """The values of the graph's tensors ``names`` on ``x``: one ONNX Runtime run (one thread)
+    with them as the only outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model_onnx)
+    del probe.graph.output[:]
+    for name in names:
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(probe.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return dict(zip(names, session.run(names, {model_onnx.graph.input[0].name: x})))
+
+
 def _constants(graph) -> dict:
     from onnx import numpy_helper
 

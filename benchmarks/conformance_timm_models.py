@@ -12,7 +12,8 @@ import warnings
 import numpy as np
 
 from conformance_mid import mid_tensor  # noqa: F401 - re-exported for conformance_timm
-from conformance_models import _ancestors, _constants, _is_spatial_pool, realistic
+from conformance_models import (_ancestors, _constants, _is_spatial_pool, realistic,
+                                tensor_values)
 
 NUM_CLASSES = 5
 OPSET = 17
@@ -104,26 +105,14 @@ def run_shapes(model_onnx, size: int, names=None) -> dict[str, list[int]]:
     LayerNormalization, pooling and ReduceMean node on the way to the logits: one ONNX Runtime
     run with them as outputs (shape inference leaves the dims of timm's dynamic reshapes
     unknown)."""
-    import onnx
-    import onnxruntime as ort
-
     graph = model_onnx.graph
     nodes = _ancestors(graph, graph.output[0].name)
     wanted = {n.input[0] for n in nodes if n.op_type in (
         "LayerNormalization", "ReduceMean", "GlobalAveragePool", "GlobalMaxPool", "AveragePool")}
     wanted -= {i.name for i in graph.input} | {i.name for i in graph.initializer}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model_onnx)
     names = sorted(wanted) if names is None else list(names)
-    for name in names:
-        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    values = session.run(names, {graph.input[0].name: x})
-    return {name: list(v.shape) for name, v in zip(names, values)}
+    return {name: list(v.shape) for name, v in tensor_values(model_onnx, names, x).items()}
 
 
 def usual_tensor(model_onnx, shapes: dict) -> str:

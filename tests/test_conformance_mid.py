@@ -76,7 +76,7 @@ def _mid(net, usual=None, tmp_path=None):
     model = onnx.load(str(path))
     tensor = conformance_mid.mid_tensor(model, net, usual)
     x = conformance_mid.harness_input(SIZE)
-    value = conformance_mid._values(model, [tensor], x)[tensor]
+    value = conformance_mid.tensor_values(model, [tensor], x)[tensor]
     return tensor, torch_site(net, torch.from_numpy(x), value)
 
 
