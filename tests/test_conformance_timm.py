@@ -67,8 +67,8 @@ def test_vit_prefix_tokens_are_read_from_the_count():
 
 
 def test_a_flat_image_tie_figure_alone_does_not_refuse_nfnet():
-    """NF-ResNet-26 at the output of stage 2: the tie figure of the flat gray image is 0.27 at
-    both nudges (the net cancels to exactly zero downstream on a flat image, and a nudge
+    """NF-ResNet-26 at the output of stage 2: the tie figure of the flat gray image is 0.45 at
+    both nudges (0.27 over the batch, which refused it before) (the net cancels to exactly zero downstream on a flat image, and a nudge
     crosses that kink either way), while the gradients equal float64 autograd to ~6e-7. That
     figure is a warning; the random images' tie figure still refuses (tests/test_selfcheck.py)."""
     rows = {r["which"]: r for r in conformance_timm.model_rows("nf_resnet26", 96, timing_batch=2,
